@@ -1,0 +1,124 @@
+"""The server's whole lifecycle in one place: load the model, start gRPC + metrics, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from weldstream.server.batcher import Batcher
+from weldstream.server.config import ServerConfig
+from weldstream.server.kserve_service import InferenceServicer
+from weldstream.server.metrics import ServerMetrics
+from weldstream.server.model_slot import LoadedModel, ModelSlot, fresh_model, load_version, resolve_device
+from weldstream.server.segmenter_service import SegmenterServicer
+from weldstream.server.swapper import Swapper
+
+from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from weldstream.model import ModelConfig
+from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
+from weldstream.weight_store import WeightStore
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = (
+    segmenter_pb2.DESCRIPTOR.services_by_name["Segmenter"].full_name,
+    grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+)
+
+
+def initial_model(store: WeightStore, device: torch.device) -> LoadedModel:
+    """The newest stored version, or a fresh untrained version 0 when the store is empty."""
+    latest = store.latest()
+    if latest is None:
+        log.warning("no model version in %s; serving an untrained version 0", store.root)
+        return fresh_model(ModelConfig(), device)
+    return load_version(store, latest, device)
+
+
+class InferenceServer:
+    """A running server; `start()` binds (port 0 picks a free port), `stop()` drains and closes."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.metrics = ServerMetrics()
+        self.store = WeightStore(cfg.model_dir)
+        self.device = resolve_device(cfg.device)
+        self.ready = asyncio.Event()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._stack = AsyncExitStack()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.slot = ModelSlot(await asyncio.to_thread(initial_model, self.store, self.device))
+        self._publish_model_metrics()
+        self.batcher = Batcher(self.slot, self.metrics, cfg.max_batch_size, cfg.max_queue_delay_ms / 1000,
+                               cfg.max_queue)
+        self.batcher.start()
+        self._stack.push_async_callback(self.batcher.close)
+
+        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
+                   ("grpc.max_send_message_length", cfg.max_message_bytes)]
+        self.grpc = grpc.aio.server(options=options)
+        segmenter_pb2_grpc.add_SegmenterServicer_to_server(
+            SegmenterServicer(cfg, self.slot, self.batcher, self.metrics), self.grpc)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(cfg, self.slot, self.batcher, self.metrics, self.ready), self.grpc)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"could not bind gRPC to {cfg.host}:{cfg.grpc_port}")
+        await self.grpc.start()
+        if cfg.metrics_port >= 0:
+            http, _ = start_http_server(cfg.metrics_port, addr=cfg.host, registry=self.metrics.registry)
+            self.metrics_port = http.server_port
+            self._stack.callback(http.shutdown)
+
+        self.swapper = Swapper(cfg, self.store, self.slot, self.metrics, on_swap=self._publish_model_metrics)
+        await self.swapper.start()
+        self._stack.push_async_callback(self.swapper.close)
+
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.ready.set()
+        log.info("serving %s v%d on %s:%d (metrics :%s, device %s)", cfg.model_name, self.slot.current().version,
+                 cfg.host, self.port, self.metrics_port, self.device)
+
+    def _publish_model_metrics(self) -> None:
+        live = self.slot.current()
+        self.metrics.model_version.set(live.version)
+        self.metrics.model_untrained.set(1 if live.untrained else 0)
+
+    async def stop(self) -> None:
+        """Health goes NOT_SERVING, new calls are refused, in-flight calls finish within grace."""
+        self.ready.clear()
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(self.cfg.grace_s)
+        await self._stack.aclose()
+        log.info("server stopped")
+
+
+async def serve(cfg: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down in order."""
+    server = InferenceServer(cfg)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    crashed = asyncio.create_task(server.swapper.wait_failed())
+    done, _ = await asyncio.wait({waiter, crashed}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (waiter, crashed):
+        task.cancel()
+    await server.stop()

@@ -1,0 +1,97 @@
+"""KServe v2 / Open Inference Protocol over gRPC, so Triton and KServe clients work unmodified."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+from weldstream.server.batcher import Batcher
+from weldstream.server.config import ServerConfig
+from weldstream.server.errors import NotFound, unary
+from weldstream.server.metrics import ServerMetrics
+from weldstream.server.model_slot import ModelSlot
+from weldstream.server.requests import INPUT_NAME, scans_from_infer
+
+from weldstream.errors import InvalidInput, ModelUnavailable
+from weldstream.kserve import grpc_predict_v2_pb2 as pb
+from weldstream.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
+
+SERVER_NAME = "weldstream"
+SERVER_VERSION = "0.1.0"
+OUTPUTS = ("mask", "confidence")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, cfg: ServerConfig, slot: ModelSlot, batcher: Batcher, metrics: ServerMetrics,
+                 ready: asyncio.Event) -> None:
+        self._cfg = cfg
+        self._slot = slot
+        self._batcher = batcher
+        self._ready = ready
+        self.metrics = metrics
+
+    def _check_model(self, name: str, version: str) -> None:
+        if name != self._cfg.model_name:
+            raise NotFound(f"model {name!r} is not served here; this server serves {self._cfg.model_name!r}")
+        if version and version != str(self._slot.current().version):
+            raise NotFound(f"version {version} is not live; the live version is {self._slot.current().version}")
+
+    @unary("ServerLive")
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext):
+        return pb.ServerLiveResponse(live=True)
+
+    @unary("ServerReady")
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext):
+        return pb.ServerReadyResponse(ready=self._ready.is_set())
+
+    @unary("ModelReady")
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext):
+        self._check_model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self._ready.is_set())
+
+    @unary("ServerMetadata")
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+
+    @unary("ModelMetadata")
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
+        self._check_model(request.name, request.version)
+        Tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=self._cfg.model_name,
+            versions=[str(self._slot.current().version)],
+            platform="pytorch",
+            inputs=[Tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, 1, -1, -1])],
+            outputs=[Tensor(name="mask", datatype="UINT8", shape=[-1, -1, -1]),
+                     Tensor(name="confidence", datatype="FP32", shape=[-1, -1, -1])],
+        )
+
+    @unary("ModelInfer")
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
+        if not self._ready.is_set():
+            raise ModelUnavailable("model is not ready")
+        if request.model_version and request.model_version != str(self._slot.current().version):
+            raise NotFound(f"version {request.model_version} is not live")
+        wanted = [o.name for o in request.outputs] or list(OUTPUTS)
+        for index, name in enumerate(wanted):
+            if name not in OUTPUTS:
+                raise InvalidInput(f"outputs[{index}].name", f"{name!r} is not one of {list(OUTPUTS)}")
+        scans = scans_from_infer(request, self._cfg.model_name, self._cfg.max_side)
+        predictions = await asyncio.gather(*(self._batcher.submit(scan) for scan in scans))
+        version = predictions[0].version
+        response = pb.ModelInferResponse(model_name=self._cfg.model_name, model_version=str(version), id=request.id)
+        height, width = predictions[0].mask.shape
+        same_size = all(p.mask.shape == (height, width) for p in predictions)
+        if not same_size:  # cannot happen for one input tensor; guards the stacking below
+            raise InvalidInput("inputs", "scans in one request must share H and W")
+        for name in wanted:
+            if name == "mask":
+                data = np.stack([p.mask for p in predictions]).astype(np.uint8)
+                datatype = "UINT8"
+            else:
+                data = np.stack([p.confidence for p in predictions]).astype("<f4")
+                datatype = "FP32"
+            response.outputs.add(name=name, datatype=datatype, shape=list(data.shape))
+            response.raw_output_contents.append(data.tobytes())
+        return response

@@ -1,0 +1,42 @@
+"""Every metric the server exports, declared in one place (Prometheus naming: component prefix, units)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+METHODS = ("Segment", "SegmentStream", "GetModel", "ModelInfer", "ModelMetadata", "ModelReady",
+           "ServerLive", "ServerReady", "ServerMetadata")
+CODES = ("OK", "INVALID_ARGUMENT", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServerMetrics:
+    """One registry per server instance, so several servers can live in one test process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("inference_requests_total", "Requests by gRPC method and status code.",
+                                ["method", "code"], registry=r)
+        self.request_seconds = Histogram("inference_request_duration_seconds",
+                                         "Server-side request latency.", ["method"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.inflight = Gauge("inference_inflight_requests", "Requests being handled now.", registry=r)
+        self.batch_size = Histogram("inference_batch_size", "Scans per forward pass.",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
+        self.inference_seconds = Histogram("inference_batch_duration_seconds",
+                                           "Time of one batched forward pass incl. pre/post-processing.",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("inference_queue_depth", "Scans waiting for a batch.", registry=r)
+        self.model_version = Gauge("inference_model_version", "Version of the live model.", registry=r)
+        self.model_untrained = Gauge("inference_model_untrained",
+                                     "1 while the live model is a fresh, untrained version 0.", registry=r)
+        self.swaps = Counter("inference_model_swaps_total", "Hot swaps by result.", ["result"], registry=r)
+        self.swap_seconds = Histogram("inference_model_swap_duration_seconds",
+                                      "Load + verify + warm-up time of a new version.", registry=r)
+        for method in METHODS:
+            self.request_seconds.labels(method)
+            for code in CODES:
+                self.requests.labels(method, code)
+        for result in ("swapped", "stale", "failed"):
+            self.swaps.labels(result)

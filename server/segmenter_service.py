@@ -1,0 +1,120 @@
+"""The native weldstream.v1.Segmenter service: masks, regions and model lineage for inspection rigs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from weldstream.server.batcher import Batcher
+from weldstream.server.config import ServerConfig
+from weldstream.server.errors import status_for, unary
+from weldstream.server.inference import Prediction
+from weldstream.server.metrics import ServerMetrics
+from weldstream.server.model_slot import LoadedModel, ModelSlot
+from weldstream.server.requests import scan_from_request
+
+from weldstream.codec import DTYPES, ENCODINGS, array_to_tensor
+from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
+
+
+def build_response(scan_id: str, prediction: Prediction, classes: tuple[str, ...], started: float,
+                   with_confidence: bool) -> segmenter_pb2.SegmentResponse:
+    response = segmenter_pb2.SegmentResponse(
+        scan_id=scan_id,
+        mask=array_to_tensor(prediction.mask),
+        model_version=prediction.version,
+    )
+    for class_id, fraction in enumerate(prediction.fractions):
+        response.class_fractions.add(class_id=class_id, class_name=classes[class_id], fraction=float(fraction))
+    for region in prediction.regions:
+        response.regions.add(
+            class_id=region.class_id,
+            class_name=classes[region.class_id],
+            bbox=segmenter_pb2.BoundingBox(x=region.x, y=region.y, width=region.width, height=region.height),
+            area_px=region.area_px,
+            mean_confidence=region.mean_confidence,
+        )
+    if with_confidence:
+        response.confidence.CopyFrom(array_to_tensor(prediction.confidence))
+    response.server_latency_ms = (time.perf_counter() - started) * 1000
+    return response
+
+
+def model_info(loaded: LoadedModel, cfg: ServerConfig) -> segmenter_pb2.ModelInfo:
+    info = segmenter_pb2.ModelInfo(
+        name=cfg.model_name,
+        version=loaded.version,
+        untrained=loaded.untrained,
+        classes=list(loaded.config.classes),
+        architecture=loaded.config.architecture,
+        encoder=loaded.config.encoder,
+        input_spec=segmenter_pb2.InputSpec(
+            dtypes=list(DTYPES),
+            channels=loaded.config.in_channels,
+            max_height=cfg.max_side,
+            max_width=cfg.max_side,
+            stride=loaded.config.stride,
+            encodings=list(ENCODINGS),
+        ),
+    )
+    manifest = loaded.manifest
+    if manifest is not None:
+        info.sha256 = manifest.sha256
+        lineage = info.lineage
+        lineage.parent_version = manifest.parent_version
+        lineage.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(manifest.created_at))
+        lineage.strategy = manifest.strategy
+        for offset in manifest.offsets:
+            lineage.offsets.add(topic=offset["topic"], partition=offset["partition"], offset=offset["offset"])
+        for domain, score in sorted(manifest.scores.items()):
+            lineage.scores.add(domain=domain, miou=score.get("miou", 0.0), dice=score.get("dice", 0.0),
+                               samples=int(score.get("samples", 0)))
+    return info
+
+
+class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
+    def __init__(self, cfg: ServerConfig, slot: ModelSlot, batcher: Batcher, metrics: ServerMetrics) -> None:
+        self._cfg = cfg
+        self._slot = slot
+        self._batcher = batcher
+        self.metrics = metrics
+
+    @unary("Segment")
+    async def Segment(self, request: segmenter_pb2.SegmentRequest,
+                       context: grpc.aio.ServicerContext) -> segmenter_pb2.SegmentResponse:
+        started = time.perf_counter()
+        scan = scan_from_request(request, self._cfg.max_side)
+        prediction = await self._batcher.submit(scan)
+        classes = self._slot.current().config.classes
+        return build_response(request.scan_id, prediction, classes, started, request.return_confidence)
+
+    @unary("GetModel")
+    async def GetModel(self, request: segmenter_pb2.GetModelRequest,
+                         context: grpc.aio.ServicerContext) -> segmenter_pb2.ModelInfo:
+        return model_info(self._slot.current(), self._cfg)
+
+    async def SegmentStream(self, request_iterator: AsyncIterator[segmenter_pb2.SegmentRequest],
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[segmenter_pb2.SegmentResponse]:
+        """Frames answered in order; a bad frame gets an `error` response and the stream goes on."""
+        async for request in request_iterator:
+            started = time.perf_counter()
+            self.metrics.inflight.inc()
+            code = "OK"
+            try:
+                scan = scan_from_request(request, self._cfg.max_side)
+                prediction = await self._batcher.submit(scan)
+                classes = self._slot.current().config.classes
+                response = build_response(request.scan_id, prediction, classes, started, request.return_confidence)
+            except Exception as exc:  # noqa: BLE001 - reported in-band for this frame
+                status, message = status_for(exc)
+                code = status.name
+                response = segmenter_pb2.SegmentResponse(
+                    scan_id=request.scan_id, error=segmenter_pb2.SegmentError(code=code, message=message)
+                )
+            finally:
+                self.metrics.inflight.dec()
+                self.metrics.requests.labels("SegmentStream", code).inc()
+                self.metrics.request_seconds.labels("SegmentStream").observe(time.perf_counter() - started)
+            yield response
+

@@ -1,0 +1,96 @@
+"""Hot swap: bring newer versions from the weight store into the model slot without stopping inference.
+
+Two triggers feed one loop: announcements on Kafka (`weld.models`, immediate) and a periodic poll of
+the weight store (the fallback when Kafka is down or a message was missed). Loading, checksum
+verification and warm-up happen beside the live model on a worker thread; only then is the slot swapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from weldstream.server.config import ServerConfig
+from weldstream.server.metrics import ServerMetrics
+from weldstream.server.model_slot import ModelSlot, load_version
+
+from weldstream.errors import CorruptVersion
+from weldstream.weight_store import WeightStore
+
+log = logging.getLogger(__name__)
+
+
+class Swapper:
+    def __init__(self, cfg: ServerConfig, store: WeightStore, slot: ModelSlot, metrics: ServerMetrics,
+                 on_swap: Callable[[], None]) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._slot = slot
+        self._metrics = metrics
+        self._on_swap = on_swap
+        self._wake = asyncio.Event()
+        self._refused: set[int] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._swap_loop(), name="swap-loop"))
+        if self._cfg.kafka:
+            from weldstream.server.announcements import follow_announcements
+
+            self._tasks.append(asyncio.create_task(
+                follow_announcements(self._cfg.kafka, self._cfg.models_topic, self.notify), name="follow-models"))
+        for task in self._tasks:
+            task.add_done_callback(self._check_task)
+
+    def notify(self, version: int | None = None) -> None:
+        """Something new may be in the store; look now instead of at the next poll."""
+        self._wake.set()
+
+    async def wait_failed(self) -> None:
+        """Completes (raising) only if a background task died unexpectedly."""
+        await self._failed
+
+    def _check_task(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._failed.done():
+            return
+        if task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+            self._failed.set_exception(task.exception())
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _swap_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.swap_to_latest()
+
+    async def swap_to_latest(self) -> bool:
+        latest = await asyncio.to_thread(self._store.latest)
+        live = self._slot.current()
+        if latest is None or latest in self._refused or (latest <= live.version and not live.untrained):
+            return False
+        started = time.perf_counter()
+        try:
+            candidate = await asyncio.to_thread(load_version, self._store, latest, live.device)
+        except (CorruptVersion, FileNotFoundError, RuntimeError, ValueError) as exc:
+            self._refused.add(latest)
+            self._metrics.swaps.labels("failed").inc()
+            log.error("refusing version %d: %s", latest, exc)
+            return False
+        self._metrics.swap_seconds.observe(time.perf_counter() - started)
+        if not self._slot.swap(candidate):
+            self._metrics.swaps.labels("stale").inc()
+            return False
+        self._metrics.swaps.labels("swapped").inc()
+        self._on_swap()
+        return True

@@ -1,0 +1,27 @@
+"""An unmodified tritonclient[grpc] client speaks to the server's KServe v2 endpoint."""
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CLIENT = Path(__file__).parent / "clients" / "triton_client.py"
+
+
+async def test_tritonclient_works_unmodified(server):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(CLIENT), f"127.0.0.1:{server.port}", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["live"] and result["ready"] and result["model_ready"]
+    assert result["server"]["name"] == "weldstream"
+    assert result["model"]["name"] == "weld-seg"
+    assert [o["name"] for o in result["model"]["outputs"]] == ["mask", "confidence"]
+    assert result["mask"] == {"shape": [2, 72, 100], "dtype": "uint8", "max": result["mask"]["max"]}
+    assert result["mask"]["max"] < 5
+    assert result["confidence"]["shape"] == [2, 72, 100] and result["confidence"]["dtype"] == "float32"
+    assert result["confidence"]["min"] > 0.19
+    assert result["version"] == "0"
+    assert result["bad_model"] == "StatusCode.INVALID_ARGUMENT"

@@ -1,0 +1,137 @@
+"""The `weldstream` command. Each subcommand builds its config here and hands it to its room.
+
+The CLI is the one module allowed to reach up into the rooms (server, learner); it imports them lazily
+so `weldstream simulate` does not pay for gRPC and `weldstream serve` does not pay for avalanche.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_KAFKA = "127.0.0.1:9092"
+DEFAULT_MODEL_DIR = Path("runs/models")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 128x128, got {text!r}") from None
+    return height, width
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve defect segmentation over gRPC (native + KServe v2)")
+    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="weight store directory")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (-1: off)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="1 turns dynamic batching off")
+    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--max-side", type=int, default=4096, help="largest accepted scan height/width")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--kafka", default=None, help="follow model announcements on this Kafka bootstrap address")
+    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between weight-store polls")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from weldstream.server.app import serve
+    from weldstream.server.config import ServerConfig
+
+    cfg = ServerConfig(
+        model_dir=args.model_dir, host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
+        max_side=args.max_side, device=args.device, threads=args.threads, kafka=args.kafka,
+        poll_interval_s=args.poll_interval,
+    )
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="segment one scan file on a running server and print its defects")
+    p.add_argument("image", type=Path, help="PNG or TIFF scan")
+    p.add_argument("--target", default="127.0.0.1:8001", help="server HOST:PORT")
+    p.add_argument("--out", type=Path, default=None, help="write the mask overlaid on the scan here (PNG)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(run=_run_infer)
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from weldstream.client import infer_file
+
+    return infer_file(args.image, args.target, args.out, args.timeout)
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    from weldstream.simulator import cli as simulator_cli
+
+    p = sub.add_parser("simulate", help="generate labeled weld scans: to a folder (--out) or to Kafka (--kafka)")
+    simulator_cli.add_arguments(p)
+    p.set_defaults(run=simulator_cli.run)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print side-by-side ratios")
+    bench = p.add_subparsers(dest="bench", required=True)
+    serve = bench.add_parser("serve", help="gRPC Segment latency vs in-process, batching on vs off")
+    serve.add_argument("--size", type=_size, default=(256, 256))
+    serve.add_argument("--requests", type=int, default=200)
+    serve.add_argument("--clients", type=int, default=16)
+    serve.add_argument("--threads", type=int, default=0)
+    serve.set_defaults(run=_run_bench_serve)
+    gem = bench.add_parser("gem-step", help="GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains")
+    gem.add_argument("--size", type=_size, default=(128, 128))
+    gem.add_argument("--batch", type=int, default=8)
+    gem.add_argument("--repeats", type=int, default=5)
+    gem.add_argument("--device", default="auto")
+    gem.set_defaults(run=_run_bench_gem)
+
+
+def _run_bench_serve(args: argparse.Namespace) -> int:
+    from weldstream.server.bench import run_serving_benchmark
+
+    print(run_serving_benchmark(args.size, args.requests, args.clients, args.threads))
+    return 0
+
+
+def _run_bench_gem(args: argparse.Namespace) -> int:
+    import torch
+
+    from weldstream.replay.step_benchmark import benchmark_steps, format_table
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    rows = benchmark_steps(batch=args.batch, size=args.size, repeats=args.repeats, device=device)
+    print(format_table(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weldstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=os.environ.get("WELDSTREAM_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_serve, _add_infer, _add_simulate, _add_bench):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Directory-backed store of model versions: integer versions, immutable once written, checksummed.
+
+Layout: ``<root>/versions/<version:08d>/{weights.pt,manifest.json}``. A version is written into a
+temporary directory, fsynced and renamed into place, so a reader never sees half a version and a crash
+leaves at most a stray ``.tmp-*`` directory that is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weldstream.errors import CorruptVersion
+from weldstream.model import ModelConfig
+
+WEIGHTS_FILE = "weights.pt"
+MANIFEST_FILE = "manifest.json"
+_VERSION_DIR = re.compile(r"^\d{8}$")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything known about one version besides its weights."""
+
+    version: int
+    parent_version: int
+    sha256: str
+    created_at: float
+    model_config: dict[str, Any]
+    classes: list[str]
+    strategy: str = ""
+    offsets: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    newest_label_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    manifest: Manifest
+    state_dict: dict[str, torch.Tensor]
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.manifest.model_config)
+
+
+class WeightStore:
+    """Versions of one model in one directory; safe for one writer and many readers."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    def versions(self) -> list[int]:
+        return sorted(int(p.name) for p in self.versions_dir.iterdir() if _VERSION_DIR.match(p.name))
+
+    def latest(self) -> int | None:
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def path_of(self, version: int) -> Path:
+        return self.versions_dir / f"{version:08d}"
+
+    def publish(self, state_dict: dict[str, torch.Tensor], model_config: ModelConfig, *, parent_version: int,
+                version: int | None = None, **details: Any) -> Manifest:
+        """Write a new immutable version (default: latest + 1) and return its manifest."""
+        if version is None:
+            version = (self.latest() or 0) + 1
+        target = self.path_of(version)
+        if target.exists():
+            raise FileExistsError(f"version {version} already exists in {self.versions_dir}; versions are immutable")
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+        payload = buffer.getvalue()
+        manifest = Manifest(
+            version=version,
+            parent_version=parent_version,
+            sha256=hashlib.sha256(payload).hexdigest(),
+            created_at=time.time(),
+            model_config=model_config.to_dict(),
+            classes=list(model_config.classes),
+            **details,
+        )
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
+        try:
+            _write_synced(staging / WEIGHTS_FILE, payload)
+            _write_synced(staging / MANIFEST_FILE, manifest.to_json().encode())
+            os.rename(staging, target)
+            _fsync_dir(self.versions_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return manifest
+
+    def manifest(self, version: int) -> Manifest:
+        return Manifest.from_json((self.path_of(version) / MANIFEST_FILE).read_text())
+
+    def load(self, version: int, map_location: str | torch.device = "cpu") -> StoredVersion:
+        """Read a version and verify its checksum; a mismatch raises CorruptVersion."""
+        manifest = self.manifest(version)
+        payload = (self.path_of(version) / WEIGHTS_FILE).read_bytes()
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest != manifest.sha256:
+            raise CorruptVersion(
+                f"version {version}: weights sha256 {digest[:12]}… does not match manifest {manifest.sha256[:12]}…"
+            )
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        return StoredVersion(manifest, state)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
