@@ -134,8 +134,9 @@ def gem_step(
     G: Tensor | None = None  # (t, P)
     if cfg.strategy == "gem" and past:
         stale = past if cfg.refresh == "every_step" else [references.stalest(past)]
-        for domain in stale:
-            xm, ym = memory.sample(cfg.memory_batch, domain=domain)
+        # Draw every memory batch before the first backward so the draws never wait on the GPU.
+        memory_batches = {domain: memory.sample(cfg.memory_batch, domain=domain) for domain in stale}
+        for domain, (xm, ym) in memory_batches.items():
             references.store(domain, _loss_gradient(model, params, xm, ym, loss_fn))
         G = references.matrix(past)  # round_robin: domains not yet computed join on later steps
     elif cfg.strategy == "agem" and past:

@@ -52,7 +52,12 @@ def benchmark_steps(
     per_domain_capacity: int = 32,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per (past domains, variant): mean step seconds, ratio to naive, phases and peak memory."""
+    """One row per (past domains, variant): mean step seconds, ratio to naive, phases and peak memory.
+
+    Every variant gets a fresh default model (same seed) and AdamW, ``warmup`` untimed steps, then
+    ``repeats`` timed ones on the same current batches and the same memory. Peak memory is
+    ``torch.cuda.max_memory_allocated`` over the timed steps on CUDA, else the process RSS afterwards.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model_cfg = ModelConfig()
     generator = torch.Generator().manual_seed(seed)
@@ -62,7 +67,7 @@ def benchmark_steps(
         memory = ReplayMemory(per_domain_capacity, device=device, seed=seed)
         for d in range(k):
             memory.add(*synthetic_batch(per_domain_capacity, size, len(model_cfg.classes), generator), f"past-{d}")
-        naive_s = None
+        naive_s = naive_median_s = None
         for name, cfg in VARIANTS.items():
             model = build_model(model_cfg, seed=seed).to(device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -76,7 +81,9 @@ def benchmark_steps(
                 if i >= warmup:
                     stats.append((wall, step))
             mean_s = statistics.fmean(w for w, _ in stats)
-            naive_s = mean_s if name == "naive" else naive_s
+            median_s = statistics.median(w for w, _ in stats)  # robust to a noisy neighbour on the machine
+            if name == "naive":
+                naive_s, naive_median_s = mean_s, median_s
             rows.append(
                 {
                     "past_domains": k,
@@ -84,6 +91,8 @@ def benchmark_steps(
                     "step_ms": 1e3 * mean_s,
                     "step_ms_std": 1e3 * statistics.pstdev(w for w, _ in stats),
                     "ratio_to_naive": mean_s / naive_s if naive_s else float("nan"),
+                    "step_ms_median": 1e3 * median_s,
+                    "median_ratio_to_naive": median_s / naive_median_s if naive_median_s else float("nan"),
                     "memory_ms": 1e3 * statistics.fmean(s.memory_s for _, s in stats),
                     "forward_backward_ms": 1e3 * statistics.fmean(s.forward_backward_s for _, s in stats),
                     "projection_ms": 1e3 * statistics.fmean(s.projection_s for _, s in stats),
@@ -107,6 +116,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         ("step ms", "step_ms", "{:>9.2f}"),
         ("± ms", "step_ms_std", "{:>7.2f}"),
         ("x naive", "ratio_to_naive", "{:>7.2f}"),
+        ("median ms", "step_ms_median", "{:>9.2f}"),
+        ("x naive (med)", "median_ratio_to_naive", "{:>7.2f}"),
         ("memory ms", "memory_ms", "{:>9.2f}"),
         ("fwd/bwd ms", "forward_backward_ms", "{:>10.2f}"),
         ("proj ms", "projection_ms", "{:>8.2f}"),

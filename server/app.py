@@ -12,16 +12,16 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+
+from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from weldstream.model import ModelConfig, resolve_device
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.kserve_service import InferenceServicer
 from weldstream.server.metrics import ServerMetrics
-from weldstream.server.model_slot import LoadedModel, ModelSlot, fresh_model, load_version, resolve_device
+from weldstream.server.model_slot import LoadedModel, ModelSlot, fresh_model, load_version
 from weldstream.server.segmenter_service import SegmenterServicer
 from weldstream.server.swapper import Swapper
-
-from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
-from weldstream.model import ModelConfig
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
 from weldstream.weight_store import WeightStore
 

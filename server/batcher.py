@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from weldstream.errors import ModelUnavailable, Overloaded
 from weldstream.server.inference import Prediction, predict_batch
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import ModelSlot
-
-from weldstream.errors import ModelUnavailable, Overloaded
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from weldstream.server.metrics import ServerMetrics
 
 from weldstream.errors import CorruptVersion, InvalidInput, ModelUnavailable, Overloaded
+from weldstream.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from weldstream.server.model_slot import LoadedModel
-from weldstream.server.regions import Region, class_fractions, defect_regions
 
 from weldstream.preprocess import normalise_scan, pad_to_multiple
+from weldstream.server.model_slot import LoadedModel
+from weldstream.server.regions import Region, class_fractions, defect_regions
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,16 @@ import asyncio
 
 import grpc
 import numpy as np
+
+from weldstream.errors import InvalidInput, ModelUnavailable
+from weldstream.kserve import grpc_predict_v2_pb2 as pb
+from weldstream.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.errors import NotFound, unary
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import ModelSlot
 from weldstream.server.requests import INPUT_NAME, scans_from_infer
-
-from weldstream.errors import InvalidInput, ModelUnavailable
-from weldstream.kserve import grpc_predict_v2_pb2 as pb
-from weldstream.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 
 SERVER_NAME = "weldstream"
 SERVER_VERSION = "0.1.0"

@@ -29,12 +29,6 @@ class LoadedModel:
     manifest: Manifest | None = None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def prepare(module: nn.Module, device: torch.device) -> nn.Module:
     """Eval mode on the device; channels_last is the faster conv layout on CPU and GPU alike."""
     module = module.to(device).eval()

@@ -6,6 +6,8 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+
+from weldstream.codec import DTYPES, ENCODINGS, array_to_tensor
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.errors import status_for, unary
@@ -13,8 +15,6 @@ from weldstream.server.inference import Prediction
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
 from weldstream.server.requests import scan_from_request
-
-from weldstream.codec import DTYPES, ENCODINGS, array_to_tensor
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
 
 

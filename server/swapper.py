@@ -12,11 +12,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from weldstream.errors import CorruptVersion
 from weldstream.server.config import ServerConfig
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import ModelSlot, load_version
-
-from weldstream.errors import CorruptVersion
 from weldstream.weight_store import WeightStore
 
 log = logging.getLogger(__name__)

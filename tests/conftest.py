@@ -29,3 +29,24 @@ async def server(tmp_path: Path) -> AsyncIterator[InferenceServer]:
         yield srv
     finally:
         await srv.stop()
+
+
+@pytest.fixture
+def broker():
+    """A real Kafka-protocol broker (embedded Tansu) on a free loopback port."""
+    from weldstream.broker import EmbeddedBroker, free_port
+
+    with EmbeddedBroker(free_port()) as running:
+        yield running
+
+
+def learner_config(kafka: str, model_dir: Path, **overrides):
+    from weldstream.learner.config import LearnerConfig
+    from weldstream.replay import StepConfig
+
+    base = dict(kafka=kafka, model_dir=model_dir, metrics_port=0, metrics_host="127.0.0.1",
+                train_size=(64, 64), batch_size=4, memory_per_domain=16, validation_per_domain=8,
+                publish_every_steps=2, publish_every_s=1.0, idle_flush_s=0.5, session_timeout_ms=2000,
+                regression_tolerance=1.0, step=StepConfig(memory_batch=2))
+    base.update(overrides)
+    return LearnerConfig(**base)

@@ -79,6 +79,84 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=simulator_cli.run)
 
 
+def _add_broker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu, in memory) on loopback")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(run=_run_broker)
+
+
+def _run_broker(args: argparse.Namespace) -> int:
+    import signal
+
+    from weldstream.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.port, args.host).start()
+    print(f"broker ready on {broker.bootstrap} (in memory; Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def _add_learn(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("learn", help="learn continually from labeled scans on Kafka and publish versions")
+    p.add_argument("--kafka", default=DEFAULT_KAFKA, help="Kafka bootstrap HOST:PORT")
+    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--metrics-port", type=int, default=8003)
+    p.add_argument("--group-id", default="weldstream-learner")
+    p.add_argument("--strategy", choices=("gem", "agem", "naive"), default="gem")
+    p.add_argument("--refresh", choices=("round_robin", "every_step"), default="round_robin",
+                   help="GEM reference gradients: one past domain per step (default) or all every step")
+    p.add_argument("--train-size", type=_size, default=(128, 128))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--memory-per-domain", type=int, default=64)
+    p.add_argument("--memory-batch", type=int, default=8)
+    p.add_argument("--holdout-share", type=float, default=0.15)
+    p.add_argument("--publish-every-steps", type=int, default=20)
+    p.add_argument("--publish-every-s", type=float, default=30.0)
+    p.add_argument("--regression-tolerance", type=float, default=0.03)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--session-timeout-ms", type=int, default=10000)
+    p.set_defaults(run=_run_learn)
+
+
+def learner_config(args: argparse.Namespace):
+    from weldstream.learner.config import LearnerConfig
+    from weldstream.replay import StepConfig
+
+    return LearnerConfig(
+        kafka=args.kafka, model_dir=args.model_dir, metrics_port=args.metrics_port, group_id=args.group_id,
+        step=StepConfig(strategy=args.strategy, refresh=args.refresh, memory_batch=args.memory_batch),
+        train_size=args.train_size, batch_size=args.batch_size, learning_rate=args.lr,
+        memory_per_domain=args.memory_per_domain, holdout_share=args.holdout_share,
+        publish_every_steps=args.publish_every_steps, publish_every_s=args.publish_every_s,
+        regression_tolerance=args.regression_tolerance, device=args.device, threads=args.threads,
+        session_timeout_ms=args.session_timeout_ms,
+    )
+
+
+def _run_learn(args: argparse.Namespace) -> int:
+    import signal
+
+    from weldstream.learner.loop import run
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(learner_config(args), stop)
+
+    asyncio.run(main())
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print side-by-side ratios")
     bench = p.add_subparsers(dest="bench", required=True)
@@ -118,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weldstream", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default=os.environ.get("WELDSTREAM_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_serve, _add_infer, _add_simulate, _add_bench):
+    for add in (_add_serve, _add_infer, _add_simulate, _add_broker, _add_learn, _add_bench):
         add(sub)
     return parser
 

@@ -62,6 +62,13 @@ class ModelConfig:
         return cls(**data)
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks CUDA when present; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def build_model(cfg: ModelConfig, seed: int | None = 0) -> nn.Module:
     """A freshly initialised model; never downloads weights (encoder_weights=None)."""
     if seed is not None:

@@ -55,5 +55,5 @@ def training_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) ->
     if image.shape[-2:] != mask.shape:
         raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape}")
     x = torch.from_numpy(normalise_scan(image))
-    y = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
+    y = torch.from_numpy(np.array(mask, dtype=np.uint8))
     return resize_pair(x, y, size)

@@ -1,0 +1,94 @@
+"""The benchmark's one configuration: stream sizes, the shared training budget and each method's knobs.
+
+Every strategy reads the same model seed, optimiser, learning rate, batch size, epochs, gradient clip
+and per-domain memory budget from here, so a difference in the table is a difference in the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Canonical row order of the report. "joint" is the upper bound, "naive" the lower one.
+STRATEGIES: tuple[str, ...] = (
+    "naive",
+    "joint",
+    "replay",
+    "ewc",
+    "si",
+    "lfl",
+    "avalanche-agem",
+    "avalanche-gem",
+    "weldstream-gem",
+)
+WELDSTREAM_STRATEGIES = ("naive", "joint", "replay", "weldstream-gem")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes and hyper-parameters of one benchmark run (one value per knob, shared by every strategy)."""
+
+    train_per_domain: int = 384
+    test_per_domain: int = 96
+    size: tuple[int, int] = (64, 64)  # training and test resolution (rows, cols)
+    render_size: tuple[int, int] = (64, 64)  # simulator resolution before resizing to ``size``
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 1
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    clip_norm: float | None = 1.0  # applied to every strategy, after any projection, before the update
+    memory_per_domain: int = 16  # episodic memory budget, scans per domain, for every memory-based method
+    memory_batch: int = 8  # scans drawn from memory per step (weldstream GEM per past domain; replay in total)
+    ewc_lambda: float = 100.0
+    si_lambda: float = 1.0
+    lfl_lambda: float = 1.0
+    gem_margin: float = 0.5  # GEM's memory_strength, the same for Avalanche's and weldstream's GEM
+    strategies: tuple[str, ...] = STRATEGIES
+    data: Path | None = None  # a folder dataset instead of the simulator
+    test_share: float = 0.2  # share of a folder dataset's scans per domain held out (by scan-id hash)
+    max_domains: int | None = None  # keep only the first N domains of the stream
+    threads: int = 2
+    quick: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
+        if self.train_per_domain < self.batch_size or self.test_per_domain < 1:
+            raise ValueError("train_per_domain must be >= batch_size and test_per_domain >= 1")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        if min(self.size) < 32 or min(self.render_size) < 32:
+            raise ValueError("size and render_size must be at least 32 x 32")
+        if self.memory_per_domain < 1 or self.memory_batch < 1 or self.epochs < 1:
+            raise ValueError("memory_per_domain, memory_batch and epochs must be >= 1")
+        if not 0 < self.test_share < 1:
+            raise ValueError("test_share must be in (0, 1)")
+
+    @classmethod
+    def quick_preset(cls, **overrides: Any) -> BenchConfig:
+        """A minutes-long run: three domains, tiny splits, one seed; checks the pipeline, not the science."""
+        base: dict[str, Any] = dict(
+            train_per_domain=64, test_per_domain=24, size=(64, 64), render_size=(64, 64), seeds=(0,),
+            memory_per_domain=8, memory_batch=4, max_domains=3, quick=True,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["data"] = None if self.data is None else str(self.data)
+        data["size"], data["render_size"] = list(self.size), list(self.render_size)
+        data["seeds"], data["strategies"] = list(self.seeds), list(self.strategies)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
+        data = dict(data)
+        data["data"] = None if data.get("data") is None else Path(data["data"])
+        for key in ("size", "render_size", "seeds", "strategies"):
+            data[key] = tuple(data[key])
+        return cls(**data)

@@ -1,0 +1,55 @@
+"""Which scans are held out for validation, and the capped per-domain validation sets they fill."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from weldstream.scoring import SegmentationScore, evaluate
+
+
+def scan_hash(scan_id: str) -> float:
+    """A stable number in [0, 1) per scan id: the same scan is held out on every run and restart."""
+    digest = hashlib.blake2b(scan_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def is_held_out(scan_id: str, share: float) -> bool:
+    return scan_hash(scan_id) < share
+
+
+class ValidationSets:
+    """Up to `cap` held-out scans per domain: those with the smallest scan hash, so the set is stable."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._items: dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]] = {}
+
+    def add(self, scan_id: str, domain: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        items = self._items.setdefault(domain, [])
+        items.append((scan_hash(scan_id), x, y))
+        if len(items) > self.cap:
+            items.sort(key=lambda item: item[0])
+            del items[self.cap:]
+
+    def domains(self) -> list[str]:
+        return list(self._items)
+
+    def size(self, domain: str) -> int:
+        return len(self._items.get(domain, []))
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, SegmentationScore]:
+        scores = {}
+        for domain, items in self._items.items():
+            images = torch.stack([x for _, x, _ in items]).to(device)
+            masks = torch.stack([y for _, _, y in items]).to(device)
+            scores[domain] = evaluate(model, images, masks)
+        return scores
+
+    def state_dict(self) -> dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]]:
+        return {d: list(items) for d, items in self._items.items()}
+
+    def load_state_dict(self, state: dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]]) -> None:
+        self._items = {d: list(items) for d, items in state.items()}

@@ -1,0 +1,44 @@
+"""Every metric the learner exports, declared in one place."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PHASES = ("forward_backward", "memory", "projection", "total")
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+class LearnerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter("learner_scans_consumed_total", "Labeled scans read from Kafka, by use.",
+                                ["use"], registry=r)
+        self.dead_lettered = Counter("learner_scans_dead_lettered_total",
+                                     "Messages sent to the dead-letter topic, by offending field.", ["field"],
+                                     registry=r)
+        self.steps = Counter("learner_steps_total", "Training steps.", registry=r)
+        self.projections = Counter("learner_gem_projections_total",
+                                   "Steps whose gradient was projected (a memory constraint was violated).",
+                                   registry=r)
+        self.step_seconds = Histogram("learner_step_duration_seconds", "Training step time by phase.", ["phase"],
+                                      buckets=STEP_BUCKETS, registry=r)
+        self.loss = Gauge("learner_loss", "Training loss of the latest step.", registry=r)
+        self.memory_fill = Gauge("learner_memory_scans", "Scans held in episodic memory, by domain.", ["domain"],
+                                 registry=r)
+        self.validation_miou = Gauge("learner_validation_miou", "Latest candidate's validation mIoU by domain.",
+                                     ["domain"], registry=r)
+        self.validation_dice = Gauge("learner_validation_dice", "Latest candidate's validation Dice by domain.",
+                                     ["domain"], registry=r)
+        self.versions = Counter("learner_versions_total", "Candidates by outcome.", ["outcome"], registry=r)
+        self.live_version = Gauge("learner_published_version", "Newest published model version.", registry=r)
+        self.lag = Gauge("learner_consumer_lag_messages", "Messages not yet read, all partitions.", registry=r)
+        self.current_domain = Gauge("learner_current_domain_info", "1 for the domain being learned now.",
+                                    ["domain"], registry=r)
+        self.pending = Gauge("learner_pending_scans", "Decoded scans waiting for a batch.", registry=r)
+        for use in ("train", "holdout", "dead_letter"):
+            self.consumed.labels(use)
+        for phase in PHASES:
+            self.step_seconds.labels(phase)
+        for outcome in ("published", "refused"):
+            self.versions.labels(outcome)

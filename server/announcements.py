@@ -1,0 +1,39 @@
+"""Follow `weld.models`: each announcement wakes the swapper. Kafka trouble never stops serving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from google.protobuf.message import DecodeError
+
+from weldstream.v1 import stream_pb2
+
+log = logging.getLogger(__name__)
+RETRY_S = 2.0
+
+
+async def follow_announcements(bootstrap: str, topic: str, notify: Callable[[int], None]) -> None:
+    """Read new announcements (no consumer group: every replica hears every one) until cancelled."""
+    while True:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest",
+                                    enable_auto_commit=False)
+        try:
+            await consumer.start()
+            log.info("following model announcements on %s (%s)", topic, bootstrap)
+            async for record in consumer:
+                try:
+                    announcement = stream_pb2.ModelAnnouncement.FromString(record.value)
+                except DecodeError:
+                    log.warning("ignoring undecodable announcement at offset %d", record.offset)
+                    continue
+                log.info("announced: version %d (parent %d)", announcement.version, announcement.parent_version)
+                notify(announcement.version)
+        except KafkaError as exc:
+            log.warning("lost %s (%s); polling the weight store until it is back", bootstrap, exc)
+        finally:
+            await consumer.stop()
+        await asyncio.sleep(RETRY_S)

@@ -1,0 +1,36 @@
+"""Kafka topic names and their creation; both the learner and the server use these."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+LABELED_SCANS = "weld.scans.labeled"
+DEAD_LETTER = "weld.scans.deadletter"
+MODELS = "weld.models"
+
+# Labeled scans are partitioned by scan id for producer throughput; the learner reads all partitions.
+DEFAULT_PARTITIONS = {LABELED_SCANS: 3, DEAD_LETTER: 1, MODELS: 1}
+
+
+async def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None,
+                        replication_factor: int = 1) -> None:
+    """Create each topic with an explicit partition count if it does not exist yet."""
+    wanted = partitions or DEFAULT_PARTITIONS
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, n, replication_factor) for name, n in wanted.items() if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # created by a peer in the meantime
+            log.info("created topics %s", [t.name for t in missing])
+    finally:
+        await admin.close()
