@@ -25,7 +25,9 @@ class LearnerConfig:
     # Every scan is resized to this before training and memory (validation too).
     train_size: tuple[int, int] = (128, 128)
     batch_size: int = 8
-    learning_rate: float = 1e-3
+    # Steps taken on each incoming batch: labels arrive slower than a GPU (or even a CPU) can learn.
+    passes: int = 1
+    learning_rate: float = 3e-3
     memory_per_domain: int = 64
     # Share of every domain's scans held out for validation, chosen by scan id (stable across restarts).
     holdout_share: float = 0.15
@@ -46,8 +48,8 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.holdout_share < 1:
             raise ValueError("holdout_share must be in [0, 1)")
-        if self.batch_size < 1 or self.memory_per_domain < 1:
-            raise ValueError("batch_size and memory_per_domain must be >= 1")
+        if self.batch_size < 1 or self.memory_per_domain < 1 or self.passes < 1:
+            raise ValueError("batch_size, passes and memory_per_domain must be >= 1")
         if self.publish_every_steps < 1 or self.publish_every_s <= 0:
             raise ValueError("publish_every_steps must be >= 1 and publish_every_s > 0")
         if min(self.train_size) < 32:

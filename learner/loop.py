@@ -120,15 +120,16 @@ class LearnerLoop:
     async def train_ready(self) -> int:
         trained = 0
         while trained < BATCHES_PER_POLL and (batch := self.learner.next_batch()) is not None:
-            stats = await asyncio.to_thread(self.learner.train, batch)
+            steps = await asyncio.to_thread(self.learner.train, batch)
             trained += 1
             m = self.metrics
-            m.steps.inc()
-            m.projections.inc(int(stats.projected))
-            m.loss.set(stats.loss)
-            for phase, seconds in (("forward_backward", stats.forward_backward_s), ("memory", stats.memory_s),
-                                   ("projection", stats.projection_s), ("total", stats.total_s)):
-                m.step_seconds.labels(phase).observe(seconds)
+            for stats in steps:
+                m.steps.inc()
+                m.projections.inc(int(stats.projected))
+                m.loss.set(stats.loss)
+                for phase, seconds in (("forward_backward", stats.forward_backward_s), ("memory", stats.memory_s),
+                                       ("projection", stats.projection_s), ("total", stats.total_s)):
+                    m.step_seconds.labels(phase).observe(seconds)
             for domain, fill in self.learner.memory.per_domain().items():
                 m.memory_fill.labels(domain).set(fill)
                 m.current_domain.labels(domain).set(1 if domain == batch.domain else 0)

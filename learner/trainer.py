@@ -64,14 +64,17 @@ class ContinualLearner:
         return Batch(domain, torch.stack([s.x for s in samples]), torch.stack([s.y for s in samples]),
                      [s.labeled_at for s in samples])
 
-    def train(self, batch: Batch) -> StepStats:
-        """One continual-learning step, then the batch joins the episodic memory."""
+    def train(self, batch: Batch) -> list[StepStats]:
+        """`passes` continual-learning steps on the batch, then the batch joins the episodic memory."""
         x, y = batch.x.to(self.device), batch.y.to(self.device)
-        stats = gem_step(self.model, self.optimizer, (x, y), self.memory, self.cfg.step, batch.domain,
-                         self.references)
+        stats = []
+        for _ in range(self.cfg.passes):
+            step = gem_step(self.model, self.optimizer, (x, y), self.memory, self.cfg.step, batch.domain,
+                            self.references)
+            self.steps += 1
+            self.projected_steps += int(step.projected)
+            stats.append(step)
         self.memory.add(x, y, batch.domain)
-        self.steps += 1
-        self.projected_steps += int(stats.projected)
         self.label_times.extend(t for t in batch.labeled_at if t > 0)
         return stats
 

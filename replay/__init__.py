@@ -3,6 +3,7 @@
 from weldstream.replay.gem import ReferenceGradients, StepConfig, StepStats, gem_step
 from weldstream.replay.memory import ReplayMemory
 from weldstream.replay.projection import (
+    blockwise_products,
     flatten_grads,
     memory_dot_products,
     project_agem,
@@ -16,6 +17,7 @@ __all__ = [
     "ReplayMemory",
     "StepConfig",
     "StepStats",
+    "blockwise_products",
     "flatten_grads",
     "gem_step",
     "memory_dot_products",

@@ -26,7 +26,13 @@ from torch import Tensor, nn
 
 from weldstream.losses import segmentation_loss
 from weldstream.replay.memory import ReplayMemory
-from weldstream.replay.projection import flatten_grads, memory_dot_products, project_agem, project_gem, write_grads
+from weldstream.replay.projection import (
+    flatten_grads,
+    memory_dot_products,
+    project_agem,
+    project_gem,
+    write_grads,
+)
 
 STRATEGIES = ("gem", "agem", "naive")
 REFRESH_POLICIES = ("round_robin", "every_step")
@@ -69,7 +75,11 @@ class StepStats:
 
 
 class ReferenceGradients:
-    """Cache of one flattened memory gradient per domain: a (domains, P) tensor on the model's device."""
+    """Cache of one flattened memory gradient per domain: a (domains, P) tensor on the model's device.
+
+    A cache, not state: it is not checkpointed, and after a restart round robin refills it within
+    (number of past domains) steps.
+    """
 
     def __init__(self) -> None:
         self.step = 0  # advanced by every gem_step
@@ -187,7 +197,9 @@ def gem_step(
     )
 
 
-def _loss_gradient(model: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
+def _loss_gradient(
+    model: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor, loss_fn: LossFn
+) -> Tensor:
     """Flattened gradient (P,) of the loss on one memory batch; leaves it in p.grad for step 2 to clear."""
     model.zero_grad(set_to_none=True)
     loss_fn(model(x), y).backward()

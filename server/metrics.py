@@ -34,6 +34,10 @@ class ServerMetrics:
         self.swaps = Counter("inference_model_swaps_total", "Hot swaps by result.", ["result"], registry=r)
         self.swap_seconds = Histogram("inference_model_swap_duration_seconds",
                                       "Load + verify + warm-up time of a new version.", registry=r)
+        self.freshness_seconds = Histogram(
+            "inference_model_freshness_seconds",
+            "At each swap: now minus the median label time of the scans the new version learned from.",
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800), registry=r)
         for method in METHODS:
             self.request_seconds.labels(method)
             for code in CODES:

@@ -91,5 +91,8 @@ class Swapper:
             self._metrics.swaps.labels("stale").inc()
             return False
         self._metrics.swaps.labels("swapped").inc()
+        label_time = (candidate.manifest.metrics.get("label_time_median", 0.0) if candidate.manifest else 0.0)
+        if label_time > 0:
+            self._metrics.freshness_seconds.observe(max(0.0, time.time() - label_time))
         self._on_swap()
         return True

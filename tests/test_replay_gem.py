@@ -109,7 +109,8 @@ def test_applied_gradient_is_the_projection_of_the_clean_gradient() -> None:
     assert violated
 
     cfg = StepConfig(strategy="gem", clip_norm=None)
-    gem_step(model, torch.optim.SGD(model.parameters(), lr=0.0), current, memory, cfg, "new", ReferenceGradients())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    gem_step(model, optimizer, current, memory, cfg, "new", ReferenceGradients())
     torch.testing.assert_close(flatten_grads(list(model.parameters())), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -189,7 +190,8 @@ def test_round_robin_constrains_only_by_domains_with_a_reference() -> None:
     model = tiny_model()
     references = ReferenceGradients()
     cfg = StepConfig(strategy="gem")
-    gem_step(model, torch.optim.SGD(model.parameters(), lr=1e-3), domain_batch(3), memory, cfg, "c", references)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    gem_step(model, optimizer, domain_batch(3), memory, cfg, "c", references)
     assert "a" in references and "b" not in references
     assert references.matrix(["a", "b"]).shape[0] == 1
 

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from weldstream.replay.projection import (
+    _BLOCK,
+    blockwise_products,
     flatten_grads,
     memory_dot_products,
     project_agem,
@@ -71,8 +73,29 @@ def test_projected_gradient_satisfies_every_constraint(seed: int, t: int) -> Non
     g, G = conflicting(seed, t, dtype=torch.float64)
     projected, violated = project_gem(g, G, margin=0.0, eps=0.0)
     assert violated
-    assert (memory_dot_products(projected, G) >= -1e-6).all()
-    # ...and it is the closest such gradient: KKT of the primal says g̃ - g lies in the cone of G's rows.
+    dots = memory_dot_products(projected, G)
+    assert (dots >= -1e-6).all()
+    # ...and it is the closest such gradient (primal KKT): g̃ - g = Gᵀ v with v >= 0, and v_k > 0 only
+    # where the constraint is tight.
+    v = torch.linalg.lstsq(G.T, (projected - g)[:, None]).solution[:, 0]
+    torch.testing.assert_close(G.T @ v, projected - g)
+    assert (v >= -1e-9).all()
+    assert (v * dots).abs().max() < 1e-6
+
+
+def test_blockwise_products_past_one_block_match_float64() -> None:
+    gen = torch.Generator().manual_seed(7)
+    G = torch.randn(3, 2 * _BLOCK + 77, generator=gen)
+    g = torch.randn(2 * _BLOCK + 77, generator=gen)
+    exact = G.double() @ G.double().T
+    scale = float(exact.abs().max())
+    torch.testing.assert_close(blockwise_products(G, G), exact, rtol=1e-6, atol=1e-6 * scale)
+    torch.testing.assert_close(memory_dot_products(g, G), G.double() @ g.double(), rtol=1e-5, atol=1e-3)
+
+    g = g - 0.5 * G.sum(0)  # make it violate, then compare the whole projection with quadprog
+    projected, violated = project_gem(g, G)
+    assert violated
+    np.testing.assert_allclose(projected.numpy(), quadprog_gem(g, G, 0.5, 1e-3), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("t", [1, 2, 5, 12, 20])

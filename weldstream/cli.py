@@ -113,7 +113,8 @@ def _add_learn(sub: argparse._SubParsersAction) -> None:
                    help="GEM reference gradients: one past domain per step (default) or all every step")
     p.add_argument("--train-size", type=_size, default=(128, 128))
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--passes", type=int, default=1, help="training steps per incoming batch")
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--memory-per-domain", type=int, default=64)
     p.add_argument("--memory-batch", type=int, default=8)
     p.add_argument("--holdout-share", type=float, default=0.15)
@@ -133,7 +134,7 @@ def learner_config(args: argparse.Namespace):
     return LearnerConfig(
         kafka=args.kafka, model_dir=args.model_dir, metrics_port=args.metrics_port, group_id=args.group_id,
         step=StepConfig(strategy=args.strategy, refresh=args.refresh, memory_batch=args.memory_batch),
-        train_size=args.train_size, batch_size=args.batch_size, learning_rate=args.lr,
+        train_size=args.train_size, batch_size=args.batch_size, passes=args.passes, learning_rate=args.lr,
         memory_per_domain=args.memory_per_domain, holdout_share=args.holdout_share,
         publish_every_steps=args.publish_every_steps, publish_every_s=args.publish_every_s,
         regression_tolerance=args.regression_tolerance, device=args.device, threads=args.threads,
@@ -155,6 +156,35 @@ def _run_learn(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole loop: broker, server, learner, drifting rig and a client")
+    p.add_argument("--duration", type=float, default=240.0, help="seconds to run (Ctrl-C stops earlier)")
+    p.add_argument("--domains", default="", help="comma-separated domains in stream order (default: all)")
+    p.add_argument("--per-domain", type=int, default=300, help="labeled scans per domain before the drift")
+    p.add_argument("--rate", type=float, default=12.0, help="labeled scans per second from the rig")
+    p.add_argument("--size", type=_size, default=(64, 64), help="scan size; small so 2 CPU cores learn live")
+    p.add_argument("--passes", type=int, default=2, help="learner steps per incoming batch")
+    p.add_argument("--client-rate", type=float, default=4.0, help="Segment calls per second")
+    p.add_argument("--kafka", default=None, help="use this Kafka cluster instead of the embedded broker")
+    p.add_argument("--strategy", choices=("gem", "agem", "naive"), default="gem")
+    p.add_argument("--publish-every-steps", type=int, default=20)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--no-live", action="store_true", help="print snapshots instead of a live view (CI logs)")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from weldstream.demo import DemoConfig, run_demo
+
+    domains = tuple(d for d in args.domains.split(",") if d)
+    cfg = DemoConfig(out=args.out, duration_s=args.duration, domains=domains, per_domain=args.per_domain,
+                     rate=args.rate, size=args.size, client_rate=args.client_rate, kafka=args.kafka,
+                     strategy=args.strategy, publish_every_steps=args.publish_every_steps, passes=args.passes,
+                     live_view=not args.no_live)
+    summary = asyncio.run(run_demo(cfg))
+    return 0 if summary["client_failures"] == 0 else 1
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -196,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weldstream", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default=os.environ.get("WELDSTREAM_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_serve, _add_infer, _add_simulate, _add_broker, _add_learn, _add_bench):
+    for add in (_add_serve, _add_infer, _add_simulate, _add_broker, _add_learn, _add_demo, _add_bench):
         add(sub)
     return parser
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -66,7 +66,8 @@ def labeled_scan(sample: ScanSample, rig_id: str) -> stream_pb2.LabeledScan:
 
 async def produce_stream(bootstrap: str, schedule: Schedule, rate: float, size: tuple[int, int], seed: int = 0,
                          rig_id: str = "sim-rig-1", topic: str = LABELED_SCANS,
-                         stop: asyncio.Event | None = None) -> int:
+                         stop: asyncio.Event | None = None,
+                         on_scan: Callable[[ScanSample], None] | None = None) -> int:
     """Produce the schedule's scans at `rate` per second (0: as fast as possible); returns how many."""
     await ensure_topics(bootstrap)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
@@ -84,6 +85,8 @@ async def produce_stream(bootstrap: str, schedule: Schedule, rate: float, size: 
             message = labeled_scan(sample, rig_id)
             await producer.send(topic, message.SerializeToString(), key=message.scan_id.encode())
             sent += 1
+            if on_scan is not None:
+                on_scan(sample)
             if rate > 0:
                 delay = started + sent / rate - time.monotonic()
                 if delay > 0:

@@ -4,8 +4,15 @@ Every scan is a pure function of (domain, seed, size), with a pixel-exact defect
 can stream thousands of labelled scans from named domains that drift the way real rigs do.
 """
 
-from weldstream.simulator.dataset import read_dataset, write_dataset
-from weldstream.simulator.domains import DOMAINS, Domain, RadiographRig, UltrasonicRig, domain_names, get_domain
+from weldstream.simulator.dataset import read_dataset, read_index, write_dataset
+from weldstream.simulator.domains import (
+    DOMAINS,
+    Domain,
+    RadiographRig,
+    UltrasonicRig,
+    domain_names,
+    get_domain,
+)
 from weldstream.simulator.scan import ScanSample, generate_scan
 
 __all__ = [
@@ -18,5 +25,6 @@ __all__ = [
     "generate_scan",
     "get_domain",
     "read_dataset",
+    "read_index",
     "write_dataset",
 ]

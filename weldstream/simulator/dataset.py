@@ -16,7 +16,8 @@ from weldstream.simulator.domains import get_domain
 from weldstream.simulator.scan import generate_scan
 
 PIXEL_COLUMNS = [f"pixels_{name}" for name in DEFECT_CLASSES]
-COLUMNS = ["scan_id", "domain", "modality", "image", "mask", "height", "width", "dtype", "seed", *PIXEL_COLUMNS]
+COLUMNS = ["scan_id", "domain", "modality", "image", "mask", "height", "width", "dtype", "seed",
+           *PIXEL_COLUMNS]
 _INTEGER_COLUMNS = {"height", "width", "seed", *PIXEL_COLUMNS}
 
 
@@ -78,17 +79,21 @@ def write_dataset(out_dir: Path | str, domain: str, count: int, seed: int = 0,
     return index
 
 
+def read_index(index_path: Path | str) -> list[dict[str, Any]]:
+    """index.csv or index.json -> its rows, with the same types either way (counts and sizes as int)."""
+    index = Path(index_path)
+    if index.suffix == ".json":
+        return json.loads(index.read_text())
+    with index.open(newline="") as handle:
+        return [{key: int(value) if key in _INTEGER_COLUMNS else value for key, value in row.items()}
+                for row in csv.DictReader(handle)]
+
+
 def read_dataset(index_path: Path | str) -> list[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
     """index.csv or index.json -> [(row, image in its declared dtype, mask uint8)], in index order."""
     index = Path(index_path)
-    if index.suffix == ".json":
-        rows = json.loads(index.read_text())
-    else:
-        with index.open(newline="") as handle:
-            rows = [{key: int(value) if key in _INTEGER_COLUMNS else value for key, value in row.items()}
-                    for row in csv.DictReader(handle)]
     samples = []
-    for row in rows:
+    for row in read_index(index):
         image = _read_image(index.parent / row["image"], row["dtype"])
         mask = _read_image(index.parent / row["mask"], "uint8")
         samples.append((row, image, mask))

@@ -63,7 +63,8 @@ def _mm(zone: WeldZone, low: float, high: float, scale: float, rng: np.random.Ge
 
 
 def _start(zone: WeldZone, rng: np.random.Generator, spread: float = 0.8) -> tuple[float, float]:
-    return float(rng.uniform(0.08, 0.92) * zone.length_px), float(rng.uniform(-spread, spread) * zone.half_width_px)
+    u = rng.uniform(0.08, 0.92) * zone.length_px
+    return float(u), float(rng.uniform(-spread, spread) * zone.half_width_px)
 
 
 def _stamp(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -126,9 +127,10 @@ def porosity(zone: WeldZone, shape: tuple[int, int], scale: float, rng: np.rando
     for u, v, radius in zip(us, vs, radii, strict=True):
         rs, cs = _window(zone, u, v, radius + 1, shape)
         row, col = zone.to_pixels(np.float64(u), np.float64(v))
-        d2 = (np.arange(rs.start, rs.stop)[:, None] - row) ** 2 + (np.arange(cs.start, cs.stop)[None, :] - col) ** 2
+        d2 = (np.arange(rs.start, rs.stop)[:, None] - row) ** 2 + (np.arange(cs.start, cs.stop) - col) ** 2
         chord = np.sqrt(np.clip(1.0 - d2 / radius**2, 0.0, None)) * min(1.0, radius / 2.5) ** 0.3
-        np.maximum(profile[rs, cs], np.where(d2 <= radius**2, np.maximum(chord, 0.15), 0.0), out=profile[rs, cs])
+        pore = np.where(d2 <= radius**2, np.maximum(chord, 0.15), 0.0)
+        np.maximum(profile[rs, cs], pore, out=profile[rs, cs])
     return Defect(POROSITY, profile > 0, profile, "void", float(rng.uniform(0.8, 1.2)))
 
 
@@ -138,7 +140,7 @@ def lack_of_fusion(zone: WeldZone, shape: tuple[int, int], scale: float, rng: np
     length = _mm(zone, 4.0, 14.0, scale, rng)
     width = max(1.0, _mm(zone, 0.2, 0.6, scale, rng))
     u0 = float(rng.uniform(0.0, max(zone.length_px - length, 1.0)))
-    wave_amp, wave_len, phase = rng.uniform(0.2, 0.8), rng.uniform(8.0, 20.0), rng.uniform(0.0, 2 * np.pi)
+    wave_amp, wave_len, phase = rng.uniform(0.15, 0.5), rng.uniform(15.0, 40.0), rng.uniform(0.0, 2 * np.pi)
     rs, cs = _window(zone, u0 + length / 2, face, length / 2 + width + 2, shape)
     rows, cols = np.mgrid[rs, cs].astype(np.float64)
     u, v = zone.to_weld(rows, cols)
@@ -176,7 +178,8 @@ def inclusion(zone: WeldZone, shape: tuple[int, int], scale: float, rng: np.rand
     if score.size:
         peak = max(float(score.max()), 1e-6)
         profile[rs, cs] = np.where(score > 0, 0.35 + 0.65 * np.clip(score / peak, 0.0, 1.0), 0.0)
-    return Defect(INCLUSION, profile > 0, profile, "tungsten" if tungsten else "slag", float(rng.uniform(0.8, 1.2)))
+    material = "tungsten" if tungsten else "slag"
+    return Defect(INCLUSION, profile > 0, profile, material, float(rng.uniform(0.8, 1.2)))
 
 
 def sample_defects(zone: WeldZone, shape: tuple[int, int], mix: tuple[float, ...], free_fraction: float,

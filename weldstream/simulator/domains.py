@@ -91,7 +91,7 @@ class Domain:
         if not isinstance(self.rig, expected):
             raise ValueError(f"a {self.modality} domain needs a {expected.__name__}")
         if len(self.defect_mix) != 4 or min(self.defect_mix) <= 0:
-            raise ValueError("defect_mix needs four positive odds (crack, porosity, lack of fusion, inclusion)")
+            raise ValueError("defect_mix needs 4 positive odds: crack, porosity, lack of fusion, inclusion")
 
     def pitch_mm(self, rows: int) -> float:
         """Square pixel pitch: the rig covers the same height at any row count, so a bigger scan is finer."""
@@ -130,8 +130,8 @@ _ALL = (
         fov_height_mm=22.0,
         rig=UltrasonicRig(
             frequency_mhz=2.0, sound_speed_mm_per_us=2.30, attenuation_db_per_mm_mhz=0.12, wall_mm=18.2,
-            pulse_cycles=3.0, f_number=2.0, gain_db=10.0, tgc_db_per_mm=0.0, tgc_max_db=0.0,
-            dead_zone_mm=3.2, noise_level=0.25, fusion_line_contrast=0.6, bead_height_mm=2.5,
+            pulse_cycles=2.5, f_number=2.0, gain_db=10.0, tgc_db_per_mm=0.0, tgc_max_db=0.0,
+            dead_zone_mm=3.2, noise_level=0.15, fusion_line_contrast=0.6, bead_height_mm=2.5,
             log_dynamic_range_db=None, full_scale=255.0,
         ),
         defect_mix=(0.6, 1.4, 0.7, 1.3),
@@ -162,9 +162,9 @@ _ALL = (
         max_defects=5,
         flaw_scale=0.45,
         description=(
-            "7 MHz array on thin-wall PE100 (110 mm SDR11, 10 mm wall) with fine pitch. Full TGC that slightly "
-            "over-compensates and lifts receiver noise at depth; log-compressed (54 dB) 16-bit output. "
-            "Cold fusion (lack of fusion) dominates."
+            "7 MHz array on thin-wall PE100 (110 mm SDR11, 10 mm wall) with fine pitch. Full TGC "
+            "that slightly over-compensates and lifts receiver noise at depth; log-compressed (54 dB) "
+            "16-bit output. Cold fusion (lack of fusion) dominates."
         ),
     ),
     Domain(
@@ -217,9 +217,9 @@ _ALL = (
         fov_height_mm=44.0,
         rig=RadiographRig(
             steel_grade="X65", wall_mm=25.4, cap_width_mm=22.0, cap_height_mm=2.5, root_width_mm=6.0,
-            root_height_mm=1.5, ripple_period_mm=3.5, mu_per_mm=0.12, scatter_fraction=0.6,
+            root_height_mm=1.5, ripple_period_mm=3.5, mu_per_mm=0.12, scatter_fraction=0.5,
             unsharpness_mm=0.35, gradient=0.35, detector="film-density", film_gamma=3.2, parent_level=2.6,
-            noise_level=0.03, iqi_wires_mm=_WIRES_W6_W12, tungsten_fraction=0.1, full_scale=4.5,
+            noise_level=0.02, iqi_wires_mm=_WIRES_W6_W12, tungsten_fraction=0.1, full_scale=4.5,
         ),
         defect_mix=(1.3, 0.8, 0.9, 1.4),
         defect_free_fraction=0.1,
@@ -227,9 +227,9 @@ _ALL = (
         max_defects=6,
         flaw_scale=1.2,
         description=(
-            "Ir-192 gamma on coarse-grain film through a 25.4 mm X65 wall, exported as float32 optical density "
-            "(higher = darker film, so voids read high). Low contrast and heavy scatter; SAW fill, so slag "
-            "lines and cracks are common; coarse pitch."
+            "Ir-192 gamma on coarse-grain film through a 25.4 mm X65 wall, exported as float32 "
+            "optical density (higher = darker film, so voids read high). Low contrast and heavy "
+            "scatter; SAW fill, so slag lines and cracks are common; coarse pitch."
         ),
     ),
 )

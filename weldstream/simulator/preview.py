@@ -14,7 +14,8 @@ from weldstream.classes import DEFECT_CLASSES
 from weldstream.simulator.domains import domain_names
 from weldstream.simulator.scan import ScanSample, generate_scan
 
-# RGB per class id, as weldstream.overlay draws predictions: crack red, porosity yellow, LoF cyan, inclusion magenta.
+# RGB per class id, as weldstream.overlay draws predictions:
+# crack red, porosity yellow, lack of fusion cyan, inclusion magenta.
 CLASS_COLOURS = ((0, 0, 0), (230, 40, 40), (250, 210, 30), (40, 200, 230), (220, 60, 220))
 
 
@@ -35,7 +36,7 @@ def overlay_rgb(sample: ScanSample, alpha: float = 0.5) -> np.ndarray:
 
 
 def save_overlay_grid(path: Path | str, samples: list[ScanSample], per_row: int = 2) -> Path:
-    """Write a PNG grid: for each scan the raw image, then the same scan with its mask over it, plus a legend."""
+    """Write a PNG grid: each scan raw, then with its mask over it; a class legend underneath."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,12 +62,12 @@ def save_overlay_grid(path: Path | str, samples: list[ScanSample], per_row: int 
     fig.tight_layout(rect=(0, 0.6 / (3.4 * rows + 0.6), 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=80, pil_kwargs={"optimize": True})
     plt.close(fig)
     return out
 
 
-def domain_gallery(seeds: tuple[int, ...] = (3, 11), size: tuple[int, int] = (256, 256)) -> list[ScanSample]:
+def domain_gallery(seeds: tuple[int, ...] = (17, 21), size: tuple[int, int] = (256, 256)) -> list[ScanSample]:
     """A few scans of every domain in canonical order: the README figure's content."""
     return [generate_scan(name, seed, size) for name in domain_names() for seed in seeds]
 

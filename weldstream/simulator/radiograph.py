@@ -88,7 +88,8 @@ def layout(domain: Domain, shape: tuple[int, int], rng: np.random.Generator) -> 
     return RadiographScene(centre_row, cap_half_rows, _iqi(rig, shape, pitch, strip, rng), zone)
 
 
-def render(domain: Domain, scene: RadiographScene, defects: list[Defect], rng: np.random.Generator) -> np.ndarray:
+def render(domain: Domain, scene: RadiographScene, defects: list[Defect],
+           rng: np.random.Generator) -> np.ndarray:
     """The radiograph in the rig's output units (float64, before rounding to its dtype)."""
     rig: RadiographRig = domain.rig
     height, width = shape = scene.iqi.shape
@@ -99,7 +100,8 @@ def render(domain: Domain, scene: RadiographScene, defects: list[Defect], rng: n
     # Every background draw happens whether or not flaws are drawn, so a flaw-free render is the same scan.
     gradient_angle = rng.uniform(0, 2 * np.pi)
     ripple_jitter = rng.uniform(0, 2 * np.pi) + 1.2 * smooth_noise(rng, width, 4 / pitch)
-    wall_wobble = 0.08 * (smooth_noise(rng, width, 8 / pitch)[None, :] + smooth_noise(rng, height, 8 / pitch)[:, None])
+    wall_wobble = 0.08 * (smooth_noise(rng, width, 8 / pitch)[None, :]
+                          + smooth_noise(rng, height, 8 / pitch)[:, None])
     root_wobble = 1 + 0.2 * smooth_noise(rng, width, 2 / pitch)
     white = rng.standard_normal(shape)
     column_gain = 1 + 0.004 * rng.standard_normal(width)
@@ -118,12 +120,15 @@ def render(domain: Domain, scene: RadiographScene, defects: list[Defect], rng: n
     # Flaws replace the thickness change under them, in drawing order, so the last flaw drawn wins.
     change = np.zeros(shape, np.float64)
     for defect in defects:
+        # Flaws in thicker walls are deeper along the beam too, so their contrast scales with their size.
         extra = TUNGSTEN_MM if defect.material == "tungsten" else VOID_MM[defect.class_id]
+        extra *= domain.flaw_scale
         change[defect.footprint] = (extra * defect.strength * defect.profile)[defect.footprint]
     thickness += change
 
     # Beer-Lambert dose relative to bare parent wall, a tilted source field, a nearly flat scatter fog.
-    tilt = np.cos(gradient_angle) * (x_mm / (width * pitch) - 0.5) + np.sin(gradient_angle) * (rows / height - 0.5)
+    tilt = (np.cos(gradient_angle) * (x_mm / (width * pitch) - 0.5)
+            + np.sin(gradient_angle) * (rows / height - 0.5))
     field = 1 + rig.gradient * tilt
     dose = field * (np.exp(-rig.mu_per_mm * (thickness - rig.wall_mm)) + rig.scatter_fraction)
     sigma = rig.unsharpness_mm / 2.355 / pitch

@@ -18,7 +18,7 @@ from weldstream.simulator.noise import smooth_noise
 
 BACKWALL_REFLECTIVITY = 10.0  # back-wall echo amplitude over the rms PE speckle amplitude
 # Echo amplitude of each flaw class over rms speckle: voids reflect almost everything, inclusions less.
-ECHO = {CRACK: 6.0, POROSITY: 8.0, LACK_OF_FUSION: 6.0, INCLUSION: 6.0}
+ECHO = {CRACK: 6.0, POROSITY: 8.0, LACK_OF_FUSION: 6.0, INCLUSION: 5.0}
 # How much of the beam a flaw blocks: the acoustic shadow it casts on the speckle and back wall below it.
 SHADOW = {CRACK: 0.3, POROSITY: 0.55, LACK_OF_FUSION: 0.45, INCLUSION: 0.5}
 
@@ -65,7 +65,8 @@ def layout(domain: Domain, shape: tuple[int, int], rng: np.random.Generator) -> 
     return UltrasonicScene(fusion_col, backwall_row, zone)
 
 
-def _speckle(shape: tuple[int, int], sigma_rows: float, sigma_cols: float, rng: np.random.Generator) -> np.ndarray:
+def _speckle(shape: tuple[int, int], sigma_rows: float, sigma_cols: float,
+             rng: np.random.Generator) -> np.ndarray:
     """Complex speckle with unit mean power: white scatterers blurred by a Gaussian pulse-beam spot."""
     height, width = shape
     ky = np.fft.fftfreq(height)[:, None]
@@ -74,6 +75,14 @@ def _speckle(shape: tuple[int, int], sigma_rows: float, sigma_cols: float, rng: 
     white = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
     # White noise stays white under the FFT, so filter it in the frequency domain directly: one inverse FFT.
     return np.fft.ifft2(white * transfer) * (height * width / np.sqrt(2 * np.sum(transfer**2)))
+
+
+def _receiver_noise(shape: tuple[int, int], sigma_rows: float, rng: np.random.Generator) -> np.ndarray:
+    """Complex receiver noise, unit mean power: band-limited along each A-scan, independent across them."""
+    parts = [ndimage.gaussian_filter1d(rng.standard_normal(shape), 0.7 * sigma_rows, axis=0, truncate=2.5)
+             for _ in range(2)]
+    power = sum(float(np.mean(part**2)) for part in parts)
+    return (parts[0] + 1j * parts[1]) / np.sqrt(power)
 
 
 def _shadow(defects: list[Defect], shape: tuple[int, int], sigma_cols: float) -> np.ndarray:
@@ -87,7 +96,8 @@ def _shadow(defects: list[Defect], shape: tuple[int, int], sigma_cols: float) ->
     return shadow
 
 
-def render(domain: Domain, scene: UltrasonicScene, defects: list[Defect], rng: np.random.Generator) -> np.ndarray:
+def render(domain: Domain, scene: UltrasonicScene, defects: list[Defect],
+           rng: np.random.Generator) -> np.ndarray:
     """The B-scan in the rig's output units (float64, before rounding to its dtype)."""
     rig: UltrasonicRig = domain.rig
     height, width = shape = scene.zone.allowed.shape
@@ -96,10 +106,11 @@ def render(domain: Domain, scene: UltrasonicScene, defects: list[Defect], rng: n
     rows = np.arange(height, dtype=np.float64)[:, None]
     sigma_rows = max(rig.pulse_cycles * rig.wavelength_mm / 2 / 2.355 / pitch, 0.5)
     sigma_cols = max(rig.wavelength_mm * rig.f_number / 2.355 / pitch, 0.5)
+    wall_index = int(np.clip(rig.wall_mm / pitch, 0, height - 1))
 
     # Every background draw happens whether or not flaws are drawn, so a flaw-free render is the same scan.
     speckle = _speckle(shape, sigma_rows, sigma_cols, rng)
-    receiver = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(2)
+    receiver = _receiver_noise(shape, sigma_rows, rng)
     roughness = 1 + 0.15 * smooth_noise(rng, width, sigma_cols * 2)
     ring_phase = rng.uniform(0, 2 * np.pi)
 
@@ -109,12 +120,13 @@ def render(domain: Domain, scene: UltrasonicScene, defects: list[Defect], rng: n
     material = rows < scene.backwall_row[None, :]
     blocked = 1 - _shadow(defects, shape, sigma_cols)
 
-    # Back wall: a specular echo with a ringing tail; curved bead lobes and the notch between them reflect less.
+    # Back wall: a specular echo with a ringing tail; the curved bead lobes and the notch between them
+    # reflect less.
     below = rows - scene.backwall_row[None, :]
     sig = max(sigma_rows, 0.6)
     pulse = np.exp(-0.5 * (below / sig) ** 2) + 0.35 * np.exp(-0.5 * ((below - 2.5 * sig) / sig) ** 2)
     slope = np.gradient(scene.backwall_row)
-    notch = 1 - 0.7 * np.exp(-(((np.arange(width) - scene.fusion_col[-1]) * pitch / 0.6) ** 2))
+    notch = 1 - 0.7 * np.exp(-(((np.arange(width) - scene.fusion_col[wall_index]) * pitch / 0.6) ** 2))
     lateral = np.clip(roughness, 0.3, None) * notch / (1 + 4 * slope**2)
     backwall = BACKWALL_REFLECTIVITY * pulse * lateral[None, :]
 
@@ -122,7 +134,6 @@ def render(domain: Domain, scene: UltrasonicScene, defects: list[Defect], rng: n
     loss = 10 ** (-2 * rig.attenuation_db_per_mm_mhz * rig.frequency_mhz * depth / 20)[:, None]
     tgc_db = np.minimum(rig.tgc_db_per_mm * np.maximum(depth - rig.dead_zone_mm, 0), rig.tgc_max_db)
     gain = 10 ** (tgc_db / 20)[:, None]
-    wall_index = int(np.clip(rig.wall_mm / pitch, 0, height - 1))
     # Calibration puts the back wall at 80 % screen height; rig.gain_db is what the operator added on top.
     reference = BACKWALL_REFLECTIVITY * loss[wall_index, 0] * gain[wall_index, 0] / 0.8
     noise = rig.noise_level * loss[wall_index, 0] * receiver
@@ -139,13 +150,15 @@ def render(domain: Domain, scene: UltrasonicScene, defects: list[Defect], rng: n
     # Flaw echoes replace the pixels they cover, in drawing order, so the last flaw drawn wins. Outside
     # the footprint only the skirt of the beam spot shows, capped at a pixel or so, so the mask stays exact.
     if defects:
-        texture = 0.75 + 0.25 * np.abs(speckle)
+        texture = 0.55 + 0.45 * np.abs(speckle)
         echoes = np.zeros(shape, np.float64)
         for defect in defects:
-            echo = ECHO[defect.class_id] * defect.strength * (0.5 + 0.5 * defect.profile) * texture * loss * scale
+            reflectivity = ECHO[defect.class_id] * defect.strength * (0.35 + 0.65 * defect.profile)
+            echo = reflectivity * texture * loss * scale
             echoes[defect.footprint] = echo[defect.footprint]
         covered = echoes > 0
-        skirt = 0.5 * ndimage.gaussian_filter(echoes, (min(sigma_rows, 0.8), min(sigma_cols, 1.2)), truncate=2.5)
+        spot = (min(sigma_rows, 0.8), min(sigma_cols, 1.2))
+        skirt = 0.5 * ndimage.gaussian_filter(echoes, spot, truncate=2.5)
         amplitude = np.where(covered, echoes, np.maximum(amplitude, skirt))
 
     if rig.log_dynamic_range_db is None:

@@ -1,0 +1,189 @@
+"""`weldstream demo`: broker, server, learner, a drifting simulated rig and a calling client, all live.
+
+The server and learner run as real child processes (`weldstream serve`, `weldstream learn`), the rig
+and the client run here; a console view shows the loop learning while the scans drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import signal
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.live import Live
+
+from weldstream.broker import EmbeddedBroker, free_port
+from weldstream.codec import array_to_tensor
+from weldstream.console import render
+from weldstream.rig import Schedule, produce_stream
+from weldstream.simulator import ScanSample, domain_names, generate_scan
+from weldstream.stack import Service, scrape, wait_ready
+from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
+from weldstream.weight_store import WeightStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("runs/demo")
+    duration_s: float = 240.0
+    domains: tuple[str, ...] = ()
+    per_domain: int = 300
+    rate: float = 12.0
+    size: tuple[int, int] = (64, 64)
+    passes: int = 2
+    client_rate: float = 4.0
+    kafka: str | None = None
+    strategy: str = "gem"
+    publish_every_steps: int = 20
+    live_view: bool = True
+
+
+@dataclass
+class DemoState:
+    """What the rig and the client have seen, for the console and the summary."""
+
+    rig_domain: str = ""
+    produced: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=400))
+    all_latencies_ms: list[float] = field(default_factory=list)
+    requests: int = 0
+    failures: int = 0
+    versions_seen: dict[int, float] = field(default_factory=dict)  # version -> first time a response named it
+
+
+async def call_server(target: str, state: DemoState, rate: float, size: tuple[int, int], stop: asyncio.Event) -> None:
+    """An inspection rig asking for masks of scans from the domain the rig is on now."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        index = 0
+        while not stop.is_set():
+            if state.rig_domain:
+                sample = generate_scan(state.rig_domain, 900_000_000 + index, size)
+                request = segmenter_pb2.SegmentRequest(
+                    scan_id=sample.scan_id, image=tensor_pb2.Image(tensor=array_to_tensor(sample.image)))
+                started = time.perf_counter()
+                try:
+                    response = await stub.Segment(request, timeout=10)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    state.latencies_ms.append(elapsed)
+                    state.all_latencies_ms.append(elapsed)
+                    state.versions_seen.setdefault(response.model_version, time.time())
+                except grpc.aio.AioRpcError as err:
+                    state.failures += 1
+                    log.warning("request failed: %s", err.code().name)
+                state.requests += 1
+                index += 1
+            await asyncio.sleep(1 / rate)
+
+
+def summarise(cfg: DemoConfig, state: DemoState, store: WeightStore, learner_metrics: dict) -> dict:
+    versions = store.versions()
+    manifests = [store.manifest(v) for v in versions]
+    first_domain = cfg.domains[0]
+    first_scores = [m.scores[first_domain]["miou"] for m in manifests if first_domain in m.scores]
+    freshness = [
+        seen - m.metrics["label_time_median"]
+        for m in manifests
+        if (seen := state.versions_seen.get(m.version)) and m.metrics.get("label_time_median")
+    ]
+    latencies = sorted(state.all_latencies_ms)
+    steps = sum(v for _, v in learner_metrics.get("learner_steps_total", []))
+    projections = sum(v for _, v in learner_metrics.get("learner_gem_projections_total", []))
+    return {
+        "domains": list(cfg.domains),
+        "scans_produced": state.produced,
+        "versions_published": len(versions),
+        "latest_version": versions[-1] if versions else 0,
+        "final_scores": manifests[-1].scores if manifests else {},
+        "first_domain": first_domain,
+        "first_domain_best_miou": max(first_scores, default=0.0),
+        "first_domain_final_miou": first_scores[-1] if first_scores else 0.0,
+        "freshness_median_s": statistics.median(freshness) if freshness else None,
+        "client_requests": state.requests,
+        "client_failures": state.failures,
+        "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None,
+        "latency_p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else None,
+        "gem_steps": steps,
+        "projection_share": projections / steps if steps else 0.0,
+        "versions_seen_by_client": sorted(state.versions_seen),
+    }
+
+
+async def run_demo(cfg: DemoConfig) -> dict:
+    domains = cfg.domains or tuple(domain_names())
+    cfg = DemoConfig(**{**cfg.__dict__, "domains": domains})
+    if cfg.out.exists():
+        shutil.rmtree(cfg.out)  # the embedded broker starts empty, so old checkpoints would not match it
+    model_dir, logs = cfg.out / "models", cfg.out / "logs"
+    broker = None
+    if cfg.kafka is None:
+        broker = EmbeddedBroker(free_port()).start()
+    kafka = cfg.kafka or broker.bootstrap
+    grpc_port, server_metrics, learner_metrics = free_port(), free_port(), free_port()
+    size = f"{cfg.size[0]}x{cfg.size[1]}"
+    server = Service("server", ["serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
+                                "--grpc-port", str(grpc_port), "--metrics-port", str(server_metrics),
+                                "--kafka", kafka, "--threads", "1", "--poll-interval", "5"], logs / "server.log")
+    learner = Service("learner", ["learn", "--kafka", kafka, "--model-dir", str(model_dir),
+                                  "--metrics-port", str(learner_metrics), "--threads", "1", "--train-size", size,
+                                  "--strategy", cfg.strategy, "--publish-every-steps", str(cfg.publish_every_steps),
+                                  "--passes", str(cfg.passes),
+                                  "--publish-every-s", "15", "--session-timeout-ms", "6000"], logs / "learner.log")
+    state = DemoState()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console = Console()
+    started = time.monotonic()
+    try:
+        server.start()
+        learner.start()
+        wait_ready(server, "127.0.0.1", grpc_port)
+        wait_ready(learner, "127.0.0.1", learner_metrics)
+
+        def on_scan(sample: ScanSample) -> None:
+            state.rig_domain = sample.domain
+            state.produced += 1
+
+        schedule = Schedule.parse("sequential", list(domains), cfg.per_domain)
+        rig = asyncio.create_task(produce_stream(kafka, schedule, cfg.rate, cfg.size, stop=stop, on_scan=on_scan))
+        client = asyncio.create_task(call_server(f"127.0.0.1:{grpc_port}", state, cfg.client_rate, cfg.size, stop))
+        with Live(console=console, refresh_per_second=2, transient=False, auto_refresh=cfg.live_view) as live:
+            while not stop.is_set() and time.monotonic() - started < cfg.duration_s:
+                server.check()
+                learner.check()
+                for task in (rig, client):
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()
+                view = render(state, scrape(learner_metrics), scrape(server_metrics), time.monotonic() - started,
+                              cfg.duration_s, domains)
+                live.update(view)
+                if not cfg.live_view:
+                    live.refresh()
+                await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(rig, client, return_exceptions=True)
+        final_metrics = scrape(learner_metrics)
+    finally:
+        stop.set()
+        learner.stop()
+        server.stop()
+        if broker is not None:
+            broker.stop()
+    summary = summarise(cfg, state, WeightStore(model_dir), final_metrics)
+    summary["wall_s"] = round(time.monotonic() - started, 1)
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print_json(json.dumps(summary))
+    return summary
