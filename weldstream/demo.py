@@ -38,8 +38,8 @@ class DemoConfig:
     out: Path = Path("runs/demo")
     duration_s: float = 240.0
     domains: tuple[str, ...] = ()
-    per_domain: int = 300
-    rate: float = 12.0
+    per_domain: int = 200
+    rate: float = 8.0
     size: tuple[int, int] = (64, 64)
     passes: int = 2
     client_rate: float = 4.0
@@ -160,7 +160,11 @@ async def run_demo(cfg: DemoConfig) -> dict:
         schedule = Schedule.parse("sequential", list(domains), cfg.per_domain)
         rig = asyncio.create_task(produce_stream(kafka, schedule, cfg.rate, cfg.size, stop=stop, on_scan=on_scan))
         client = asyncio.create_task(call_server(f"127.0.0.1:{grpc_port}", state, cfg.client_rate, cfg.size, stop))
-        with Live(console=console, refresh_per_second=2, transient=False, auto_refresh=cfg.live_view) as live:
+        live = Live(console=console, refresh_per_second=2) if cfg.live_view else None
+        if live is not None:
+            live.start()
+        try:
+            ticks = 0
             while not stop.is_set() and time.monotonic() - started < cfg.duration_s:
                 server.check()
                 learner.check()
@@ -169,10 +173,15 @@ async def run_demo(cfg: DemoConfig) -> dict:
                         raise task.exception()
                 view = render(state, scrape(learner_metrics), scrape(server_metrics), time.monotonic() - started,
                               cfg.duration_s, domains)
-                live.update(view)
-                if not cfg.live_view:
-                    live.refresh()
+                if live is not None:
+                    live.update(view)
+                elif ticks % 15 == 0:
+                    console.print(view)  # a snapshot every 15 s for logs without a terminal
+                ticks += 1
                 await asyncio.sleep(1.0)
+        finally:
+            if live is not None:
+                live.stop()
         stop.set()
         await asyncio.gather(rig, client, return_exceptions=True)
         final_metrics = scrape(learner_metrics)
