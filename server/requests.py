@@ -17,10 +17,14 @@ KSERVE_DTYPES: dict[str, np.dtype] = {
 INPUT_NAME = "scan"
 
 
-def scan_from_request(request: segmenter_pb2.SegmentRequest, max_side: int) -> np.ndarray:
+def scan_from_request(request: segmenter_pb2.SegmentRequest, max_side: int, channels: int) -> np.ndarray:
     if not request.HasField("image"):
         raise InvalidInput("image", "is missing; set image.tensor or image.encoded")
-    return check_scan(decode_image(request.image, "image"), "image", max_side)
+    scan = check_scan(decode_image(request.image, "image"), "image", max_side)
+    got = 1 if scan.ndim == 2 else scan.shape[0]
+    if got != channels:
+        raise InvalidInput("image.shape", f"has {got} channels; the model takes {channels}")
+    return scan
 
 
 def scans_from_infer(request: kserve.ModelInferRequest, model_name: str, max_side: int) -> list[np.ndarray]:

@@ -84,7 +84,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
     async def Segment(self, request: segmenter_pb2.SegmentRequest,
                        context: grpc.aio.ServicerContext) -> segmenter_pb2.SegmentResponse:
         started = time.perf_counter()
-        scan = scan_from_request(request, self._cfg.max_side)
+        scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
         prediction = await self._batcher.submit(scan)
         classes = self._slot.current().config.classes
         return build_response(request.scan_id, prediction, classes, started, request.return_confidence)
@@ -102,7 +102,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
             self.metrics.inflight.inc()
             code = "OK"
             try:
-                scan = scan_from_request(request, self._cfg.max_side)
+                scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
                 prediction = await self._batcher.submit(scan)
                 classes = self._slot.current().config.classes
                 response = build_response(request.scan_id, prediction, classes, started, request.return_confidence)

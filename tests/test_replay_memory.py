@@ -51,6 +51,9 @@ def test_domains_do_not_mix() -> None:
     assert all(i >= 100 for i in stored_ids(memory, "b"))
     x, _ = memory.sample(100, domain=["a", "b"])
     assert x.shape[0] == 6
+    x, y = scans(range(200, 204))
+    memory.add(x, y.long(), "c")  # int64 masks are accepted and stored as uint8
+    assert memory.sample(4, domain="c")[1].dtype == torch.uint8
 
 
 def test_reservoir_is_uniform_over_the_stream() -> None:
@@ -151,3 +154,5 @@ def test_mismatched_or_malformed_input_raises() -> None:
     with pytest.raises(ValueError):
         ReplayMemory(2).sample(1)  # nothing added yet
     assert memory.per_domain() == {"a": 2}  # failed adds changed nothing
+    memory.add(torch.zeros(0, 1, 4, 4), torch.zeros(0, 4, 4, dtype=torch.uint8), "empty")
+    assert memory.domains() == ["a"]  # an empty batch does not create a domain

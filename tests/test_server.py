@@ -89,6 +89,7 @@ def bad_requests() -> list[tuple[str, segmenter_pb2.SegmentRequest, str]]:
         ("oversized", req(tensor=array_to_tensor(np.zeros((8, 1025), np.uint8))), "image.shape"),
         ("NaN", req(tensor=array_to_tensor(nan)), "image.data"),
         ("Inf", req(tensor=array_to_tensor(inf)), "image.data"),
+        ("3 channels", req(tensor=array_to_tensor(np.zeros((3, 8, 8), np.uint8))), "image.shape"),
         ("4-D", req(tensor=array_to_tensor(np.zeros((1, 1, 4, 4), np.uint8))), "image.shape"),
         ("undecodable", req(encoded=encoded), "image.encoded.data"),
         ("missing image", segmenter_pb2.SegmentRequest(scan_id="bad"), "image"),

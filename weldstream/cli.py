@@ -76,7 +76,29 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("simulate", help="generate labeled weld scans: to a folder (--out) or to Kafka (--kafka)")
     simulator_cli.add_arguments(p)
-    p.set_defaults(run=simulator_cli.run)
+    stream = p.add_argument_group("streaming to Kafka (a simulated rig and inspector)")
+    stream.add_argument("--kafka", default=None, help="produce LabeledScan messages to this Kafka bootstrap")
+    stream.add_argument("--rate", type=float, default=10.0, help="scans per second (0: as fast as possible)")
+    stream.add_argument("--schedule", default="sequential",
+                        help="sequential (--count of each domain in turn), gradual (mixes slide from one "
+                             "domain to the next) or an explicit list like ut-pe100-5mhz:200,xray-film-steel-x52:50")
+    stream.add_argument("--rig-id", default="sim-rig-1")
+    p.set_defaults(run=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from weldstream.simulator import cli as simulator_cli
+
+    if args.kafka is None:
+        return simulator_cli.run(args)
+    from weldstream.rig import Schedule, produce_stream
+    from weldstream.simulator import domain_names
+
+    domains = domain_names() if args.domain == "all" else [args.domain]
+    schedule = Schedule.parse(args.schedule, domains, args.count)
+    sent = asyncio.run(produce_stream(args.kafka, schedule, args.rate, args.size, args.seed, args.rig_id))
+    print(f"produced {sent} labeled scans to {args.kafka}")
+    return 0
 
 
 def _add_broker(sub: argparse._SubParsersAction) -> None:

@@ -103,7 +103,9 @@ def crack(zone: WeldZone, shape: tuple[int, int], scale: float, rng: np.random.G
         offsets = (0.0,) if width == 1 else (-0.35, 0.35)
         for offset in offsets:  # a 2 px crack: two rasterised copies half a pixel either side
             r, c = zone.to_pixels(path[:, 0], path[:, 1] + offset)
-            rows.append(r), cols.append(c), values.append(taper)
+            rows.append(r)
+            cols.append(c)
+            values.append(taper)
     profile = _stamp(shape, np.concatenate(rows), np.concatenate(cols), np.concatenate(values))
     return Defect(CRACK, profile > 0, profile, "void", float(rng.uniform(0.8, 1.2)))
 
