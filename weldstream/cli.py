@@ -138,7 +138,7 @@ def _add_learn(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=int, default=1, help="training steps per incoming batch")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--memory-per-domain", type=int, default=64)
-    p.add_argument("--memory-batch", type=int, default=8)
+    p.add_argument("--memory-batch", type=int, default=4, help="memory scans per reference gradient")
     p.add_argument("--holdout-share", type=float, default=0.15)
     p.add_argument("--publish-every-steps", type=int, default=20)
     p.add_argument("--publish-every-s", type=float, default=30.0)
