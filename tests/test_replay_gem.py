@@ -69,7 +69,7 @@ def memory_with(domains: dict[str, int], capacity: int = 8) -> ReplayMemory:
 def test_update_does_not_increase_memory_loss_where_naive_would(strategy: str) -> None:
     lr = 1e-3
     memory = memory_with({"old": 1})
-    x_mem, y_mem = domain_batch(1, n=8, seed=10)  # exactly what memory holds: the reference batch
+    x_mem, y_mem = domain_batch(1, n=8, seed=10)  # exactly what memory holds: the reference batch (memory_batch=8)
     current = domain_batch(2, n=8, seed=99)  # same blobs, other class: conflicts with "old"
     base = trained_model()
     g_mem = memory_loss_gradient(base, x_mem, y_mem)
@@ -84,7 +84,7 @@ def test_update_does_not_increase_memory_loss_where_naive_would(strategy: str) -
         return applied, after, stats.projected
 
     g_naive, loss_naive, _ = run(StepConfig(strategy="naive", clip_norm=None))
-    g_tilde, loss_after, projected = run(StepConfig(strategy=strategy, clip_norm=None, eps=0.0))
+    g_tilde, loss_after, projected = run(StepConfig(strategy=strategy, clip_norm=None, eps=0.0, memory_batch=8))
     with torch.no_grad():
         loss_before = float(segmentation_loss(base(x_mem), y_mem))
 
@@ -108,7 +108,7 @@ def test_applied_gradient_is_the_projection_of_the_clean_gradient() -> None:
     expected, violated = project_gem(g_clean, G, margin=0.5, eps=1e-3)
     assert violated
 
-    cfg = StepConfig(strategy="gem", clip_norm=None)
+    cfg = StepConfig(strategy="gem", clip_norm=None, memory_batch=8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     gem_step(model, optimizer, current, memory, cfg, "new", ReferenceGradients())
     torch.testing.assert_close(flatten_grads(list(model.parameters())), expected, rtol=1e-5, atol=1e-6)
