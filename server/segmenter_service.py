@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,8 @@ from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
 from weldstream.server.requests import scan_from_request
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
+
+STREAM_WINDOW = 8
 
 
 def build_response(scan_id: str, prediction: Prediction, classes: tuple[str, ...], started: float,
@@ -94,27 +97,47 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
                          context: grpc.aio.ServicerContext) -> segmenter_pb2.ModelInfo:
         return model_info(self._slot.current(), self._cfg)
 
+    async def _answer_frame(self, request: segmenter_pb2.SegmentRequest) -> segmenter_pb2.SegmentResponse:
+        """One stream frame; failures become an in-band `error` so the stream goes on."""
+        started = time.perf_counter()
+        self.metrics.inflight.inc()
+        code = "OK"
+        try:
+            scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
+            prediction = await self._batcher.submit(scan)
+            classes = self._slot.current().config.classes
+            return build_response(request.scan_id, prediction, classes, started, request.return_confidence)
+        except Exception as exc:  # noqa: BLE001 - reported in-band for this frame
+            status, message = status_for(exc)
+            code = status.name
+            return segmenter_pb2.SegmentResponse(
+                scan_id=request.scan_id, error=segmenter_pb2.SegmentError(code=code, message=message))
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.requests.labels("SegmentStream", code).inc()
+            self.metrics.request_seconds.labels("SegmentStream").observe(time.perf_counter() - started)
+
     async def SegmentStream(self, request_iterator: AsyncIterator[segmenter_pb2.SegmentRequest],
                             context: grpc.aio.ServicerContext) -> AsyncIterator[segmenter_pb2.SegmentResponse]:
-        """Frames answered in order; a bad frame gets an `error` response and the stream goes on."""
-        async for request in request_iterator:
-            started = time.perf_counter()
-            self.metrics.inflight.inc()
-            code = "OK"
-            try:
-                scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
-                prediction = await self._batcher.submit(scan)
-                classes = self._slot.current().config.classes
-                response = build_response(request.scan_id, prediction, classes, started, request.return_confidence)
-            except Exception as exc:  # noqa: BLE001 - reported in-band for this frame
-                status, message = status_for(exc)
-                code = status.name
-                response = segmenter_pb2.SegmentResponse(
-                    scan_id=request.scan_id, error=segmenter_pb2.SegmentError(code=code, message=message)
-                )
-            finally:
-                self.metrics.inflight.dec()
-                self.metrics.requests.labels("SegmentStream", code).inc()
-                self.metrics.request_seconds.labels("SegmentStream").observe(time.perf_counter() - started)
-            yield response
+        """Frames answered in the order they came. Up to STREAM_WINDOW frames are in flight at once, so
+        a rig streaming faster than one forward pass gets its frames batched together."""
+        window: asyncio.Queue[asyncio.Task[segmenter_pb2.SegmentResponse] | None] = asyncio.Queue(STREAM_WINDOW)
 
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.put(asyncio.create_task(self._answer_frame(request)))
+            finally:
+                await window.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await window.get()) is not None:
+                yield await task
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+            while not window.empty():
+                pending = window.get_nowait()
+                if pending is not None:
+                    pending.cancel()

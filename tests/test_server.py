@@ -231,3 +231,17 @@ async def test_graceful_shutdown_finishes_in_flight_requests(tmp_path):
     results = await asyncio.gather(*calls, return_exceptions=True)
     await channel.close()
     assert all(isinstance(r, segmenter_pb2.SegmentResponse) for r in results), results
+
+
+async def test_stream_frames_are_batched_together_and_stay_in_order(server):
+    async def requests():
+        for i in range(16):
+            yield raw_request(scan(seed=i), f"f{i:02d}")
+
+    async with channel_for(server) as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        responses = [r async for r in stub.SegmentStream(requests())]
+    assert [r.scan_id for r in responses] == [f"f{i:02d}" for i in range(16)]
+    sizes = server.metrics.batch_size.collect()[0].samples
+    count = next(s.value for s in sizes if s.name == "inference_batch_size_count")
+    assert count < 16  # frames in flight together shared forward passes
