@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from weldstream.codec import check_scan, decode_image, tensor_to_array
+from weldstream.codec import decode_scan, tensor_to_array
 from weldstream.errors import InvalidInput
 from weldstream.preprocess import training_pair
 from weldstream.v1 import stream_pb2
@@ -41,10 +41,7 @@ def decode_record(value: bytes | None, train_size: tuple[int, int], num_classes:
         raise InvalidInput("image", "is missing")
     if not message.HasField("mask"):
         raise InvalidInput("mask", "is missing")
-    image = check_scan(decode_image(message.image, "image"), "image", max_side)
-    channels = 1 if image.ndim == 2 else image.shape[0]
-    if channels != in_channels:
-        raise InvalidInput("image.shape", f"has {channels} channels; the model takes {in_channels}")
+    image = decode_scan(message.image, "image", max_side, in_channels)
     mask = tensor_to_array(message.mask, "mask")
     if mask.dtype != np.uint8:
         raise InvalidInput("mask.dtype", "must be UINT8")

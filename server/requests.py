@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from weldstream.codec import check_scan, decode_image
+from weldstream.codec import check_scan, decode_scan
 from weldstream.errors import InvalidInput
 from weldstream.kserve import grpc_predict_v2_pb2 as kserve
 from weldstream.v1 import segmenter_pb2
@@ -20,11 +20,7 @@ INPUT_NAME = "scan"
 def scan_from_request(request: segmenter_pb2.SegmentRequest, max_side: int, channels: int) -> np.ndarray:
     if not request.HasField("image"):
         raise InvalidInput("image", "is missing; set image.tensor or image.encoded")
-    scan = check_scan(decode_image(request.image, "image"), "image", max_side)
-    got = 1 if scan.ndim == 2 else scan.shape[0]
-    if got != channels:
-        raise InvalidInput("image.shape", f"has {got} channels; the model takes {channels}")
-    return scan
+    return decode_scan(request.image, "image", max_side, channels)
 
 
 def scans_from_infer(request: kserve.ModelInferRequest, model_name: str, max_side: int) -> list[np.ndarray]:

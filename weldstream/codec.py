@@ -113,6 +113,15 @@ def check_scan(array: np.ndarray, field: str, max_side: int) -> np.ndarray:
     return array
 
 
+def decode_scan(image: tensor_pb2.Image, field: str, max_side: int, channels: int) -> np.ndarray:
+    """A scan a model can take: decoded, checked (size, finite values) and with the model's channel count."""
+    scan = check_scan(decode_image(image, field), field, max_side)
+    got = 1 if scan.ndim == 2 else scan.shape[0]
+    if got != channels:
+        raise InvalidInput(f"{field}.shape", f"has {got} channels; the model takes {channels}")
+    return scan
+
+
 def _sniff_format(data: bytes) -> str:
     if data.startswith(_PNG_MAGIC):
         return "png"
