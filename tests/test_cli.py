@@ -97,3 +97,22 @@ def test_simulate_streams_labeled_scans_to_kafka(broker):
     assert len({m.scan_id for m in messages}) == 24
     assert len({m.domain for m in messages}) == 6
     assert all(m.mask.shape == [64, 64] and m.rig_id == "sim-rig-1" for m in messages)
+
+
+def test_broker_command_stops_cleanly_on_sigterm():
+    import signal
+    import time
+
+    from weldstream.broker import wait_for_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "weldstream.cli", "broker", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_port("127.0.0.1", port, 30)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -45,3 +45,9 @@ def test_half_written_versions_are_invisible(tmp_path):
     store = WeightStore(tmp_path)
     (store.versions_dir / ".tmp-abc").mkdir()
     assert store.versions() == []
+
+
+def test_published_versions_are_readable_by_other_users(tmp_path):
+    store = WeightStore(tmp_path)
+    store.publish(build_model(ModelConfig()).state_dict(), ModelConfig(), parent_version=0)
+    assert store.path_of(1).stat().st_mode & 0o777 == 0o755

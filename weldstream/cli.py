@@ -113,9 +113,12 @@ def _run_broker(args: argparse.Namespace) -> int:
 
     from weldstream.broker import EmbeddedBroker
 
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # leave wait() and stop the broker in `finally`, like Ctrl-C
+
+    signal.signal(signal.SIGTERM, interrupt)
     broker = EmbeddedBroker(args.port, args.host).start()
     print(f"broker ready on {broker.bootstrap} (in memory; Ctrl-C stops it)", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     try:
         return broker.wait()
     except KeyboardInterrupt:

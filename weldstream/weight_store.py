@@ -105,6 +105,7 @@ class WeightStore:
         try:
             _write_synced(staging / WEIGHTS_FILE, payload)
             _write_synced(staging / MANIFEST_FILE, manifest.to_json().encode())
+            staging.chmod(0o755)  # mkdtemp makes 0700; servers may run as another user
             os.rename(staging, target)
             _fsync_dir(self.versions_dir)
         except BaseException:
