@@ -13,17 +13,23 @@ from google.protobuf.message import DecodeError
 from weldstream.v1 import stream_pb2
 
 log = logging.getLogger(__name__)
-RETRY_S = 2.0
+MAX_RETRY_S = 30.0
 
 
 async def follow_announcements(bootstrap: str, topic: str, notify: Callable[[int], None]) -> None:
-    """Read new announcements (no consumer group: every replica hears every one) until cancelled."""
+    """Read new announcements (no consumer group: every replica hears every one) until cancelled.
+
+    While Kafka is unreachable the server keeps serving and polling the weight store; reconnects back
+    off up to MAX_RETRY_S and only the first failure in a row is logged as a warning.
+    """
+    retry_s = 1.0
     while True:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest",
                                     enable_auto_commit=False)
         try:
             await consumer.start()
             log.info("following model announcements on %s (%s)", topic, bootstrap)
+            retry_s = 1.0
             async for record in consumer:
                 try:
                     announcement = stream_pb2.ModelAnnouncement.FromString(record.value)
@@ -33,7 +39,9 @@ async def follow_announcements(bootstrap: str, topic: str, notify: Callable[[int
                 log.info("announced: version %d (parent %d)", announcement.version, announcement.parent_version)
                 notify(announcement.version)
         except KafkaError as exc:
-            log.warning("lost %s (%s); polling the weight store until it is back", bootstrap, exc)
+            level = logging.WARNING if retry_s == 1.0 else logging.DEBUG
+            log.log(level, "cannot follow %s on %s (%s); polling the weight store meanwhile", topic, bootstrap, exc)
         finally:
             await consumer.stop()
-        await asyncio.sleep(RETRY_S)
+        await asyncio.sleep(retry_s)
+        retry_s = min(MAX_RETRY_S, retry_s * 2)

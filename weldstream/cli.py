@@ -37,7 +37,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-side", type=int, default=4096, help="largest accepted scan height/width")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--kafka", default=None, help="follow model announcements on this Kafka bootstrap address")
+    p.add_argument("--kafka", default=DEFAULT_KAFKA,
+                   help="follow model announcements on this Kafka bootstrap address ('' to only poll the store)")
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between weight-store polls")
     p.set_defaults(run=_run_serve)
 
@@ -49,7 +50,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     cfg = ServerConfig(
         model_dir=args.model_dir, host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
-        max_side=args.max_side, device=args.device, threads=args.threads, kafka=args.kafka,
+        max_side=args.max_side, device=args.device, threads=args.threads, kafka=args.kafka or None,
         poll_interval_s=args.poll_interval,
     )
     asyncio.run(serve(cfg))
