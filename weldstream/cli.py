@@ -1,7 +1,7 @@
 """The `weldstream` command. Each subcommand builds its config here and hands it to its room.
 
 The CLI is the one module allowed to reach up into the rooms (server, learner); it imports them lazily
-so `weldstream simulate` does not pay for gRPC and `weldstream serve` does not pay for avalanche.
+so a command loads only the room it runs.
 """
 
 from __future__ import annotations
@@ -13,16 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+from weldstream.cli_args import parse_size
+
 DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_MODEL_DIR = Path("runs/models")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 128x128, got {text!r}") from None
-    return height, width
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +131,7 @@ def _add_learn(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=("gem", "agem", "naive"), default="gem")
     p.add_argument("--refresh", choices=("round_robin", "every_step"), default="round_robin",
                    help="GEM reference gradients: one past domain per step (default) or all every step")
-    p.add_argument("--train-size", type=_size, default=(128, 128))
+    p.add_argument("--train-size", type=parse_size, default=(128, 128))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--passes", type=int, default=1, help="training steps per incoming batch")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -190,7 +184,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domains", default="", help="comma-separated domains in stream order (default: all)")
     p.add_argument("--per-domain", type=int, default=200, help="labeled scans per domain before the drift")
     p.add_argument("--rate", type=float, default=8.0, help="labeled scans per second from the rig")
-    p.add_argument("--size", type=_size, default=(64, 64), help="scan size; small so 2 CPU cores learn live")
+    p.add_argument("--size", type=parse_size, default=(64, 64), help="scan size; small so 2 CPU cores learn live")
     p.add_argument("--passes", type=int, default=2, help="learner steps per incoming batch")
     p.add_argument("--client-rate", type=float, default=4.0, help="Segment calls per second")
     p.add_argument("--kafka", default=None, help="use this Kafka cluster instead of the embedded broker")
@@ -217,17 +211,22 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print side-by-side ratios")
     bench = p.add_subparsers(dest="bench", required=True)
     serve = bench.add_parser("serve", help="gRPC Segment latency vs in-process, batching on vs off")
-    serve.add_argument("--size", type=_size, default=(256, 256))
+    serve.add_argument("--size", type=parse_size, default=(256, 256))
     serve.add_argument("--requests", type=int, default=200)
     serve.add_argument("--clients", type=int, default=16)
     serve.add_argument("--threads", type=int, default=0)
     serve.set_defaults(run=_run_bench_serve)
     gem = bench.add_parser("gem-step", help="GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains")
-    gem.add_argument("--size", type=_size, default=(128, 128))
+    gem.add_argument("--size", type=parse_size, default=(128, 128))
     gem.add_argument("--batch", type=int, default=8)
     gem.add_argument("--repeats", type=int, default=5)
     gem.add_argument("--device", default="auto")
     gem.set_defaults(run=_run_bench_gem)
+    from weldstream.learner.benchmark import cli as cl_cli
+
+    cl = bench.add_parser("cl", help="continual-learning strategies on a drifting weld stream (report + plots)")
+    cl_cli.add_arguments(cl)
+    cl.set_defaults(run=cl_cli.run)
 
 
 def _run_bench_serve(args: argparse.Namespace) -> int:

@@ -30,25 +30,31 @@ WELDSTREAM_STRATEGIES = ("naive", "joint", "replay", "weldstream-gem")
 class BenchConfig:
     """Sizes and hyper-parameters of one benchmark run (one value per knob, shared by every strategy)."""
 
-    train_per_domain: int = 384
-    test_per_domain: int = 96
+    train_per_domain: int = 640
+    test_per_domain: int = 64
     size: tuple[int, int] = (64, 64)  # training and test resolution (rows, cols)
     render_size: tuple[int, int] = (64, 64)  # simulator resolution before resizing to ``size``
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 1
     batch_size: int = 8
-    learning_rate: float = 1e-3
+    # The learner defaults to 1e-3; with 80 steps per domain that leaves the first domain under-trained
+    # (naive, seed 0, measured before any CL method was run), so the benchmark uses 3e-3 for every strategy.
+    learning_rate: float = 3e-3
     clip_norm: float | None = 1.0  # applied to every strategy, after any projection, before the update
     memory_per_domain: int = 16  # episodic memory budget, scans per domain, for every memory-based method
     memory_batch: int = 8  # scans drawn from memory per step (weldstream GEM per past domain; replay in total)
-    ewc_lambda: float = 100.0
-    si_lambda: float = 1.0
-    lfl_lambda: float = 1.0
+    # Regularisation strengths: ContinualAI's continual-learning-baselines values (permuted MNIST), untuned here.
+    ewc_lambda: float = 1.0
+    si_lambda: float = 0.1
+    si_eps: float = 0.1
+    lfl_lambda: float = 1e-4
     gem_margin: float = 0.5  # GEM's memory_strength, the same for Avalanche's and weldstream's GEM
     strategies: tuple[str, ...] = STRATEGIES
     data: Path | None = None  # a folder dataset instead of the simulator
     test_share: float = 0.2  # share of a folder dataset's scans per domain held out (by scan-id hash)
+    domains: tuple[str, ...] | None = None  # simulator domains to use (canonical order kept); None = all
     max_domains: int | None = None  # keep only the first N domains of the stream
+    parallel: int = 1  # worker processes at once; >1 only for quick runs (step times then share the cores)
     threads: int = 2
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -65,15 +71,18 @@ class BenchConfig:
             raise ValueError("size and render_size must be at least 32 x 32")
         if self.memory_per_domain < 1 or self.memory_batch < 1 or self.epochs < 1:
             raise ValueError("memory_per_domain, memory_batch and epochs must be >= 1")
+        if self.parallel < 1 or self.threads < 1:
+            raise ValueError("parallel and threads must be >= 1")
         if not 0 < self.test_share < 1:
             raise ValueError("test_share must be in (0, 1)")
 
     @classmethod
     def quick_preset(cls, **overrides: Any) -> BenchConfig:
-        """A minutes-long run: three domains, tiny splits, one seed; checks the pipeline, not the science."""
+        """A minutes-long run: two domains (one ultrasonic, one X-ray, so forgetting shows), small splits,
+        one seed, two workers at a time with one thread each; checks the pipeline, not the science."""
         base: dict[str, Any] = dict(
-            train_per_domain=64, test_per_domain=24, size=(64, 64), render_size=(64, 64), seeds=(0,),
-            memory_per_domain=8, memory_batch=4, max_domains=3, quick=True,
+            train_per_domain=384, test_per_domain=24, seeds=(0,), memory_per_domain=8, memory_batch=4,
+            domains=("ut-pe100-5mhz", "xray-film-steel-x52"), threads=1, parallel=2, quick=True,
         )
         base.update(overrides)
         return cls(**base)
@@ -83,12 +92,13 @@ class BenchConfig:
         data["data"] = None if self.data is None else str(self.data)
         data["size"], data["render_size"] = list(self.size), list(self.render_size)
         data["seeds"], data["strategies"] = list(self.seeds), list(self.strategies)
+        data["domains"] = None if self.domains is None else list(self.domains)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
         data = dict(data)
         data["data"] = None if data.get("data") is None else Path(data["data"])
-        for key in ("size", "render_size", "seeds", "strategies"):
-            data[key] = tuple(data[key])
+        for key in ("size", "render_size", "seeds", "strategies", "domains"):
+            data[key] = None if data.get(key) is None else tuple(data[key])
         return cls(**data)

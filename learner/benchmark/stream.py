@@ -83,7 +83,13 @@ def _stack(pairs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 def _from_simulator(cfg: BenchConfig) -> Stream:
     from weldstream.simulator import domain_names, generate_scan, get_domain
 
-    names = domain_names()[: cfg.max_domains] if cfg.max_domains else domain_names()
+    names = domain_names()
+    if cfg.domains is not None:
+        unknown = [d for d in cfg.domains if d not in names]
+        if unknown:
+            raise ValueError(f"unknown simulator domains {unknown}; valid: {names}")
+        names = [n for n in names if n in cfg.domains]
+    names = names[: cfg.max_domains] if cfg.max_domains else names
     domains = []
     for name in names:
         splits = []

@@ -6,21 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from weldstream.cli_args import parse_size
 from weldstream.simulator.dataset import PIXEL_COLUMNS, read_index, write_dataset
 from weldstream.simulator.domains import DOMAINS, domain_names
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'128x256' -> (128, 256) as (rows, cols); a single number means a square."""
-    try:
-        parts = [int(part) for part in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 128x128, got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 32:
-        raise argparse.ArgumentTypeError(f"size must be HxW with both sides >= 32, got {text!r}")
-    return parts[0], parts[1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,175 @@
+"""Avalanche's strategies on the same stream, model, optimiser and budget as weldstream's harness.
+
+Each domain is one experience: an ``AvalancheDataset`` of (scan, mask) pairs with task label 0 on every
+sample (without it Avalanche would read the mask as the task id), built by ``benchmark_from_datasets``.
+The criterion is ``segmentation_loss``. Avalanche's own evaluation is switched off (its accuracy metric
+assumes class labels); after each experience the shared ``score_stream`` scores the model.
+
+Every step is timed by two plugins: ``_Stamp("head")`` runs first and ``_Stamp("tail")`` last at each
+event, so the work Avalanche's plugins do inside an event (memory gradients, penalties, projections)
+falls between them. The tail plugin also clips the gradient before the update, after any projection,
+exactly where ``gem_step`` clips, so every strategy gets the same clip, and puts the model back in
+train mode after the penalties (Avalanche's LFL leaves it in eval mode, see ``_Tail.before_backward``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+from avalanche.benchmarks.utils import make_avalanche_dataset
+from avalanche.benchmarks.utils.data_attribute import TaskLabels
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.supervised import AGEM, EWC, GEM, LFL, SynapticIntelligence
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from weldstream.learner.benchmark.config import BenchConfig
+from weldstream.learner.benchmark.lfl_model import LFLSegmenter
+from weldstream.learner.benchmark.result import RunResult, record_baseline, record_row
+from weldstream.learner.benchmark.stream import Stream
+from weldstream.learner.benchmark.timing import StepLog, StepTime, now
+from weldstream.losses import segmentation_loss
+from weldstream.model import ModelConfig, build_model
+
+AVALANCHE_STRATEGIES = ("ewc", "si", "lfl", "avalanche-agem", "avalanche-gem")
+
+
+def experience_dataset(x: Tensor, y: Tensor) -> Any:
+    """(scan, mask) pairs with task label 0 appended to every sample."""
+    return make_avalanche_dataset(TensorDataset(x, y), data_attributes=[TaskLabels([0] * len(x))])
+
+
+def build_benchmark(stream: Stream) -> Any:
+    return benchmark_from_datasets(
+        train=[experience_dataset(d.x_train, d.y_train) for d in stream.domains],
+        test=[experience_dataset(d.x_test, d.y_test) for d in stream.domains],
+    )
+
+
+def setup_line(name: str, cfg: BenchConfig) -> str:
+    return {
+        "ewc": f"avalanche EWC(ewc_lambda={cfg.ewc_lambda}, mode='separate')",
+        "si": f"avalanche SynapticIntelligence(si_lambda={cfg.si_lambda}, eps={cfg.si_eps})",
+        "lfl": f"avalanche LFL(lambda_e={cfg.lfl_lambda}) on LFLSegmenter (features = decoder output, head = "
+               "per-pixel nn.Linear equal to the U-Net's 3x3 head); train mode restored after LFL's feature pass",
+        "avalanche-agem": f"avalanche AGEM(patterns_per_exp={cfg.memory_per_domain}, sample_size={cfg.memory_batch})",
+        "avalanche-gem": f"avalanche GEM(patterns_per_exp={cfg.memory_per_domain}, memory_strength={cfg.gem_margin})",
+    }[name]
+
+
+def build_strategy(name: str, cfg: BenchConfig, model: nn.Module, plugins: list[SupervisedPlugin]) -> Any:
+    common: dict[str, Any] = dict(
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.learning_rate),
+        criterion=segmentation_loss,
+        train_mb_size=cfg.batch_size,
+        train_epochs=cfg.epochs,
+        eval_mb_size=cfg.batch_size,
+        device="cpu",
+        plugins=plugins,
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
+    if name == "ewc":
+        return EWC(ewc_lambda=cfg.ewc_lambda, mode="separate", **common)
+    if name == "si":
+        return SynapticIntelligence(si_lambda=cfg.si_lambda, eps=cfg.si_eps, **common)
+    if name == "lfl":
+        return LFL(lambda_e=cfg.lfl_lambda, **common)
+    if name == "avalanche-agem":
+        return AGEM(patterns_per_exp=cfg.memory_per_domain, sample_size=cfg.memory_batch, **common)
+    if name == "avalanche-gem":
+        return GEM(patterns_per_exp=cfg.memory_per_domain, memory_strength=cfg.gem_margin, **common)
+    raise ValueError(f"unknown Avalanche strategy {name!r}; choose one of {list(AVALANCHE_STRATEGIES)}")
+
+
+class _Stamp(SupervisedPlugin):
+    """Writes the time each training event is reached into a shared dict under ``<event>:<role>``."""
+
+    def __init__(self, role: str, marks: dict[str, float]) -> None:
+        super().__init__()
+        self.role, self.marks = role, marks
+
+    def _mark(self, event: str) -> None:
+        self.marks[f"{event}:{self.role}"] = now()
+
+    def before_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("bti")
+
+    def before_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("bf")
+
+    def after_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("af")
+
+    def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("bb")
+
+    def after_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("ab")
+
+    def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("bu")
+
+    def after_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("au")
+
+    def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("ati")
+
+
+class _Tail(_Stamp):
+    """The last plugin: clips before the update and turns the marks of one iteration into a StepTime."""
+
+    def __init__(self, marks: dict[str, float], log: StepLog, clip_norm: float | None,
+                 progress: Callable[[int], None]) -> None:
+        super().__init__("tail", marks)
+        self.log, self.clip_norm, self.progress = log, clip_norm, progress
+        self.domain = 0
+
+    def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        # Avalanche 0.6.0's LFLPlugin.compute_features calls model.eval() and never switches back, so from
+        # the second step of every later experience the model would train with frozen BatchNorm statistics.
+        # The other strategies never leave eval mode here; for them this is a no-op.
+        if not strategy.model.training:
+            strategy.model.train()
+        self._mark("bb")
+
+    def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("bu")  # the update phase (clip + optimizer.step) starts here
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(strategy.model.parameters(), self.clip_norm)
+
+    def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._mark("ati")
+        m = self.marks
+        forward_backward = (m["af:head"] - m["bf:tail"]) + (m["bb:head"] - m["af:tail"]) + (m["ab:head"] - m["bb:tail"])
+        update = m["au:head"] - m["bu:tail"]
+        total = m["ati:tail"] - m["bti:head"]
+        self.log.add(StepTime(self.domain, total, forward_backward, total - forward_backward - update, update))
+        self.progress(1)
+
+
+def run_avalanche(name: str, cfg: BenchConfig, stream: Stream, seed: int,
+                  progress: Callable[[int], None] = lambda n: None) -> tuple[RunResult, StepLog]:
+    """Train Avalanche strategy ``name`` over the stream; fill the accuracy matrices and the step log."""
+    model: nn.Module = build_model(ModelConfig(), seed=seed)
+    if name == "lfl":
+        model = LFLSegmenter(model)
+    torch.manual_seed(seed)  # Avalanche's data loaders and memory sampling draw from the global generator
+    marks: dict[str, float] = {}
+    log = StepLog()
+    tail = _Tail(marks, log, cfg.clip_norm, progress)
+    strategy = build_strategy(name, cfg, model, [_Stamp("head", marks)])
+    strategy.plugins.append(tail)  # after the strategy's own plugins, the evaluator and the clock
+    result = RunResult(name, seed, stream.names, setup=setup_line(name, cfg))
+    record_baseline(result, strategy.model, stream)
+    benchmark = build_benchmark(stream)
+    for i, experience in enumerate(benchmark.train_stream):
+        tail.domain = i
+        strategy.train(experience, num_workers=0, drop_last=True)  # full batches only, as in the harness
+        record_row(result, strategy.model, stream)
+    return result, log

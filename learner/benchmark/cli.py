@@ -1,0 +1,144 @@
+"""`weldstream bench cl`: the continual-learning benchmark, from arguments to a written report.
+
+    weldstream bench cl [--quick] [--seeds 3] [--data DIR] [--out DIR]
+
+``add_arguments`` fills a parser (the lead's CLI or ``python -m weldstream.learner.benchmark``) and
+``run`` builds the one ``BenchConfig``, the stream, runs every strategy and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import tempfile
+import time
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from weldstream.cli_args import parse_size
+from weldstream.learner.benchmark.config import STRATEGIES, BenchConfig
+from weldstream.learner.benchmark.plots import plot_all
+from weldstream.learner.benchmark.report import write_csv, write_json, write_markdown
+from weldstream.learner.benchmark.runner import run_all
+from weldstream.learner.benchmark.stream import build_stream
+from weldstream.learner.benchmark.summary import summarise, targets
+
+DEFAULT_OUT = Path("runs/bench-cl")
+
+
+def _strategies(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown strategies {unknown}; choose from {','.join(STRATEGIES)}")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="minutes-long pipeline check: 3 domains, tiny splits, 1 seed")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder dataset (index.csv with a domain column, or one sub-folder per domain) "
+                        "instead of the simulator")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
+    p.add_argument("--strategies", type=_strategies, default=None, help=f"comma list from {','.join(STRATEGIES)}")
+    p.add_argument("--train-per-domain", type=int, default=None, help="simulated train scans per domain")
+    p.add_argument("--test-per-domain", type=int, default=None, help="simulated test scans per domain")
+    p.add_argument("--size", type=parse_size, default=None, help="training resolution, e.g. 64x64")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per domain")
+    p.add_argument("--memory-per-domain", type=int, default=None, help="episodic memory budget, scans per domain")
+    p.add_argument("--max-domains", type=int, default=None, help="keep only the first N domains")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 2)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite report.md and the plots from an existing results.json in --out")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    cfg = BenchConfig.quick_preset() if args.quick else BenchConfig()
+    overrides: dict[str, Any] = {"data": args.data}
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValueError("--seeds must be >= 1")
+        overrides["seeds"] = tuple(range(args.seeds))
+    for arg, key in (("strategies", "strategies"), ("train_per_domain", "train_per_domain"),
+                     ("test_per_domain", "test_per_domain"), ("epochs", "epochs"), ("threads", "threads"),
+                     ("memory_per_domain", "memory_per_domain"), ("max_domains", "max_domains")):
+        if getattr(args, arg) is not None:
+            overrides[key] = getattr(args, arg)
+    if args.size is not None:
+        overrides["size"] = overrides["render_size"] = args.size
+    return replace(cfg, **overrides)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["weldstream", "bench", "cl"]
+    if args.quick:
+        parts.append("--quick")
+    for key in ("seeds", "data", "out", "train_per_domain", "test_per_domain", "epochs", "memory_per_domain",
+                "max_domains", "threads"):
+        value = getattr(args, key)
+        if value is not None:
+            parts += [f"--{key.replace('_', '-')}", str(value)]
+    if args.size is not None:
+        parts += ["--size", "x".join(map(str, args.size))]
+    if args.strategies is not None:
+        parts += ["--strategies", ",".join(args.strategies)]
+    return shlex.join(parts)
+
+
+def render(out: Path, payload: dict[str, Any]) -> None:
+    """Plots and report.md from a results payload (fresh, or read back with --report-only)."""
+    plot_all(out, payload["summary"], [d["domain"] for d in payload["stream"]])
+    write_markdown(out / "report.md", payload)
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "report_only", False):
+        render(args.out, json.loads((args.out / "results.json").read_text()))
+        print(f"bench cl: report rewritten in {args.out / 'report.md'}")
+        return 0
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"bench cl: {exc}")
+        return 2
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    started, load_start = time.perf_counter(), _loadavg()
+    print(f"bench cl: building the stream ({'folder ' + str(cfg.data) if cfg.data else 'simulator'}) ...", flush=True)
+    stream = build_stream(cfg)
+    with tempfile.TemporaryDirectory(prefix="bench-cl-") as work:
+        results = run_all(cfg, stream, Path(work))
+    summary = summarise(results, cfg.strategies)
+    payload = {
+        "config": cfg.to_dict(),
+        "run": {"command": command_line(args), "wall_s": time.perf_counter() - started, "machine": _machine(cfg),
+                "loadavg_start": load_start, "loadavg_end": _loadavg(), "finished": time.strftime("%Y-%m-%d %H:%M")},
+        "source": stream.source,
+        "stream": stream.describe(),
+        "summary": summary,
+        "targets": targets(summary),
+        "runs": [r.to_dict() for r in results],
+    }
+    write_json(out / "results.json", payload)
+    write_csv(out / "results.csv", results)
+    render(out, payload)
+    failed = [s for s, e in summary.items() if not e["runs_ok"]]
+    print(f"bench cl: report in {out / 'report.md'} ({payload['run']['wall_s'] / 60:.1f} min)"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(json.dumps({t["target"]: t["met"] for t in payload["targets"]}, indent=1))
+    return 1 if len(failed) == len(summary) else 0
+
+
+def _loadavg() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def _machine(cfg: BenchConfig) -> str:
+    return (f"{platform.machine()} {os.cpu_count()} cores ({cfg.threads} torch threads per run), "
+            f"torch {version('torch')}, avalanche-lib {version('avalanche-lib')}")

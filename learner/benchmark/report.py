@@ -1,0 +1,174 @@
+"""The benchmark's outputs: report.md (table, stream, sizes, targets), results.json and results.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from weldstream.learner.benchmark.result import RunResult
+from weldstream.learner.benchmark.summary import run_metrics
+
+NOTES = (
+    "Naive, joint, replay and weldstream GEM run in the benchmark's own loop (`harness.py`); naive and "
+    "weldstream GEM call the learner's `gem_step` and, for GEM, `memory.add` after every batch, as the learner does.",
+    "Joint is cumulative (train on the pooled data of every domain so far, continuing from the previous model), "
+    "so it has a full accuracy matrix; it costs more steps than the others (listed in train s).",
+    "Avalanche GEM computes one reference gradient per past domain on all of that domain's stored patterns at "
+    "every step; weldstream GEM (round-robin refresh) recomputes one past domain's reference per step on "
+    "`memory_batch` stored scans and reuses the others. Both keep the same number of scans per domain.",
+    "Avalanche 0.6.0's LFL leaves the model in eval mode after computing its features; the harness switches it "
+    "back to train mode after the penalty, otherwise BatchNorm would stop adapting after the first domain.",
+    "Regularisation strengths (EWC, SI, LFL) are ContinualAI continual-learning-baselines' permuted-MNIST "
+    "values, not tuned here; no strategy was tuned on this stream.",
+    "Peak RSS is the worker process's high-water mark (one process per run); it includes the interpreter, "
+    "torch and, for Avalanche strategies, Avalanche's imports.",
+)
+
+CSV_METRICS = ("acc", "bwt", "fwt", "max_forgetting", "old_domains", "acc_dice", "first_domain_final",
+               "first_domain_baseline")
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=1, default=str, allow_nan=True) + "\n")
+
+
+def write_csv(path: Path, results: list[RunResult]) -> None:
+    """One row per (strategy, seed); metric columns in mIoU points, times in ms."""
+    columns = ["strategy", "seed", *CSV_METRICS, "step_ms", "forward_backward_ms", "memory_ms", "update_ms",
+               "last_domain_step_ms", "peak_rss_mb", "start_rss_mb", "train_s", "error"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for r in results:
+            row: dict[str, Any] = {"strategy": r.strategy, "seed": r.seed, "error": r.error or ""}
+            if r.error is None and r.miou:
+                row.update({k: round(v, 3) for k, v in run_metrics(r).items() if k in CSV_METRICS})
+                row.update(step_ms=round(r.step_ms["total_ms"], 2),
+                           forward_backward_ms=round(r.step_ms["forward_backward_ms"], 2),
+                           memory_ms=round(r.step_ms["memory_ms"], 2), update_ms=round(r.step_ms["update_ms"], 2),
+                           last_domain_step_ms=round(r.step_ms_per_domain[-1]["total_ms"], 2),
+                           peak_rss_mb=round(r.peak_rss_mb, 1), start_rss_mb=round(r.start_rss_mb, 1),
+                           train_s=round(r.train_s, 1))
+            writer.writerow(row)
+
+
+def _pm(values: list[float] | None, digits: int = 1) -> str:
+    if not values or math.isnan(values[0]):
+        return "n/a"
+    mean, std = values
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _table(summary: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| strategy | ACC | BWT | FWT | max forgetting | ACC (Dice) | step ms (all domains) | fwd/bwd ms "
+        "| memory/proj ms | step ms (last domain) | × Avalanche GEM step (last) | train s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    footnotes = []
+    for strategy, e in summary.items():
+        if not e.get("runs_ok"):
+            footnotes.append(f"- **{strategy}** failed: " + "; ".join(e["errors"]))
+            lines.append(f"| {strategy} | failed (see below) |" + " |" * 11)
+            continue
+        m, step, last = e["metrics"], e["step_ms"], e["last_domain_step_ms"]
+        ratio = e["ratio_to_avalanche_gem_last"]
+        runs = "" if e["runs_ok"] == e["runs_total"] else f" ({e['runs_ok']}/{e['runs_total']} seeds)"
+        lines.append(
+            f"| {strategy}{runs} | {_pm(m['acc'])} | {_pm(m['bwt'])} | {_pm(m['fwt'])} | {_pm(m['max_forgetting'])} "
+            f"| {_pm(m['acc_dice'])} | {_pm(step['total_ms'], 0)} | {_pm(step['forward_backward_ms'], 0)} "
+            f"| {_pm(step['memory_ms'], 0)} | {_pm(last['total_ms'], 0)} "
+            f"| {'n/a' if math.isnan(ratio) else f'{ratio:.2f}'} | {_pm(e['train_s'], 0)} "
+            f"| {_pm(e['peak_rss_mb'], 0)} |"
+        )
+        if e["errors"]:
+            footnotes.append(f"- **{strategy}** partly failed: " + "; ".join(e["errors"]))
+    return lines + ([""] + footnotes if footnotes else [])
+
+
+def _targets(targets: list[dict[str, Any]]) -> list[str]:
+    lines = ["| target | measured | bound | met | margin |", "|---|---|---|---|---|"]
+    for t in targets:
+        met = "not measured" if t["met"] is None else ("**yes**" if t["met"] else "**no**")
+        unit = "" if t["unit"] == "x" else " pts"
+        fmt = "{:.2f}" if t["unit"] == "x" else "{:.1f}"
+        value = "n/a" if math.isnan(t["value"]) else fmt.format(t["value"]) + unit
+        bound = "n/a" if math.isnan(t["bound"]) else fmt.format(t["bound"]) + unit
+        margin = "" if math.isnan(t["margin"]) else ("met by " if t["margin"] >= 0 else "missed by ") + fmt.format(
+            abs(t["margin"])) + unit
+        note = f" ({t['note']})" if t["note"] else ""
+        lines.append(f"| {t['target']}{note} | {value} | {bound} | {met} | {margin} |")
+    return lines
+
+
+def write_markdown(path: Path, payload: dict[str, Any]) -> None:
+    cfg, run = payload["config"], payload["run"]
+    summary, stream = payload["summary"], payload["stream"]
+    size = "×".join(str(v) for v in cfg["size"])
+    render = "×".join(str(v) for v in cfg["render_size"])
+    lines = [
+        "# Continual-learning benchmark: weldstream GEM against Avalanche's strategies",
+        "",
+        f"Command: `{run['command']}`  ",
+        f"Wall time: {run['wall_s'] / 60:.1f} min on {run['machine']}; load average {run['loadavg_start']} at the "
+        f"start, {run['loadavg_end']} at the end (other work on the machine inflates step times).  ",
+        f"Mode: {'quick (pipeline check, not a result)' if cfg['quick'] else 'full'}; seeds {cfg['seeds']}.",
+        "",
+        "## Stream",
+        "",
+        f"Domain-incremental, {len(stream)} domains in this order ({payload['source']}); every strategy trains on "
+        f"the same tensors and is tested on every domain's test split after each domain. Images rendered at "
+        f"{render} and resized to {size}.",
+        "",
+        "| # | domain | modality | train scans | test scans | defect pixels % |",
+        "|---|---|---|---|---|---|",
+        *[f"| {i} | {d['domain']} | {d['modality']} | {d['train']} | {d['test']} | {d['defect_pixels_pct']} |"
+          for i, d in enumerate(stream)],
+        "",
+        "## Shared budget",
+        "",
+        f"Model `build_model(ModelConfig())` (smp U-Net, mobilenet_v2, random init, same seed per run) · Adam "
+        f"lr {cfg['learning_rate']} · batch {cfg['batch_size']} · {cfg['epochs']} epoch(s) per domain · gradient "
+        f"clip {cfg['clip_norm']} (after any projection) · loss `segmentation_loss` (CE + soft Dice) · memory "
+        f"{cfg['memory_per_domain']} scans per domain for every memory-based method · memory batch "
+        f"{cfg['memory_batch']} · {cfg['threads']} torch threads · seeds vary the initialisation, batch order "
+        "and memory sampling; the data are fixed.",
+        "",
+        "## Results",
+        "",
+        "mIoU over the defect classes (background excluded) in points (×100), mean ± std over seeds. "
+        "ACC = mean of the last row of the accuracy matrix; BWT = mean over earlier domains of (final − "
+        "just-learned); FWT = mean over later domains of (score before training on it − random-init score); "
+        "max forgetting = largest drop from a domain's best score to its final one. Step times are the mean "
+        "wall time of one training step; fwd/bwd is the current batch's forward and backward pass, "
+        "memory/proj everything the method adds (memory gradients, projection, penalties, memory update).",
+        "",
+        *_table(summary),
+        "",
+        "## Targets",
+        "",
+        *_targets(payload["targets"]),
+        "",
+        "## How each strategy is set up",
+        "",
+        *[f"- **{s}**: {e['setup'] or 'n/a'}" for s, e in summary.items()],
+        "",
+        "Notes:",
+        "",
+        *[f"- {note}" for note in NOTES],
+        "",
+        "## Figures",
+        "",
+        "![mean mIoU over earlier domains](old_domains.png)",
+        "",
+        "![step time by phase](step_time.png)",
+        "",
+        *[f"![{s} accuracy matrix](matrix_{s}.png)" for s, e in summary.items() if e.get("runs_ok")],
+        "",
+        "Raw numbers: `results.json` (accuracy matrices, per-domain step times, per run) and `results.csv`.",
+        "",
+    ]
+    path.write_text("\n".join(lines))

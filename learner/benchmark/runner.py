@@ -1,0 +1,98 @@
+"""Run every (strategy, seed) pair in a fresh worker process, behind one progress bar.
+
+Full runs are sequential so each gets the same cores and its step times are comparable; a worker that dies
+(out of memory, a native crash) is recorded as a failed run with its exit code and last stderr lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from weldstream.learner.benchmark.config import BenchConfig
+from weldstream.learner.benchmark.result import RunResult
+from weldstream.learner.benchmark.stream import Stream
+
+
+def expected_steps(strategy: str, cfg: BenchConfig, stream: Stream) -> int:
+    """Training steps a run will take (cumulative joint trains on every domain so far)."""
+    sizes = [len(d.x_train) for d in stream.domains]
+    if strategy == "joint":
+        return cfg.epochs * sum(sum(sizes[: i + 1]) // cfg.batch_size for i in range(len(sizes)))
+    return cfg.epochs * sum(n // cfg.batch_size for n in sizes)
+
+
+def run_all(cfg: BenchConfig, stream: Stream, work_dir: Path) -> list[RunResult]:
+    """Every strategy for every seed (seed-major, so a partial run still covers all strategies).
+
+    ``cfg.parallel`` workers run at once (quick runs only: the full benchmark runs one at a time so
+    each run has the cores to itself and step times compare).
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stream_path = work_dir / "stream.pt"
+    config_path = work_dir / "config.json"
+    stream.save(stream_path)
+    config_path.write_text(json.dumps(cfg.to_dict()))
+    pairs = [(strategy, seed) for seed in cfg.seeds for strategy in cfg.strategies]
+    total = sum(expected_steps(s, cfg, stream) for s, _ in pairs)
+    lock = threading.Lock()
+    running: list[str] = []
+
+    with tqdm(total=total, unit="step", desc="bench cl", dynamic_ncols=True) as bar:
+
+        def advance(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        def one(pair: tuple[str, int]) -> RunResult:
+            strategy, seed = pair
+            with lock:
+                running.append(f"{strategy}/{seed}")
+                bar.set_postfix_str(", ".join(running))
+            done = [0]
+
+            def count(n: int) -> None:
+                done[0] += n
+                advance(n)
+
+            result = _run_worker(stream_path, config_path, strategy, seed, stream.names, work_dir, count)
+            advance(max(0, expected_steps(strategy, cfg, stream) - done[0]))  # a failed run ends early
+            with lock:
+                running.remove(f"{strategy}/{seed}")
+            return result
+
+        with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
+            return list(pool.map(one, pairs))
+
+
+def _run_worker(stream_path: Path, config_path: Path, strategy: str, seed: int, names: list[str], work_dir: Path,
+                advance: Callable[[int], None]) -> RunResult:
+    out = work_dir / f"result-{strategy}-{seed}.json"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "weldstream.learner.benchmark.worker", str(stream_path), str(config_path),
+               strategy, str(seed), str(out)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("progress "):
+                advance(int(line.split()[1]))
+        code = proc.wait()
+        stderr.seek(0)
+        tail = deque(stderr, maxlen=6)
+    if out.is_file():
+        return RunResult.from_dict(json.loads(out.read_text()))
+    reason = "killed (likely out of memory)" if code in (-9, 137) else f"exit code {code}"
+    detail = " | ".join(line.strip() for line in tail if line.strip())
+    return RunResult(strategy, seed, names, error=f"worker process failed: {reason}; stderr: {detail}")

@@ -1,0 +1,119 @@
+"""The continual-learning benchmark: its metrics, its pieces, and one real `--quick` run end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from weldstream.learner.benchmark import metrics
+from weldstream.learner.benchmark.config import STRATEGIES, BenchConfig
+from weldstream.learner.benchmark.stream import build_stream, is_test
+
+# R[i][j]: after training on domain i, tested on domain j.
+R = [
+    [0.50, 0.10, 0.00],
+    [0.30, 0.60, 0.20],
+    [0.20, 0.40, 0.70],
+]
+BASELINE = [0.05, 0.05, 0.10]
+
+
+def test_metrics_follow_their_definitions() -> None:
+    assert metrics.acc(R) == pytest.approx((0.2 + 0.4 + 0.7) / 3)
+    assert metrics.bwt(R) == pytest.approx(((0.2 - 0.5) + (0.4 - 0.6)) / 2)
+    assert metrics.fwt(R, BASELINE) == pytest.approx(((0.10 - 0.05) + (0.20 - 0.10)) / 2)
+    assert metrics.max_forgetting(R) == pytest.approx(0.3)  # domain 0: best 0.5, final 0.2
+    assert metrics.old_domains(R) == pytest.approx(0.3)
+    assert metrics.old_so_far(R)[1:] == pytest.approx([0.3, 0.3])
+    assert metrics.mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
+
+
+def test_lfl_wrapper_computes_the_same_function_as_the_unet() -> None:
+    from avalanche.models.base_model import BaseModel
+    from avalanche.training.utils import get_last_fc_layer
+
+    from weldstream.learner.benchmark.lfl_model import LFLSegmenter
+    from weldstream.model import ModelConfig, build_model
+
+    unet = build_model(ModelConfig(), seed=3).eval()
+    wrapped = LFLSegmenter(build_model(ModelConfig(), seed=3)).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(unet(x), wrapped(x), atol=1e-5)
+        assert wrapped.get_features(x).shape == (2, 8, 64, 64)
+    assert isinstance(wrapped, BaseModel)
+    assert get_last_fc_layer(wrapped)[1] is wrapped.head  # the layer LFL freezes is the classifier
+
+
+def test_folder_dataset_is_split_by_scan_id_and_ordered_canonically(tmp_path: Path) -> None:
+    from weldstream.simulator import domain_names, write_dataset
+
+    first, second = domain_names()[:2]
+    write_dataset(tmp_path / "b", second, count=12, seed=0, size=(64, 64))
+    write_dataset(tmp_path / "a", first, count=12, seed=100, size=(64, 64))
+    cfg = BenchConfig(data=tmp_path, size=(64, 64), test_share=0.3)
+    stream = build_stream(cfg)
+    assert stream.names == [first, second]  # canonical order, not folder order
+    again = build_stream(cfg)
+    for d, e in zip(stream.domains, again.domains, strict=True):
+        assert len(d.x_train) + len(d.x_test) == 12
+        assert torch.equal(d.x_test, e.x_test) and d.x_train.shape[1:] == (1, 64, 64)
+    assert is_test("scan-1", 0.3) == is_test("scan-1", 0.3)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_a_real_report(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "weldstream.learner.benchmark", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    summary, runs = results["summary"], results["runs"]
+    n = len(results["stream"])
+    assert n >= 2
+
+    # One table row per strategy: numbers, or "failed" with the reason in a footnote.
+    table = report.split("## Results", 1)[1].split("## Targets", 1)[0].splitlines()
+    for strategy in STRATEGIES:
+        rows = [line for line in table if line.startswith(f"| {strategy} ")]
+        assert len(rows) == 1, strategy
+        if "failed" in rows[0]:
+            assert f"**{strategy}** failed: " in report and summary[strategy]["errors"]
+    assert "## Targets" in report and report.count("| weldstream GEM") >= 4
+
+    # Our own strategies must run; Avalanche's may fail, but only with a stated reason.
+    for strategy in ("naive", "joint", "replay", "weldstream-gem"):
+        assert summary[strategy]["runs_ok"] == 1, summary[strategy]["errors"]
+    ok = [r for r in runs if r["error"] is None]
+    for r in ok:
+        for matrix in (r["miou"], r["dice"]):
+            assert len(matrix) == n and all(len(row) == n for row in matrix)
+            assert all(0.0 <= v <= 1.0 for row in matrix for v in row)
+        assert len(r["baseline_miou"]) == n
+        assert r["step_ms"]["total_ms"] > 0 and r["peak_rss_mb"] > 0
+        assert r["step_ms"]["steps"] == sum(d["steps"] for d in r["step_ms_per_domain"]) > 0
+        # After training on the first domain every model beats the randomly initialised one there.
+        assert r["miou"][0][0] > r["baseline_miou"][0], (r["strategy"], r["miou"][0][0], r["baseline_miou"][0])
+    for r in runs:
+        assert r["error"] is None or r["error"].strip()
+
+    # Joint training is the upper bound on the old domains (last row, all domains but the last).
+    joint = next(r for r in ok if r["strategy"] == "joint")
+    naive = next(r for r in ok if r["strategy"] == "naive")
+    assert metrics.old_domains(joint["miou"]) >= metrics.old_domains(naive["miou"])
+
+    with (out / "results.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(runs)
+    plots = ["old_domains.png", "step_time.png", *(f"matrix_{s}.png" for s, e in summary.items() if e["runs_ok"])]
+    for name in plots:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
