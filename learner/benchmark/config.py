@@ -22,8 +22,9 @@ STRATEGIES: tuple[str, ...] = (
     "avalanche-agem",
     "avalanche-gem",
     "weldstream-gem",
+    "weldstream-gem-exact",
 )
-WELDSTREAM_STRATEGIES = ("naive", "joint", "replay", "weldstream-gem")
+WELDSTREAM_STRATEGIES = ("naive", "joint", "replay", "weldstream-gem", "weldstream-gem-exact")
 
 
 @dataclass(frozen=True)

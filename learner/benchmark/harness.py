@@ -29,7 +29,10 @@ SETUPS = {
     "joint": "cumulative joint training: at domain i, all train scans of domains 0..i pooled and shuffled",
     "replay": "experience replay on weldstream ReplayMemory: current batch + memory_batch past-domain scans, one step",
     "weldstream-gem": "weldstream gem_step(strategy='gem', refresh='round_robin') + memory.add per batch (the learner)",
+    "weldstream-gem-exact": "weldstream gem_step(strategy='gem', refresh='every_step'): every past domain's reference "
+                            "gradient recomputed every step (textbook GEM) + memory.add per batch",
 }
+GEM_REFRESH = {"weldstream-gem": "round_robin", "weldstream-gem-exact": "every_step"}
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
@@ -47,8 +50,9 @@ def run_weldstream(name: str, cfg: BenchConfig, stream: Stream, seed: int,
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     memory = ReplayMemory(cfg.memory_per_domain, device="cpu", seed=seed)
     references = ReferenceGradients()
-    step_cfg = StepConfig(strategy="gem" if name == "weldstream-gem" else "naive", memory_batch=cfg.memory_batch,
-                          margin=cfg.gem_margin, clip_norm=cfg.clip_norm)
+    step_cfg = StepConfig(strategy="gem" if name in GEM_REFRESH else "naive", memory_batch=cfg.memory_batch,
+                          margin=cfg.gem_margin, clip_norm=cfg.clip_norm,
+                          refresh=GEM_REFRESH.get(name, "round_robin"))
     generator = torch.Generator().manual_seed(seed)
     result = RunResult(name, seed, stream.names, setup=SETUPS[name])
     log = StepLog()
@@ -69,7 +73,7 @@ def run_weldstream(name: str, cfg: BenchConfig, stream: Stream, seed: int,
                     log.add(_plain_step(model, optimizer, x, y, cfg, i))
                 else:
                     log.add(_learner_step(model, optimizer, x, y, memory, step_cfg, domain.name, references, i,
-                                          add_to_memory=name == "weldstream-gem"))
+                                          add_to_memory=name in GEM_REFRESH))
                 progress(1)
         record_row(result, model, stream)
     return result, log
