@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import start_http_server
@@ -86,7 +86,7 @@ class LearnerLoop:
                  len(self.learner.pending), self.learner.memory.per_domain())
 
     # -- stage 1: one Kafka message -> training sample, validation sample or dead letter
-    async def handle(self, message, producer: AIOKafkaProducer) -> None:
+    async def handle(self, message: ConsumerRecord, producer: AIOKafkaProducer) -> None:
         cfg = self.cfg
         try:
             sample = decode_record(message.value, cfg.train_size, len(cfg.model.classes), cfg.model.in_channels,
@@ -104,7 +104,7 @@ class LearnerLoop:
         self.positions[TopicPartition(message.topic, message.partition)] = message.offset + 1
         self.dirty = True
 
-    async def dead_letter(self, message, exc: InvalidInput, producer: AIOKafkaProducer) -> None:
+    async def dead_letter(self, message: ConsumerRecord, exc: InvalidInput, producer: AIOKafkaProducer) -> None:
         headers = [("reason", str(exc).encode()), ("field", exc.field.encode()),
                    ("source.topic", message.topic.encode()), ("source.partition", str(message.partition).encode()),
                    ("source.offset", str(message.offset).encode())]
