@@ -70,3 +70,20 @@ def test_model_factory_lists_valid_names_on_a_miss():
         ModelConfig(architecture="nope")
     model = build_model(ModelConfig(encoder="resnet18"))
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 5, 64, 64)
+
+
+def test_regions_have_exact_boxes_and_skip_specks():
+    from weldstream.server.regions import defect_regions
+
+    mask = np.zeros((50, 60), np.uint8)
+    mask[5:9, 10:20] = 1
+    mask[30:40, 40:42] = 3
+    mask[45, 1] = 2  # a one-pixel speck
+    confidence = np.full((50, 60), 0.5, np.float32)
+    confidence[5:9, 10:20] = 0.9
+    regions = defect_regions(mask, confidence, 5)
+    assert [(r.class_id, r.x, r.y, r.width, r.height, r.area_px) for r in regions] == [
+        (1, 10, 5, 10, 4, 40), (3, 40, 30, 2, 10, 20)]
+    assert abs(regions[0].mean_confidence - 0.9) < 1e-6
+    noisy = (np.random.default_rng(0).random((256, 256)) * 5).astype(np.uint8)
+    assert len(defect_regions(noisy, confidence.repeat(6, 0)[:256].repeat(5, 1)[:, :256], 5)) <= 256

@@ -53,7 +53,8 @@ async def test_segment_raw_tensor_returns_mask_at_input_size(server, dtype):
         assert region.class_id > 0 and region.area_px > 0
         assert region.bbox.x + region.bbox.width <= 131 and region.bbox.y + region.bbox.height <= 77
         assert 0 < region.mean_confidence <= 1
-    assert sum(r.area_px for r in response.regions) == int((mask > 0).sum())
+        assert region.area_px >= 4  # specks are not reported
+    assert sum(r.area_px for r in response.regions) <= int((mask > 0).sum())
 
 
 @pytest.mark.parametrize("encoder", ["png", "tiff"])
