@@ -36,7 +36,7 @@ def old_domains_plot(path: Path, summary: dict[str, dict[str, Any]], domains: li
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -59,7 +59,7 @@ def heatmap(path: Path, strategy: str, matrix: list[list[float]], domains: list[
     ax.set_title(f"{strategy}: mIoU (points), mean over seeds")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -81,7 +81,7 @@ def step_time_plot(path: Path, summary: dict[str, dict[str, Any]]) -> Path:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
