@@ -1,6 +1,8 @@
 """Directory-backed store of model versions: integer versions, immutable once written, checksummed.
 
-Layout: ``<root>/versions/<version:08d>/{weights.pt,manifest.json}``. A version is written into a
+Layout: ``<root>/versions/<version:08d>/{weights.safetensors,manifest.json}``. Weights are safetensors:
+no pickle to trust, and a load takes milliseconds without holding the GIL long, so a server loading a
+new version beside the live one does not stall its requests. A version is written into a
 temporary directory, fsynced and renamed into place, so a reader never sees half a version and a crash
 leaves at most a stray ``.tmp-*`` directory that is ignored.
 """
@@ -8,7 +10,6 @@ leaves at most a stray ``.tmp-*`` directory that is ignored.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -19,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 
 from weldstream.errors import CorruptVersion
 from weldstream.model import ModelConfig
 
-WEIGHTS_FILE = "weights.pt"
+WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 _VERSION_DIR = re.compile(r"^\d{8}$")
 
@@ -89,9 +91,7 @@ class WeightStore:
         target = self.path_of(version)
         if target.exists():
             raise FileExistsError(f"version {version} already exists in {self.versions_dir}; versions are immutable")
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
-        payload = buffer.getvalue()
+        payload = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
         manifest = Manifest(
             version=version,
             parent_version=parent_version,
@@ -125,7 +125,7 @@ class WeightStore:
             raise CorruptVersion(
                 f"version {version}: weights sha256 {digest[:12]}… does not match manifest {manifest.sha256[:12]}…"
             )
-        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        state = {k: v.to(map_location) for k, v in safetensors.torch.load(payload).items()}
         return StoredVersion(manifest, state)
 
 
