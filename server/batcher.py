@@ -107,6 +107,8 @@ class Batcher:
             if not live:
                 continue
             loaded = self._slot.current()  # read once: the whole batch runs on this version
+            for pending in live:
+                self._slot.note_shape(*pending.scan.shape[-2:])
             self._metrics.batch_size.observe(len(live))
             started = time.perf_counter()
             try:

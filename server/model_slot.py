@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from weldstream.model import ModelConfig, build_model
+from weldstream.preprocess import pad_to_multiple
 from weldstream.weight_store import Manifest, WeightStore
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,12 @@ def prepare(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 @torch.inference_mode()
-def warm_up(loaded: LoadedModel, size: int = 64) -> None:
-    """One forward so the first real request does not pay for lazy initialisation."""
-    x = torch.zeros(1, loaded.config.in_channels, size, size, device=loaded.device)
-    loaded.module(x.contiguous(memory_format=torch.channels_last))
+def warm_up(loaded: LoadedModel, shapes: tuple[tuple[int, int], ...] = ((64, 64),)) -> None:
+    """A forward at every input size the server has been seeing, so the first real request on a new
+    version does not pay for lazy initialisation and per-shape kernel selection (hundreds of ms on CPU)."""
+    for height, width in shapes or ((64, 64),):
+        x = torch.zeros(1, loaded.config.in_channels, height, width, device=loaded.device)
+        loaded.module(pad_to_multiple(x, loaded.config.stride).contiguous(memory_format=torch.channels_last))
 
 
 def fresh_model(config: ModelConfig, device: torch.device) -> LoadedModel:
@@ -47,13 +50,14 @@ def fresh_model(config: ModelConfig, device: torch.device) -> LoadedModel:
     return LoadedModel(0, prepare(build_model(config), device), config, device, untrained=True)
 
 
-def load_version(store: WeightStore, version: int, device: torch.device) -> LoadedModel:
+def load_version(store: WeightStore, version: int, device: torch.device,
+                 warm_shapes: tuple[tuple[int, int], ...] = ()) -> LoadedModel:
     """Load a stored version (checksum verified by the store), build it and warm it up."""
     stored = store.load(version)
     module = build_model(stored.model_config, seed=None)
     module.load_state_dict(stored.state_dict)
     loaded = LoadedModel(version, prepare(module, device), stored.model_config, device, False, stored.manifest)
-    warm_up(loaded)
+    warm_up(loaded, warm_shapes)
     return loaded
 
 
@@ -63,6 +67,18 @@ class ModelSlot:
     def __init__(self, initial: LoadedModel) -> None:
         self._current = initial
         self._lock = threading.Lock()
+        self._recent_shapes: dict[tuple[int, int], None] = {}  # insertion-ordered, newest last
+
+    def note_shape(self, height: int, width: int) -> None:
+        """Remember an input size being served, so the next version is warmed up at it."""
+        shape = (height, width)
+        self._recent_shapes.pop(shape, None)
+        self._recent_shapes[shape] = None
+        while len(self._recent_shapes) > 3:
+            self._recent_shapes.pop(next(iter(self._recent_shapes)))
+
+    def recent_shapes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self._recent_shapes)
 
     def current(self) -> LoadedModel:
         return self._current

@@ -80,7 +80,8 @@ class Swapper:
             return False
         started = time.perf_counter()
         try:
-            candidate = await asyncio.to_thread(load_version, self._store, latest, live.device)
+            candidate = await asyncio.to_thread(load_version, self._store, latest, live.device,
+                                                self._slot.recent_shapes())
         except (CorruptVersion, FileNotFoundError, RuntimeError, ValueError) as exc:
             self._refused.add(latest)
             self._metrics.swaps.labels("failed").inc()
