@@ -40,9 +40,12 @@ class ValidationSets:
     def size(self, domain: str) -> int:
         return len(self._items.get(domain, []))
 
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, SegmentationScore]:
+    def evaluate(self, model: nn.Module, device: torch.device,
+                 domains: list[str] | None = None) -> dict[str, SegmentationScore]:
+        """Score `model` on every domain's held-out scans, or only on `domains`."""
         scores = {}
-        for domain, items in self._items.items():
+        for domain in self._items if domains is None else domains:
+            items = self._items[domain]
             images = torch.stack([x for _, x, _ in items]).to(device)
             masks = torch.stack([y for _, _, y in items]).to(device)
             scores[domain] = evaluate(model, images, masks)

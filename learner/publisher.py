@@ -49,8 +49,7 @@ class Publisher:
         stale = [d for d in validation.domains()
                  if d not in self._live_scores or self._live_scores[d].samples != validation.size(d)]
         if stale:
-            fresh = validation.evaluate(self._live_model, self.device)
-            self._live_scores.update({d: fresh[d] for d in stale})
+            self._live_scores.update(validation.evaluate(self._live_model, self.device, stale))
         return dict(self._live_scores)
 
     def consider(self, learner: ContinualLearner, validation: ValidationSets,
