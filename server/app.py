@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from contextlib import AsyncExitStack
@@ -18,8 +19,9 @@ from weldstream.model import ModelConfig, resolve_device
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.kserve_service import InferenceServicer
+from weldstream.server.loader import fresh_model, load_version
 from weldstream.server.metrics import ServerMetrics
-from weldstream.server.model_slot import LoadedModel, ModelSlot, fresh_model, load_version
+from weldstream.server.model_slot import LoadedModel, ModelSlot
 from weldstream.server.segmenter_service import SegmenterServicer
 from weldstream.server.swapper import Swapper
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
@@ -58,7 +60,10 @@ class InferenceServer:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.slot = ModelSlot(await asyncio.to_thread(initial_model, self.store, self.device))
+        live = await asyncio.to_thread(initial_model, self.store, self.device)
+        # A second module, built now while nothing is served, receives the first new version.
+        spare = await asyncio.to_thread(fresh_model, live.config, self.device)
+        self.slot = ModelSlot(live, spare)
         self._publish_model_metrics()
         self.batcher = Batcher(self.slot, self.metrics, cfg.max_batch_size, cfg.max_queue_delay_ms / 1000,
                                cfg.max_queue)
@@ -112,6 +117,9 @@ async def serve(cfg: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order."""
     server = InferenceServer(cfg)
     await server.start()
+    # Everything alive now (torch, the models, protobuf descriptors) lives as long as the process: keep
+    # it out of the cyclic collector's full passes, which would otherwise stall requests for tens of ms.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -106,15 +106,15 @@ class Batcher:
             live = [p for p in batch if not p.future.cancelled()]
             if not live:
                 continue
-            loaded = self._slot.current()  # read once: the whole batch runs on this version
             for pending in live:
                 self._slot.note_shape(*pending.scan.shape[-2:])
             self._metrics.batch_size.observe(len(live))
             started = time.perf_counter()
             try:
-                predictions = await loop.run_in_executor(
-                    self._executor, predict_batch, loaded, [p.scan for p in live]
-                )
+                with self._slot.lease() as loaded:  # the whole batch runs on this version
+                    predictions = await loop.run_in_executor(
+                        self._executor, predict_batch, loaded, [p.scan for p in live]
+                    )
             except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the worker
                 log.exception("inference failed for a batch of %d", len(live))
                 for pending in live:

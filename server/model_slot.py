@@ -1,21 +1,26 @@
-"""The live model behind one reference: loaded beside the old one, checked, warmed, then swapped.
+"""The live model behind one reference, and the retired one kept as the next version's home.
 
-Swapping is a single attribute assignment. A batch reads the slot once when it starts, so batches in
-flight finish on the version they began with and every response can name its version.
+Swapping is a single attribute assignment. A batch leases the slot once when it starts, so batches in
+flight finish on the version they began with and every response can name its version. The module a
+swap retires is not thrown away: once its last batch has finished, the next version's weights are
+copied into it. A swap therefore never constructs a module (hundreds of Python objects, GIL-heavy and
+garbage for the collector) while requests are being served.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from weldstream.model import ModelConfig, build_model
-from weldstream.preprocess import pad_to_multiple
-from weldstream.weight_store import Manifest, WeightStore
+from weldstream.model import ModelConfig
+from weldstream.weight_store import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -30,43 +35,14 @@ class LoadedModel:
     manifest: Manifest | None = None
 
 
-def prepare(module: nn.Module, device: torch.device) -> nn.Module:
-    """Eval mode on the device; channels_last is the faster conv layout on CPU and GPU alike."""
-    module = module.to(device).eval()
-    return module.to(memory_format=torch.channels_last)
-
-
-@torch.inference_mode()
-def warm_up(loaded: LoadedModel, shapes: tuple[tuple[int, int], ...] = ((64, 64),)) -> None:
-    """A forward at every input size the server has been seeing, so the first real request on a new
-    version does not pay for lazy initialisation and per-shape kernel selection (hundreds of ms on CPU)."""
-    for height, width in shapes or ((64, 64),):
-        x = torch.zeros(1, loaded.config.in_channels, height, width, device=loaded.device)
-        loaded.module(pad_to_multiple(x, loaded.config.stride).contiguous(memory_format=torch.channels_last))
-
-
-def fresh_model(config: ModelConfig, device: torch.device) -> LoadedModel:
-    """Version 0: freshly initialised, flagged untrained until the learner publishes."""
-    return LoadedModel(0, prepare(build_model(config), device), config, device, untrained=True)
-
-
-def load_version(store: WeightStore, version: int, device: torch.device,
-                 warm_shapes: tuple[tuple[int, int], ...] = ()) -> LoadedModel:
-    """Load a stored version (checksum verified by the store), build it and warm it up."""
-    stored = store.load(version)
-    module = build_model(stored.model_config, seed=None)
-    module.load_state_dict(stored.state_dict)
-    loaded = LoadedModel(version, prepare(module, device), stored.model_config, device, False, stored.manifest)
-    warm_up(loaded, warm_shapes)
-    return loaded
-
-
 class ModelSlot:
     """Holds the live LoadedModel; swap() only ever moves forward in version."""
 
-    def __init__(self, initial: LoadedModel) -> None:
+    def __init__(self, initial: LoadedModel, spare: LoadedModel | None = None) -> None:
         self._current = initial
-        self._lock = threading.Lock()
+        self._retired = spare
+        self._users: Counter[int] = Counter()  # id(module) -> batches running on it now
+        self._changed = threading.Condition()
         self._recent_shapes: dict[tuple[int, int], None] = {}  # insertion-ordered, newest last
 
     def note_shape(self, height: int, width: int) -> None:
@@ -78,16 +54,59 @@ class ModelSlot:
             self._recent_shapes.pop(next(iter(self._recent_shapes)))
 
     def recent_shapes(self) -> tuple[tuple[int, int], ...]:
+        """Input sizes served lately, newest last."""
         return tuple(self._recent_shapes)
 
     def current(self) -> LoadedModel:
         return self._current
 
+    @contextmanager
+    def lease(self) -> Iterator[LoadedModel]:
+        """The live model for one batch; its module is not reused for another version until released."""
+        with self._changed:
+            loaded = self._current
+            self._users[id(loaded.module)] += 1
+        try:
+            yield loaded
+        finally:
+            with self._changed:
+                self._users[id(loaded.module)] -= 1
+                if not self._users[id(loaded.module)]:
+                    del self._users[id(loaded.module)]
+                self._changed.notify_all()
+
     def swap(self, candidate: LoadedModel) -> bool:
         """Install candidate if it is newer than the live version; returns whether it was installed."""
-        with self._lock:
-            if candidate.version <= self._current.version and not self._current.untrained:
+        with self._changed:
+            live = self._current
+            if candidate.version <= live.version and not live.untrained:
                 return False
             self._current = candidate
+            if live.module is not candidate.module:
+                self._retired = live
+            self._changed.notify_all()
         log.info("model swapped to version %d", candidate.version)
         return True
+
+    def take_spare(self, timeout_s: float = 30.0) -> LoadedModel | None:
+        """The retired model, once no batch runs on it any more; None if there is none (or it stays busy).
+
+        Blocks the calling (loader) thread, never the event loop. The caller owns the module until it
+        hands it back with give_back() or installs it again with swap().
+        """
+        with self._changed:
+            retired = self._retired
+            if retired is None:
+                return None
+            idle = self._changed.wait_for(lambda: not self._users[id(retired.module)], timeout_s)
+            if not idle or self._retired is not retired:
+                return None
+            self._retired = None
+            return retired
+
+    def give_back(self, spare: LoadedModel) -> None:
+        """Return an unused spare (a load failed); its weights may be half-written, which is harmless
+        because a spare is only ever served after a complete load and check."""
+        with self._changed:
+            if self._retired is None and spare.module is not self._current.module:
+                self._retired = spare

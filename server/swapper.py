@@ -2,7 +2,8 @@
 
 Two triggers feed one loop: announcements on Kafka (`weld.models`, immediate) and a periodic poll of
 the weight store (the fallback when Kafka is down or a message was missed). Loading, checksum
-verification and warm-up happen beside the live model on a worker thread; only then is the slot swapped.
+verification and warm-up happen beside the live model on the low-priority loader thread, into the
+module the previous swap retired; only then is the slot swapped.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable
 
 from weldstream.errors import CorruptVersion
 from weldstream.server.config import ServerConfig
+from weldstream.server.loader import load_version, loader_thread
 from weldstream.server.metrics import ServerMetrics
-from weldstream.server.model_slot import ModelSlot, load_version
+from weldstream.server.model_slot import LoadedModel, ModelSlot
 from weldstream.weight_store import WeightStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class Swapper:
         self._on_swap = on_swap
         self._wake = asyncio.Event()
         self._refused: set[int] = set()
+        self._loader = loader_thread()
         self._tasks: list[asyncio.Task[None]] = []
         self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -63,6 +66,7 @@ class Swapper:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._loader.shutdown(wait=True)
 
     async def _swap_loop(self) -> None:
         while True:
@@ -80,8 +84,7 @@ class Swapper:
             return False
         started = time.perf_counter()
         try:
-            candidate = await asyncio.to_thread(load_version, self._store, latest, live.device,
-                                                self._slot.recent_shapes())
+            candidate = await asyncio.get_running_loop().run_in_executor(self._loader, self._load, latest, live)
         except (CorruptVersion, FileNotFoundError, RuntimeError, ValueError) as exc:
             self._refused.add(latest)
             self._metrics.swaps.labels("failed").inc()
@@ -97,3 +100,13 @@ class Swapper:
             self._metrics.freshness_seconds.observe(max(0.0, time.time() - label_time))
         self._on_swap()
         return True
+
+    def _load(self, version: int, live: LoadedModel) -> LoadedModel:
+        """On the loader thread: the new version in the retired module (or a new one), checked and warm."""
+        spare = self._slot.take_spare()
+        try:
+            return load_version(self._store, version, live.device, (), reuse=spare)
+        except BaseException:
+            if spare is not None:
+                self._slot.give_back(spare)
+            raise

@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import numpy as np
+import pytest
 import torch
 
 from weldstream.codec import array_to_tensor
@@ -28,6 +29,7 @@ async def test_no_request_fails_across_many_swaps(tmp_path):
     image = (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)
     request = segmenter_pb2.SegmentRequest(scan_id="s", image=tensor_pb2.Image(tensor=array_to_tensor(image)))
     versions_seen: list[int] = []
+    modules_served: set[int] = set()
     failures: list[BaseException] = []
     done = asyncio.Event()
 
@@ -47,6 +49,7 @@ async def test_no_request_fails_across_many_swaps(tmp_path):
             await asyncio.to_thread(store.publish, state, ModelConfig(), parent_version=version - 1)
             assert await server.swapper.swap_to_latest()
             assert server.slot.current().version == version
+            modules_served.add(id(server.slot.current().module))
             await asyncio.sleep(0.05)
     finally:
         done.set()
@@ -57,26 +60,39 @@ async def test_no_request_fails_across_many_swaps(tmp_path):
     assert max(versions_seen) == SWAPS
     swapped = server.metrics.swaps.labels("swapped")._value.get()
     assert swapped == SWAPS
+    assert len(modules_served) == 2  # every version went into the module the previous swap retired
 
 
-async def test_a_corrupt_version_is_refused_and_the_live_one_keeps_serving(tmp_path):
+def _publish_nan_weights(store: WeightStore) -> None:
+    state = build_model(ModelConfig(), seed=2).state_dict()
+    state = {name: torch.full_like(t, float("nan")) if t.is_floating_point() else t for name, t in state.items()}
+    store.publish(state, ModelConfig(), parent_version=1)
+
+
+def _publish_corrupt_bytes(store: WeightStore) -> None:
+    store.publish(build_model(ModelConfig(), seed=2).state_dict(), ModelConfig(), parent_version=1)
+    weights = store.path_of(2) / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-100] + b"\0" * 100)
+    with pytest.raises(CorruptVersion):
+        store.load(2)
+
+
+@pytest.mark.parametrize("publish_bad_version", [_publish_corrupt_bytes, _publish_nan_weights])
+async def test_a_bad_version_is_refused_and_the_live_one_keeps_serving(tmp_path, publish_bad_version):
     model_dir = tmp_path / "models"
     store = WeightStore(model_dir)
     store.publish(build_model(ModelConfig(), seed=1).state_dict(), ModelConfig(), parent_version=0)
     server = InferenceServer(server_config(model_dir, poll_interval_s=60))
     await server.start()
     try:
-        store.publish(build_model(ModelConfig(), seed=2).state_dict(), ModelConfig(), parent_version=1)
-        weights = store.path_of(2) / WEIGHTS_FILE
-        weights.write_bytes(weights.read_bytes()[:-100] + b"\0" * 100)
-        try:
-            store.load(2)
-        except CorruptVersion:
-            pass
+        publish_bad_version(store)
         assert not await server.swapper.swap_to_latest()
         assert server.slot.current().version == 1
         assert server.metrics.swaps.labels("failed")._value.get() == 1
-        loaded = server.slot.current()
-        assert all(torch.isfinite(p).all() for p in loaded.module.parameters())
+        assert all(torch.isfinite(p).all() for p in server.slot.current().module.parameters())
+        store.publish(build_model(ModelConfig(), seed=3).state_dict(), ModelConfig(), parent_version=1)
+        assert await server.swapper.swap_to_latest()  # the spare the failed load used is still usable
+        assert server.slot.current().version == 3
+        assert all(torch.isfinite(p).all() for p in server.slot.current().module.parameters())
     finally:
         await server.stop()

@@ -4,7 +4,7 @@ import torch
 from weldstream.model import ModelConfig, build_model
 from weldstream.preprocess import normalise_scan, pad_to_multiple, training_pair
 from weldstream.server.inference import predict_batch
-from weldstream.server.model_slot import fresh_model
+from weldstream.server.loader import fresh_model
 
 
 def test_normalisation_is_invariant_to_bit_depth_and_scale():
