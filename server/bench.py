@@ -190,7 +190,8 @@ def swap_latency(model_dir: Path, threads: int, size: tuple[int, int], requests:
     return SwapFigures(steady, swapping, len(versions) - 1)
 
 
-def run_serving_benchmark(size: tuple[int, int], requests: int, clients: int, threads: int) -> str:
+def run_serving_benchmark(size: tuple[int, int], requests: int, clients: int, threads: int,
+                          swap_requests: int = 600) -> str:
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     pipeline, forward = in_process_latency(size, requests)
@@ -203,7 +204,7 @@ def run_serving_benchmark(size: tuple[int, int], requests: int, clients: int, th
             batched = throughput(server.port, size, requests, clients)
         with ServerProcess(model_dir, threads, "--max-batch-size", "1") as server:
             unbatched = throughput(server.port, size, requests, clients)
-        swaps = swap_latency(Path(tmp) / "swap-models", threads, size, requests)
+        swaps = swap_latency(Path(tmp) / "swap-models", threads, size, swap_requests)
     p50_in, p99_in = _percentiles(pipeline)
     p50_fw, p99_fw = _percentiles(forward)
     p50_srv, p99_srv = _percentiles(served)

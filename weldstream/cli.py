@@ -215,6 +215,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--requests", type=int, default=200)
     serve.add_argument("--clients", type=int, default=16)
     serve.add_argument("--threads", type=int, default=0)
+    serve.add_argument("--swap-requests", type=int, default=600,
+                       help="requests timed in quiet and in swapping phases each")
     serve.set_defaults(run=_run_bench_serve)
     gem = bench.add_parser("gem-step", help="GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains")
     gem.add_argument("--size", type=parse_size, default=(128, 128))
@@ -232,7 +234,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _run_bench_serve(args: argparse.Namespace) -> int:
     from weldstream.server.bench import run_serving_benchmark
 
-    print(run_serving_benchmark(args.size, args.requests, args.clients, args.threads))
+    print(run_serving_benchmark(args.size, args.requests, args.clients, args.threads, args.swap_requests))
     return 0
 
 
