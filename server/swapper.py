@@ -92,6 +92,7 @@ class Swapper:
             return False
         self._metrics.swap_seconds.observe(time.perf_counter() - started)
         if not self._slot.swap(candidate):
+            self._slot.give_back(candidate)  # its module can hold the next version instead
             self._metrics.swaps.labels("stale").inc()
             return False
         self._metrics.swaps.labels("swapped").inc()

@@ -67,6 +67,16 @@ def test_a_spare_given_back_is_offered_again() -> None:
     assert slot.take_spare(timeout_s=0.1) is spare
 
 
+def test_a_spare_is_not_given_back_while_the_slot_has_one_or_serves_it() -> None:
+    live, spare, other = _model(1), _model(0), _model(0)
+    slot = ModelSlot(live, spare)
+    slot.give_back(other)  # the slot already has a spare
+    slot.give_back(live)  # the live model can never be a spare
+    assert slot.take_spare(timeout_s=0.1) is spare
+    slot.give_back(live)
+    assert slot.take_spare(timeout_s=0.1) is None
+
+
 def test_loading_into_a_spare_copies_weights_without_building_a_module(tmp_path) -> None:
     store = WeightStore(tmp_path)
     trained = build_model(SMALL, seed=7)
