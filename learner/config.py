@@ -35,8 +35,11 @@ class LearnerConfig:
     # Publish (or refuse) a candidate every N steps or T seconds, whichever comes first.
     publish_every_steps: int = 20
     publish_every_s: float = 30.0
-    # A candidate is refused if any domain's validation mIoU drops more than this below the live version.
+    # A candidate is refused if any domain's validation mIoU drops more than this below the live version,
+    # and a paired bootstrap over the held-out scans finds it lower in at least this share of resamples
+    # (0 refuses on the tolerance alone).
     regression_tolerance: float = 0.03
+    regression_confidence: float = 0.95
     # A partial batch is trained when the stream has been quiet this long.
     idle_flush_s: float = 2.0
     max_side: int = 4096
@@ -52,5 +55,7 @@ class LearnerConfig:
             raise ValueError("batch_size, passes and memory_per_domain must be >= 1")
         if self.publish_every_steps < 1 or self.publish_every_s <= 0:
             raise ValueError("publish_every_steps must be >= 1 and publish_every_s > 0")
+        if not 0 <= self.regression_confidence <= 1:
+            raise ValueError("regression_confidence must be in [0, 1]")
         if min(self.train_size) < 32:
             raise ValueError("train_size must be at least 32 x 32")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
+import numpy as np
 import torch
 from torch import nn
 
-from weldstream.scoring import SegmentationScore, evaluate
+from weldstream.scoring import scan_confusions
 
 
 def scan_hash(scan_id: str) -> float:
@@ -26,13 +28,19 @@ class ValidationSets:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self._items: dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]] = {}
+        self._counter = itertools.count(1)
+        self._revisions: dict[str, int] = {}  # domain -> changes with every change of its scans
 
     def add(self, scan_id: str, domain: str, x: torch.Tensor, y: torch.Tensor) -> None:
         items = self._items.setdefault(domain, [])
-        items.append((scan_hash(scan_id), x, y))
+        entry = (scan_hash(scan_id), x, y)
+        items.append(entry)
         if len(items) > self.cap:
             items.sort(key=lambda item: item[0])
-            del items[self.cap:]
+            removed = items.pop()
+            if removed is entry:
+                return  # the set did not change
+        self._revisions[domain] = next(self._counter)
 
     def domains(self) -> list[str]:
         return list(self._items)
@@ -40,19 +48,24 @@ class ValidationSets:
     def size(self, domain: str) -> int:
         return len(self._items.get(domain, []))
 
-    def evaluate(self, model: nn.Module, device: torch.device,
-                 domains: list[str] | None = None) -> dict[str, SegmentationScore]:
-        """Score `model` on every domain's held-out scans, or only on `domains`."""
-        scores = {}
+    def revision(self, domain: str) -> int:
+        """Equal revisions mean the same scans in the same order, so cached per-scan results still line up."""
+        return self._revisions.get(domain, 0)
+
+    def scan_confusions(self, model: nn.Module, device: torch.device,
+                        domains: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Per-scan confusion matrices (N, K, K) of `model` on every domain's held-out scans, or only on `domains`."""
+        results = {}
         for domain in self._items if domains is None else domains:
             items = self._items[domain]
             images = torch.stack([x for _, x, _ in items]).to(device)
             masks = torch.stack([y for _, _, y in items]).to(device)
-            scores[domain] = evaluate(model, images, masks)
-        return scores
+            results[domain] = scan_confusions(model, images, masks)
+        return results
 
     def state_dict(self) -> dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]]:
         return {d: list(items) for d, items in self._items.items()}
 
     def load_state_dict(self, state: dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]]) -> None:
         self._items = {d: list(items) for d, items in state.items()}
+        self._revisions = {d: next(self._counter) for d in self._items}

@@ -1,4 +1,9 @@
-"""Promote or refuse a candidate: score it on every seen domain, compare with the live version, publish."""
+"""Promote or refuse a candidate: score it on every seen domain, compare with the live version, publish.
+
+Both versions are scored scan by scan on the same held-out scans; a domain counts as regressed when the
+candidate is lower by more than the tolerance and a paired bootstrap says the drop is not chance
+(see regression.py).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,16 @@ import logging
 import statistics
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.holdout import ValidationSets
+from weldstream.learner.regression import Comparison, compare
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.model import build_model
-from weldstream.scoring import SegmentationScore
+from weldstream.scoring import SegmentationScore, score_confusion
 from weldstream.weight_store import Manifest, WeightStore
 
 log = logging.getLogger(__name__)
@@ -24,7 +31,7 @@ class Decision:
     promoted: bool
     scores: dict[str, SegmentationScore]
     live_scores: dict[str, SegmentationScore]
-    regressions: dict[str, float] = field(default_factory=dict)  # domain -> mIoU drop beyond tolerance
+    regressions: dict[str, Comparison] = field(default_factory=dict)  # domains that really dropped
     manifest: Manifest | None = None
 
 
@@ -37,34 +44,36 @@ class Publisher:
         self.device = device
         self.live_version = 0
         self._live_model: nn.Module = build_model(cfg.model, seed=cfg.seed).to(device).eval()
-        self._live_scores: dict[str, SegmentationScore] = {}
+        self._live_scans: dict[str, tuple[int, np.ndarray]] = {}  # domain -> (validation revision, per scan)
         latest = store.latest()
         if latest is not None:
             stored = store.load(latest, map_location=device)
             self._live_model.load_state_dict(stored.state_dict)
             self.live_version = latest
 
-    def _score_live(self, validation: ValidationSets) -> dict[str, SegmentationScore]:
-        """Re-score the live version only on domains whose validation set changed since last time."""
+    def _score_live(self, validation: ValidationSets) -> dict[str, np.ndarray]:
+        """The live version's per-scan results, re-scored only on domains whose validation set changed."""
         stale = [d for d in validation.domains()
-                 if d not in self._live_scores or self._live_scores[d].samples != validation.size(d)]
+                 if d not in self._live_scans or self._live_scans[d][0] != validation.revision(d)]
         if stale:
-            self._live_scores.update(validation.evaluate(self._live_model, self.device, stale))
-        return dict(self._live_scores)
+            for domain, scans in validation.scan_confusions(self._live_model, self.device, stale).items():
+                self._live_scans[domain] = (validation.revision(domain), scans)
+        return {domain: scans for domain, (_, scans) in self._live_scans.items()}
 
     def consider(self, learner: ContinualLearner, validation: ValidationSets,
                  offsets: list[dict[str, int | str]]) -> Decision:
         """Score the learner's model; publish it as a new version unless some domain regressed."""
-        scores = validation.evaluate(learner.model, self.device)
-        live_scores = self._score_live(validation)
-        regressions = {
-            domain: live_scores[domain].miou - score.miou
-            for domain, score in scores.items()
-            if domain in live_scores and score.miou < live_scores[domain].miou - self.cfg.regression_tolerance
-        }
+        candidate = validation.scan_confusions(learner.model, self.device)
+        live = self._score_live(validation)
+        scores, live_scores = _scores(candidate), _scores(live)
+        comparisons = {domain: compare(live[domain], scans, seed=learner.steps)
+                       for domain, scans in candidate.items() if domain in live}
+        regressions = {domain: c for domain, c in comparisons.items()
+                       if c.regressed(self.cfg.regression_tolerance, self.cfg.regression_confidence)}
         if regressions:
             log.warning("refused candidate after step %d: regressed %s; scores %s", learner.steps,
-                        {d: round(v, 4) for d, v in regressions.items()}, _brief(scores))
+                        {d: f"-{c.drop:.4f} (confidence {c.confidence:.2f}, {c.samples} scans)"
+                         for d, c in regressions.items()}, _brief(scores))
             return Decision(False, scores, live_scores, regressions)
 
         label_times = learner.label_times
@@ -86,9 +95,13 @@ class Publisher:
         learner.label_times = []
         self.live_version = manifest.version
         self._live_model.load_state_dict(learner.model.state_dict())
-        self._live_scores = dict(scores)
+        self._live_scans = {domain: (validation.revision(domain), scans) for domain, scans in candidate.items()}
         log.info("published version %d (parent %d): %s", manifest.version, manifest.parent_version, _brief(scores))
         return Decision(True, scores, live_scores, {}, manifest)
+
+
+def _scores(scans: dict[str, np.ndarray]) -> dict[str, SegmentationScore]:
+    return {domain: score_confusion(per_scan.sum(axis=0), len(per_scan)) for domain, per_scan in scans.items()}
 
 
 def _brief(scores: dict[str, SegmentationScore]) -> dict[str, float]:

@@ -140,7 +140,10 @@ def _add_learn(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout-share", type=float, default=0.15)
     p.add_argument("--publish-every-steps", type=int, default=20)
     p.add_argument("--publish-every-s", type=float, default=30.0)
-    p.add_argument("--regression-tolerance", type=float, default=0.03)
+    p.add_argument("--regression-tolerance", type=float, default=0.03,
+                   help="mIoU drop on a domain that refuses a candidate (0.03 = 3 points) ...")
+    p.add_argument("--regression-confidence", type=float, default=0.95,
+                   help="... when a paired bootstrap over the held-out scans finds it in this share of resamples")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--session-timeout-ms", type=int, default=10000)
@@ -157,7 +160,8 @@ def learner_config(args: argparse.Namespace):
         train_size=args.train_size, batch_size=args.batch_size, passes=args.passes, learning_rate=args.lr,
         memory_per_domain=args.memory_per_domain, holdout_share=args.holdout_share,
         publish_every_steps=args.publish_every_steps, publish_every_s=args.publish_every_s,
-        regression_tolerance=args.regression_tolerance, device=args.device, threads=args.threads,
+        regression_tolerance=args.regression_tolerance, regression_confidence=args.regression_confidence,
+        device=args.device, threads=args.threads,
         session_timeout_ms=args.session_timeout_ms,
     )
 

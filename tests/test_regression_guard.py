@@ -1,0 +1,140 @@
+"""The promotion guard: a paired bootstrap tells a real drop from validation noise, and the publisher obeys it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from weldstream.learner.holdout import ValidationSets, scan_hash
+from weldstream.learner.publisher import Publisher
+from weldstream.learner.regression import compare
+from weldstream.learner.trainer import ContinualLearner
+from weldstream.model import ModelConfig, build_model
+from weldstream.scoring import confusion_matrix, mean_iou, scan_confusions, score_confusion
+from weldstream.weight_store import WeightStore
+
+from .conftest import learner_config
+
+K = 5
+CPU = torch.device("cpu")
+
+
+def _scan(tp: int, fn: int, fp: int = 0, background: int = 1000) -> np.ndarray:
+    """A per-scan confusion matrix with crack pixels found (tp), missed (fn) and invented (fp)."""
+    cm = np.zeros((K, K), dtype=np.int64)
+    cm[0, 0], cm[1, 1], cm[1, 0], cm[0, 1] = background, tp, fn, fp
+    return cm
+
+
+def test_mean_iou_matches_the_scalar_scoring_rule() -> None:
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 9, (50, K, K)) * (rng.random((50, K, K)) < 0.5)
+    expected = [score_confusion(cm, 1).miou for cm in stack]
+    np.testing.assert_allclose(mean_iou(stack), expected, rtol=0, atol=1e-12)
+    assert mean_iou(np.zeros((K, K))) == 1.0  # no defect anywhere: nothing was missed
+
+
+def test_per_scan_confusions_sum_to_the_whole_set() -> None:
+    model = build_model(ModelConfig(), seed=3).eval()
+    images = torch.randn(6, 1, 64, 64)
+    masks = torch.randint(0, K, (6, 64, 64))
+    per_scan = scan_confusions(model, images, masks, batch_size=4)
+    assert per_scan.shape == (6, K, K)
+    with torch.no_grad():
+        whole = confusion_matrix(model(images).argmax(1), masks, K).numpy()
+    np.testing.assert_array_equal(per_scan.sum(axis=0), whole)
+    assert (per_scan.sum(axis=(1, 2)) == 64 * 64).all()
+
+
+def test_the_same_results_are_no_regression() -> None:
+    scans = np.stack([_scan(40, 10) for _ in range(20)])
+    result = compare(scans, scans.copy())
+    assert result.drop == 0 and result.confidence == 0
+    assert not result.regressed(tolerance=0.03, confidence=0.95)
+
+
+def test_a_drop_on_every_scan_is_a_regression() -> None:
+    live = np.stack([_scan(40, 10) for _ in range(20)])
+    candidate = np.stack([_scan(25, 25) for _ in range(20)])
+    result = compare(live, candidate)
+    assert result.drop == pytest.approx(0.8 - 0.5)
+    assert result.confidence == 1.0
+    assert result.regressed(tolerance=0.03, confidence=0.95)
+
+
+def test_a_drop_that_hangs_on_one_scan_is_noise() -> None:
+    """Twenty scans alike but one, where the live version was lucky: the drop beats the tolerance, but a
+    resample leaves that scan out about a third of the time, so it is not a confident regression."""
+    live = np.stack([_scan(40, 10)] * 19 + [_scan(60, 0)])
+    candidate = np.stack([_scan(40, 10)] * 19 + [_scan(0, 60)])
+    result = compare(live, candidate)
+    assert result.drop > 0.03
+    assert 0.5 < result.confidence < 0.8  # 1 - (19/20)^20 = 0.64 of resamples draw the lucky scan
+    assert not result.regressed(tolerance=0.03, confidence=0.95)
+    assert result.regressed(tolerance=0.03, confidence=0.0)  # the old rule would have refused
+
+
+def test_results_of_different_scans_are_not_compared() -> None:
+    with pytest.raises(ValueError, match="same scans"):
+        compare(np.stack([_scan(1, 1)] * 3), np.stack([_scan(1, 1)] * 4))
+
+
+def test_validation_revision_changes_exactly_when_the_scans_change() -> None:
+    validation = ValidationSets(cap=2)
+    x, y = torch.zeros(1, 8, 8), torch.zeros(8, 8, dtype=torch.uint8)
+    ids = sorted((f"scan-{i}" for i in range(50)), key=scan_hash)
+    validation.add(ids[10], "d", x, y)
+    first = validation.revision("d")
+    validation.add(ids[20], "d", x, y)
+    second = validation.revision("d")
+    validation.add(ids[30], "d", x, y)  # hashes above both kept scans: cut at once, the set is unchanged
+    assert validation.revision("d") == second != first
+    validation.add(ids[0], "d", x, y)  # the smallest hash: it replaces ids[20]
+    assert validation.revision("d") != second
+    restored = ValidationSets(cap=2)
+    restored.load_state_dict(validation.state_dict())
+    assert restored.revision("d") > 0
+
+
+def _segment_everything_as(model: torch.nn.Module, cls: int) -> dict[str, torch.Tensor]:
+    """The same network with its head rewired to answer `cls` for every pixel."""
+    head = model.segmentation_head[0]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[cls] = 10.0
+    return model.state_dict()
+
+
+def _publisher_with_a_live_version(tmp_path, **overrides) -> tuple[Publisher, ContinualLearner, ValidationSets]:
+    cfg = learner_config("unused:9092", tmp_path / "models", regression_tolerance=0.03, **overrides)
+    store = WeightStore(cfg.model_dir)
+    live = _segment_everything_as(build_model(cfg.model, seed=1), cls=1)  # every pixel a crack
+    store.publish(live, cfg.model, parent_version=0)
+    validation = ValidationSets(cap=16)
+    for i in range(12):
+        mask = torch.zeros(64, 64, dtype=torch.uint8)
+        mask[:, : 16 + i] = 1  # cracks over a quarter to a half of the scan
+        validation.add(f"scan-{i}", "ut", torch.randn(1, 64, 64), mask)
+    learner = ContinualLearner(cfg, CPU)
+    learner.model.load_state_dict(live)
+    return Publisher(cfg, store, CPU), learner, validation
+
+
+def test_the_publisher_promotes_a_candidate_that_did_not_regress(tmp_path) -> None:
+    publisher, learner, validation = _publisher_with_a_live_version(tmp_path)
+    decision = publisher.consider(learner, validation, offsets=[])
+    assert decision.promoted and decision.manifest is not None and decision.manifest.version == 2
+    assert decision.scores["ut"].miou == pytest.approx(decision.live_scores["ut"].miou)
+    assert 0.25 < decision.scores["ut"].miou < 0.5
+
+
+def test_the_publisher_refuses_a_candidate_that_really_regressed(tmp_path) -> None:
+    publisher, learner, validation = _publisher_with_a_live_version(tmp_path)
+    _segment_everything_as(learner.model, cls=0)  # finds no defect at all
+    decision = publisher.consider(learner, validation, offsets=[])
+    assert not decision.promoted and decision.manifest is None
+    assert decision.regressions["ut"].confidence == 1.0
+    assert decision.regressions["ut"].drop == pytest.approx(decision.live_scores["ut"].miou)
+    assert publisher.store.latest() == 1 and publisher.live_version == 1
