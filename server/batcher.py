@@ -106,8 +106,6 @@ class Batcher:
             live = [p for p in batch if not p.future.cancelled()]
             if not live:
                 continue
-            for pending in live:
-                self._slot.note_shape(*pending.scan.shape[-2:])
             self._metrics.batch_size.observe(len(live))
             started = time.perf_counter()
             try:

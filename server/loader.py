@@ -1,6 +1,6 @@
 """Bringing a stored version into memory beside the live one: weights, checks and warm-up.
 
-Everything here runs on one background thread (`LoaderThread`) that Linux schedules at the lowest
+Everything here runs on one background thread (`loader_thread()`) that Linux schedules at the lowest
 priority. The inference threads always win the CPU, so a swap uses only the cycles requests leave
 idle: on a 2-core box that is the difference between a latency spike at every swap and none.
 """
@@ -26,7 +26,7 @@ from weldstream.weight_store import WeightStore
 
 log = logging.getLogger(__name__)
 LOWEST_PRIORITY = 19  # nice value
-DEFAULT_WARM_SHAPE = (64, 64)
+WARM_UP_SHAPE = (64, 64)
 
 
 def prepare(module: nn.Module, device: torch.device) -> nn.Module:
@@ -36,18 +36,17 @@ def prepare(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 @torch.inference_mode()
-def warm_up(loaded: LoadedModel, shapes: tuple[tuple[int, int], ...] = (DEFAULT_WARM_SHAPE,)) -> None:
-    """A forward at every given input size, so the first real request on a new version does not pay
-    for lazy initialisation and per-shape kernel selection (hundreds of ms on CPU).
+def warm_up(loaded: LoadedModel) -> None:
+    """One forward, so the first real request on a new version does not pay for lazy initialisation.
+    Per-shape kernel choices are cached process-wide, so sizes already served stay fast on a new module.
 
     Doubles as the last check before a version goes live: weights that produce NaN or inf (a diverged
     training run that still checksums correctly) are refused here instead of being served.
     """
-    for height, width in shapes or (DEFAULT_WARM_SHAPE,):
-        x = torch.zeros(1, loaded.config.in_channels, height, width, device=loaded.device)
-        logits = loaded.module(pad_to_multiple(x, loaded.config.stride).contiguous(memory_format=torch.channels_last))
-        if not bool(torch.isfinite(logits).all()):
-            raise CorruptVersion(f"version {loaded.version}: the model produces non-finite outputs")
+    x = torch.zeros(1, loaded.config.in_channels, *WARM_UP_SHAPE, device=loaded.device)
+    logits = loaded.module(pad_to_multiple(x, loaded.config.stride).contiguous(memory_format=torch.channels_last))
+    if not bool(torch.isfinite(logits).all()):
+        raise CorruptVersion(f"version {loaded.version}: the model produces non-finite outputs")
 
 
 def fresh_model(config: ModelConfig, device: torch.device) -> LoadedModel:
@@ -56,7 +55,7 @@ def fresh_model(config: ModelConfig, device: torch.device) -> LoadedModel:
 
 
 def load_version(store: WeightStore, version: int, device: torch.device,
-                 warm_shapes: tuple[tuple[int, int], ...] = (), reuse: LoadedModel | None = None) -> LoadedModel:
+                 reuse: LoadedModel | None = None) -> LoadedModel:
     """Load a stored version (checksum verified by the store), check it and warm it up.
 
     With `reuse` (a retired model of the same configuration) the weights are copied into its module,
@@ -72,7 +71,7 @@ def load_version(store: WeightStore, version: int, device: torch.device,
     with _side_stream(device), torch.no_grad():
         module.load_state_dict(stored.state_dict)
         loaded = LoadedModel(version, module, config, device, False, stored.manifest)
-        warm_up(loaded, warm_shapes)
+        warm_up(loaded)
     return loaded
 
 

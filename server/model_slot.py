@@ -43,19 +43,6 @@ class ModelSlot:
         self._retired = spare
         self._users: Counter[int] = Counter()  # id(module) -> batches running on it now
         self._changed = threading.Condition()
-        self._recent_shapes: dict[tuple[int, int], None] = {}  # insertion-ordered, newest last
-
-    def note_shape(self, height: int, width: int) -> None:
-        """Remember an input size being served, so the next version is warmed up at it."""
-        shape = (height, width)
-        self._recent_shapes.pop(shape, None)
-        self._recent_shapes[shape] = None
-        while len(self._recent_shapes) > 3:
-            self._recent_shapes.pop(next(iter(self._recent_shapes)))
-
-    def recent_shapes(self) -> tuple[tuple[int, int], ...]:
-        """Input sizes served lately, newest last."""
-        return tuple(self._recent_shapes)
 
     def current(self) -> LoadedModel:
         return self._current

@@ -106,7 +106,7 @@ class Swapper:
         """On the loader thread: the new version in the retired module (or a new one), checked and warm."""
         spare = self._slot.take_spare()
         try:
-            return load_version(self._store, version, live.device, (), reuse=spare)
+            return load_version(self._store, version, live.device, reuse=spare)
         except BaseException:
             if spare is not None:
                 self._slot.give_back(spare)
