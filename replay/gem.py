@@ -33,6 +33,7 @@ from weldstream.replay.projection import (
     project_gem,
     write_grads,
 )
+from weldstream.settings import setting
 
 STRATEGIES = ("gem", "agem", "naive")
 REFRESH_POLICIES = ("round_robin", "every_step")
@@ -42,12 +43,14 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class StepConfig:
-    strategy: str = "gem"  # "gem" | "agem" | "naive"
-    memory_batch: int = 4  # memory scans per past domain (GEM) or in total (A-GEM); 4 keeps a step < 2x naive
+    strategy: str = setting("gem", choices=STRATEGIES, help="continual-learning step")
+    # 4 keeps a GEM step under 2x a naive one.
+    memory_batch: int = setting(4, help="memory scans per reference gradient (per past domain for GEM)")
     margin: float = 0.5  # GEM's lower bound on the dual variables (reference code's memory_strength)
     eps: float = 1e-3  # ridge added to G Gᵀ
     clip_norm: float | None = 1.0
-    refresh: str = "round_robin"  # "round_robin" | "every_step"
+    refresh: str = setting("round_robin", choices=REFRESH_POLICIES,
+                           help="GEM reference gradients: one past domain per step (default) or all every step")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

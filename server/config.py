@@ -5,29 +5,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from weldstream.settings import optional_text, setting
+from weldstream.topics import DEFAULT_KAFKA, MODELS
+from weldstream.weight_store import DEFAULT_MODEL_DIR
+
 MODEL_NAME = "weld-seg"
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model_dir: Path
-    host: str = "0.0.0.0"
-    grpc_port: int = 8001
-    metrics_port: int = 8002
+    model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
+    host: str = setting("0.0.0.0", help="address the gRPC server listens on")
+    grpc_port: int = setting(8001, help="gRPC port (native Segmenter + KServe v2)")
+    metrics_port: int = setting(8002, help="Prometheus /metrics port (-1: off)")
     model_name: str = MODEL_NAME
     # Dynamic batching: a batch closes when full or, under load, after max_queue_delay_ms.
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 2.0
-    max_queue: int = 256
+    max_batch_size: int = setting(8, help="largest micro-batch; 1 turns dynamic batching off")
+    max_queue_delay_ms: float = setting(2.0, help="longest a request waits for others to share its batch")
+    max_queue: int = setting(256, help="requests queued before RESOURCE_EXHAUSTED")
     # Largest accepted scan side; bounds memory per request.
-    max_side: int = 4096
-    device: str = "auto"
-    threads: int = 0
+    max_side: int = setting(4096, help="largest accepted scan height/width")
+    device: str = setting("auto", help="auto, cpu, cuda, cuda:1 ...")
+    threads: int = setting(0, help="torch CPU threads (0: torch's default)")
     grace_s: float = 10.0
     # Hot swap: follow announcements on this Kafka cluster (None: poll the weight store only).
-    kafka: str | None = None
-    models_topic: str = "weld.models"
-    poll_interval_s: float = 5.0
+    kafka: str | None = setting(DEFAULT_KAFKA, parse=optional_text,
+                                help="follow model announcements on this Kafka bootstrap address "
+                                     "('' to only poll the store)")
+    models_topic: str = MODELS
+    poll_interval_s: float = setting(5.0, flag="--poll-interval", help="seconds between weight-store polls")
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

@@ -15,7 +15,7 @@ torch.set_num_threads(2)
 
 
 def server_config(model_dir: Path, **overrides) -> ServerConfig:
-    base = dict(model_dir=model_dir, host="127.0.0.1", grpc_port=0, metrics_port=0, grace_s=5.0,
+    base = dict(model_dir=model_dir, host="127.0.0.1", grpc_port=0, metrics_port=0, grace_s=5.0, kafka=None,
                 poll_interval_s=0.2)
     base.update(overrides)
     return ServerConfig(**base)
@@ -34,7 +34,7 @@ async def server(tmp_path: Path) -> AsyncIterator[InferenceServer]:
 @pytest.fixture
 def broker():
     """A real Kafka-protocol broker (embedded Tansu) on a free loopback port."""
-    from weldstream.broker import EmbeddedBroker, free_port
+    from weldstream.dev.broker import EmbeddedBroker, free_port
 
     with EmbeddedBroker(free_port()) as running:
         yield running

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from weldstream.learner.benchmark import metrics
-from weldstream.learner.benchmark.config import STRATEGIES, BenchConfig
-from weldstream.learner.benchmark.stream import build_stream, is_test
+from weldstream.bench.cl import metrics
+from weldstream.bench.cl.config import STRATEGIES, BenchConfig
+from weldstream.bench.cl.stream import build_stream, is_test
 
 # R[i][j]: after training on domain i, tested on domain j.
 R = [
@@ -38,7 +38,7 @@ def test_lfl_wrapper_computes_the_same_function_as_the_unet() -> None:
     from avalanche.models.base_model import BaseModel
     from avalanche.training.utils import get_last_fc_layer
 
-    from weldstream.learner.benchmark.lfl_model import LFLSegmenter
+    from weldstream.bench.cl.lfl_model import LFLSegmenter
     from weldstream.model import ModelConfig, build_model
 
     unet = build_model(ModelConfig(), seed=3).eval()
@@ -71,7 +71,7 @@ def test_folder_dataset_is_split_by_scan_id_and_ordered_canonically(tmp_path: Pa
 def test_quick_benchmark_writes_a_real_report(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "weldstream.learner.benchmark", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "weldstream.bench.cl", "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from weldstream.broker import free_port
-from weldstream.stack import Service, wait_ready
+from weldstream.dev.broker import free_port
+from weldstream.dev.stack import Service, wait_ready
 
 
 def weldstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -103,7 +103,7 @@ def test_broker_command_stops_cleanly_on_sigterm():
     import signal
     import time
 
-    from weldstream.broker import wait_for_port
+    from weldstream.dev.broker import wait_for_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "weldstream.cli", "broker", "--port", str(port)],

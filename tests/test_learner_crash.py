@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 
+from weldstream.dev.rig import Schedule, produce_stream
 from weldstream.learner.checkpoint import checkpoint_path
 from weldstream.learner.ledger import read_ledger
-from weldstream.rig import Schedule, produce_stream
 from weldstream.simulator import generate_scan
 
 DOMAIN = "ut-pe80-2mhz-highgain"

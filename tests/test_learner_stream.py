@@ -10,9 +10,9 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from weldstream.codec import array_to_tensor
+from weldstream.dev.rig import Schedule, produce_stream
 from weldstream.learner.ledger import read_ledger
 from weldstream.learner.loop import run
-from weldstream.rig import Schedule, produce_stream
 from weldstream.server.app import InferenceServer
 from weldstream.topics import DEAD_LETTER, LABELED_SCANS, ensure_topics
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
@@ -69,7 +69,7 @@ async def test_garbage_goes_to_the_dead_letter_topic_and_learning_goes_on(broker
     learner = asyncio.create_task(run(learner_config(broker.bootstrap, model_dir), stop))
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False)
     await producer.start()
-    from weldstream.rig import labeled_scan
+    from weldstream.dev.rig import labeled_scan
     from weldstream.simulator import generate_scan
 
     wrong_mask = labeled_scan(generate_scan(DOMAINS[0], 5, (64, 64)), "rig")

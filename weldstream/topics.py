@@ -9,6 +9,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
+# The Kafka bootstrap address every command uses unless told otherwise (the embedded broker's).
+DEFAULT_KAFKA = "127.0.0.1:9092"
 LABELED_SCANS = "weld.scans.labeled"
 DEAD_LETTER = "weld.scans.deadletter"
 MODELS = "weld.models"

@@ -26,6 +26,8 @@ import torch
 from weldstream.errors import CorruptVersion
 from weldstream.model import ModelConfig
 
+# Where every command keeps versions unless told otherwise (relative to its working directory).
+DEFAULT_MODEL_DIR = Path("runs/models")
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 _VERSION_DIR = re.compile(r"^\d{8}$")

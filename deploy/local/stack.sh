@@ -17,10 +17,17 @@
 #   BROKER_PORT           embedded broker port (9092)
 #   MODEL_DIR             weight store (runs/stack/models); LOG_DIR: logs (runs/stack/logs)
 #   HOST                  server bind address (127.0.0.1; 0.0.0.0 lets rigs on the network in)
-#   GRPC_PORT, SERVER_METRICS_PORT, LEARNER_METRICS_PORT   8001, 8002, 8003
-#   SERVE_ARGS, LEARN_ARGS   extra flags, split on whitespace (e.g. LEARN_ARGS="--device cuda")
+#   GRPC_PORT             server gRPC port (8001)
+#   SERVER_METRICS_PORT, LEARNER_METRICS_PORT   /metrics ports (8002, 8003)
+#   SERVE_ARGS, LEARN_ARGS   extra flags for one service, split on whitespace (e.g. LEARN_ARGS="--device cuda")
 #   FRESH=1               delete MODEL_DIR before starting
 #   FOLLOW_LOGS=0         do not echo the services' logs here
+# The services get these as WELDSTREAM_* variables (every flag reads one: --kafka <-> WELDSTREAM_KAFKA;
+# `weldstream serve --help`, `weldstream learn --help`). KAFKA, MODEL_DIR, HOST and GRPC_PORT fall back
+# to WELDSTREAM_KAFKA, WELDSTREAM_MODEL_DIR, WELDSTREAM_HOST and WELDSTREAM_GRPC_PORT; any other
+# WELDSTREAM_* variable set here reaches the server and the learner alike (WELDSTREAM_THREADS=4
+# deploy/local/stack.sh), except WELDSTREAM_METRICS_PORT, which both read: the script sets it per
+# service from SERVER_METRICS_PORT and LEARNER_METRICS_PORT.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -30,10 +37,10 @@ WELDSTREAM="${WELDSTREAM:-$ROOT/.venv/bin/weldstream}"
 PYTHON="$(dirname "$WELDSTREAM")/python"
 KAFKA="${KAFKA:-${WELDSTREAM_KAFKA:-}}"
 BROKER_PORT="${BROKER_PORT:-9092}"
-MODEL_DIR="${MODEL_DIR:-$ROOT/runs/stack/models}"
+MODEL_DIR="${MODEL_DIR:-${WELDSTREAM_MODEL_DIR:-$ROOT/runs/stack/models}}"
 LOG_DIR="${LOG_DIR:-$ROOT/runs/stack/logs}"
-HOST="${HOST:-127.0.0.1}"
-GRPC_PORT="${GRPC_PORT:-8001}"
+HOST="${HOST:-${WELDSTREAM_HOST:-127.0.0.1}}"
+GRPC_PORT="${GRPC_PORT:-${WELDSTREAM_GRPC_PORT:-8001}}"
 SERVER_METRICS_PORT="${SERVER_METRICS_PORT:-8002}"
 LEARNER_METRICS_PORT="${LEARNER_METRICS_PORT:-8003}"
 FRESH="${FRESH:-0}"
@@ -162,19 +169,23 @@ if [[ -z "$KAFKA" ]]; then
         log "note: the embedded broker starts empty, but $MODEL_DIR holds a learner checkpoint from an"
         log "      earlier run whose offsets referred to the old broker; FRESH=1 starts clean"
     fi
-    start broker "$STOP_TIMEOUT_BROKER" "$WELDSTREAM" broker --host 127.0.0.1 --port "$BROKER_PORT"
+    start broker "$STOP_TIMEOUT_BROKER" env WELDSTREAM_HOST=127.0.0.1 WELDSTREAM_PORT="$BROKER_PORT" \
+        "$WELDSTREAM" broker
     wait_until broker "$KAFKA (in memory; laptops only)" port_open 127.0.0.1 "$BROKER_PORT"
 else
     log "using Kafka at $KAFKA"
 fi
 
-start server "$STOP_TIMEOUT_SERVER" "$WELDSTREAM" serve --model-dir "$MODEL_DIR" --host "$HOST" \
-    --grpc-port "$GRPC_PORT" --metrics-port "$SERVER_METRICS_PORT" --kafka "$KAFKA" \
-    ${SERVE_EXTRA[@]+"${SERVE_EXTRA[@]}"}
+# Settings as environment variables, like the systemd units, compose and Kubernetes; a flag in
+# SERVE_ARGS / LEARN_ARGS still wins over its variable.
+start server "$STOP_TIMEOUT_SERVER" env WELDSTREAM_KAFKA="$KAFKA" WELDSTREAM_MODEL_DIR="$MODEL_DIR" \
+    WELDSTREAM_HOST="$HOST" WELDSTREAM_GRPC_PORT="$GRPC_PORT" WELDSTREAM_METRICS_PORT="$SERVER_METRICS_PORT" \
+    "$WELDSTREAM" serve ${SERVE_EXTRA[@]+"${SERVE_EXTRA[@]}"}
 wait_until server "gRPC $HOST:$GRPC_PORT SERVING, metrics :$SERVER_METRICS_PORT" grpc_serving "$GRPC_PORT"
 
-start learner "$STOP_TIMEOUT_LEARNER" "$WELDSTREAM" learn --kafka "$KAFKA" --model-dir "$MODEL_DIR" \
-    --metrics-port "$LEARNER_METRICS_PORT" ${LEARN_EXTRA[@]+"${LEARN_EXTRA[@]}"}
+start learner "$STOP_TIMEOUT_LEARNER" env WELDSTREAM_KAFKA="$KAFKA" WELDSTREAM_MODEL_DIR="$MODEL_DIR" \
+    WELDSTREAM_METRICS_PORT="$LEARNER_METRICS_PORT" \
+    "$WELDSTREAM" learn ${LEARN_EXTRA[@]+"${LEARN_EXTRA[@]}"}
 wait_until learner "metrics :$LEARNER_METRICS_PORT" port_open 127.0.0.1 "$LEARNER_METRICS_PORT"
 
 log "stack up: kafka $KAFKA, gRPC :$GRPC_PORT, metrics :$SERVER_METRICS_PORT (server) :$LEARNER_METRICS_PORT (learner)"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from weldstream.learner.benchmark.config import BenchConfig
+from weldstream.bench.cl.config import BenchConfig
 from weldstream.preprocess import training_pair
 
 TRAIN_SEED = 1_000_000

@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from weldstream.learner.benchmark import metrics
-from weldstream.learner.benchmark.result import RunResult
+from weldstream.bench.cl import metrics
+from weldstream.bench.cl.result import RunResult
 
 POINTS = 100.0  # mIoU and Dice are reported in points (x 100)
 TIE_POINTS = 1.0  # "tied": within max(1 point, the larger of the two seed standard deviations)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from weldstream.learner.benchmark.config import BenchConfig
-from weldstream.learner.benchmark.result import RunResult
-from weldstream.learner.benchmark.stream import Stream
+from weldstream.bench.cl.config import BenchConfig
+from weldstream.bench.cl.result import RunResult
+from weldstream.bench.cl.stream import Stream
 
 
 def expected_steps(strategy: str, cfg: BenchConfig, stream: Stream) -> int:
@@ -79,7 +79,7 @@ def _run_worker(stream_path: Path, config_path: Path, strategy: str, seed: int, 
                 advance: Callable[[int], None]) -> RunResult:
     out = work_dir / f"result-{strategy}-{seed}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "weldstream.learner.benchmark.worker", str(stream_path), str(config_path),
+    command = [sys.executable, "-m", "weldstream.bench.cl.worker", str(stream_path), str(config_path),
                strategy, str(seed), str(out)]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     with tempfile.TemporaryFile(mode="w+") as stderr:

@@ -21,32 +21,41 @@ import grpc
 from rich.console import Console
 from rich.live import Live
 
-from weldstream.broker import EmbeddedBroker, free_port
+from weldstream.cli_args import parse_size
 from weldstream.codec import array_to_tensor
-from weldstream.console import render
-from weldstream.rig import Schedule, produce_stream
+from weldstream.dev.broker import EmbeddedBroker, free_port
+from weldstream.dev.console import render
+from weldstream.dev.rig import Schedule, produce_stream
+from weldstream.dev.stack import Service, scrape, wait_ready
+from weldstream.replay.gem import STRATEGIES
+from weldstream.settings import optional_text, setting
 from weldstream.simulator import ScanSample, domain_names, generate_scan
-from weldstream.stack import Service, scrape, wait_ready
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WeightStore
 
 log = logging.getLogger(__name__)
 
 
+def _domain_list(text: str) -> tuple[str, ...]:
+    return tuple(d.strip() for d in text.split(",") if d.strip())
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    out: Path = Path("runs/demo")
-    duration_s: float = 240.0
-    domains: tuple[str, ...] = ()
-    per_domain: int = 200
-    rate: float = 8.0
-    size: tuple[int, int] = (64, 64)
-    passes: int = 2
-    client_rate: float = 4.0
-    kafka: str | None = None
-    strategy: str = "gem"
-    publish_every_steps: int = 20
-    live_view: bool = True
+    out: Path = setting(Path("runs/demo"), help="folder for the demo's weight store, logs and summary")
+    duration_s: float = setting(240.0, flag="--duration", help="seconds to run (Ctrl-C stops earlier)")
+    domains: tuple[str, ...] = setting((), parse=_domain_list,
+                                       help="comma-separated domains in stream order (default: all)")
+    per_domain: int = setting(200, help="labeled scans per domain before the drift")
+    rate: float = setting(8.0, help="labeled scans per second from the rig")
+    size: tuple[int, int] = setting((64, 64), parse=parse_size, help="scan size; small so 2 CPU cores learn live")
+    passes: int = setting(2, help="learner steps per incoming batch")
+    client_rate: float = setting(4.0, help="Segment calls per second")
+    kafka: str | None = setting(None, parse=optional_text,
+                                help="use this Kafka cluster instead of the embedded broker")
+    strategy: str = setting("gem", choices=STRATEGIES, help="the learner's continual-learning step")
+    publish_every_steps: int = setting(20, help="the learner considers a version every N steps")
+    live_view: bool = setting(True, flag="--live", help="a live console view (--no-live prints snapshots, for CI logs)")
 
 
 @dataclass

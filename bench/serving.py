@@ -19,12 +19,12 @@ import grpc
 import numpy as np
 import torch
 
-from weldstream.broker import free_port, wait_for_port
 from weldstream.codec import array_to_tensor
+from weldstream.dev.broker import free_port, wait_for_port
+from weldstream.dev.stack import Service
 from weldstream.model import ModelConfig, build_model
 from weldstream.server.inference import predict_batch
 from weldstream.server.loader import fresh_model
-from weldstream.stack import Service
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WeightStore
 

@@ -2,7 +2,7 @@
 
     weldstream bench cl [--quick] [--seeds 3] [--data DIR] [--out DIR]
 
-``add_arguments`` fills a parser (the lead's CLI or ``python -m weldstream.learner.benchmark``) and
+``add_arguments`` fills a parser (the lead's CLI or ``python -m weldstream.bench.cl``) and
 ``run`` builds the one ``BenchConfig``, the stream, runs every strategy and writes the report.
 """
 
@@ -20,13 +20,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from weldstream.bench.cl.config import STRATEGIES, BenchConfig
+from weldstream.bench.cl.plots import plot_all
+from weldstream.bench.cl.report import write_csv, write_json, write_markdown
+from weldstream.bench.cl.runner import run_all
+from weldstream.bench.cl.stream import build_stream
+from weldstream.bench.cl.summary import summarise, targets
 from weldstream.cli_args import parse_size
-from weldstream.learner.benchmark.config import STRATEGIES, BenchConfig
-from weldstream.learner.benchmark.plots import plot_all
-from weldstream.learner.benchmark.report import write_csv, write_json, write_markdown
-from weldstream.learner.benchmark.runner import run_all
-from weldstream.learner.benchmark.stream import build_stream
-from weldstream.learner.benchmark.summary import summarise, targets
 
 DEFAULT_OUT = Path("runs/bench-cl")
 

@@ -27,11 +27,11 @@ from avalanche.training.supervised import AGEM, EWC, GEM, LFL, SynapticIntellige
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from weldstream.learner.benchmark.config import BenchConfig
-from weldstream.learner.benchmark.lfl_model import LFLSegmenter
-from weldstream.learner.benchmark.result import RunResult, record_baseline, record_row
-from weldstream.learner.benchmark.stream import Stream
-from weldstream.learner.benchmark.timing import StepLog, StepTime, now
+from weldstream.bench.cl.config import BenchConfig
+from weldstream.bench.cl.lfl_model import LFLSegmenter
+from weldstream.bench.cl.result import RunResult, record_baseline, record_row
+from weldstream.bench.cl.stream import Stream
+from weldstream.bench.cl.timing import StepLog, StepTime, now
 from weldstream.losses import segmentation_loss
 from weldstream.model import ModelConfig, build_model
 

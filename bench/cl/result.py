@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weldstream.learner.benchmark.stream import Stream
+from weldstream.bench.cl.stream import Stream
 from weldstream.scoring import evaluate
 
 

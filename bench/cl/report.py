@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from weldstream.learner.benchmark.result import RunResult
-from weldstream.learner.benchmark.summary import run_metrics
+from weldstream.bench.cl.result import RunResult
+from weldstream.bench.cl.summary import run_metrics
 
 NOTES = (
     "Naive, joint, replay and weldstream GEM run in the benchmark's own loop (`harness.py`); naive and "

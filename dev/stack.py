@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from weldstream.broker import wait_for_port
+from weldstream.dev.broker import wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ class Service:
     name: str
     args: list[str]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # WELDSTREAM_* settings on top of this process's environment
     process: subprocess.Popen[bytes] | None = None
     _log: object = field(default=None, repr=False)
 
@@ -29,7 +31,8 @@ class Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([sys.executable, "-m", "weldstream.cli", *self.args], stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, **self.env})
         log.info("started %s (pid %d), log %s", self.name, self.process.pid, self.log_path)
         return self
 

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
-from weldstream.stack import value
+from weldstream.dev.stack import value
 
 
 def _percentile(values: list[float], share: float) -> float:

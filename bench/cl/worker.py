@@ -1,7 +1,7 @@
 """One (strategy, seed) run in its own process: a crash or a memory blow-up stays inside it, and the
 process's peak resident memory is that strategy's alone.
 
-    python -m weldstream.learner.benchmark.worker STREAM.pt CONFIG.json STRATEGY SEED RESULT.json
+    python -m weldstream.bench.cl.worker STREAM.pt CONFIG.json STRATEGY SEED RESULT.json
 
 Progress goes to stdout as ``progress <steps>`` lines for the parent's bar; the result, or the
 failure with its traceback summary, goes to RESULT.json.
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from weldstream.learner.benchmark.config import WELDSTREAM_STRATEGIES, BenchConfig
-from weldstream.learner.benchmark.result import RunResult
-from weldstream.learner.benchmark.stream import Stream
-from weldstream.learner.benchmark.timing import PeakRSS, StepLog
+from weldstream.bench.cl.config import WELDSTREAM_STRATEGIES, BenchConfig
+from weldstream.bench.cl.result import RunResult
+from weldstream.bench.cl.stream import Stream
+from weldstream.bench.cl.timing import PeakRSS, StepLog
 
 PROGRESS_EVERY = 4  # steps between progress lines
 
@@ -66,11 +66,11 @@ def run_one(stream_path: Path, cfg: BenchConfig, strategy: str, seed: int) -> Ru
 
 def _train(strategy: str, cfg: BenchConfig, stream: Stream, seed: int, progress: _Progress) -> tuple:
     if strategy in WELDSTREAM_STRATEGIES:
-        from weldstream.learner.benchmark.harness import run_weldstream
+        from weldstream.bench.cl.harness import run_weldstream
 
         return run_weldstream(strategy, cfg, stream, seed, progress)
     warnings.filterwarnings("ignore", module=r"avalanche(\.|$)")
-    from weldstream.learner.benchmark.avalanche_runner import run_avalanche
+    from weldstream.bench.cl.avalanche_runner import run_avalanche
 
     return run_avalanche(strategy, cfg, stream, seed, progress)
 

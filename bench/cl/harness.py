@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from weldstream.learner.benchmark.config import BenchConfig
-from weldstream.learner.benchmark.result import RunResult, record_baseline, record_row
-from weldstream.learner.benchmark.stream import Stream
-from weldstream.learner.benchmark.timing import StepLog, StepTime, now
+from weldstream.bench.cl.config import BenchConfig
+from weldstream.bench.cl.result import RunResult, record_baseline, record_row
+from weldstream.bench.cl.stream import Stream
+from weldstream.bench.cl.timing import StepLog, StepTime, now
 from weldstream.losses import segmentation_loss
 from weldstream.model import ModelConfig, build_model
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepConfig, gem_step

@@ -14,14 +14,14 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``weldstream bench cl``; see ``cli.add_arguments``."""
-    from weldstream.learner.benchmark.cli import add_arguments as add
+    from weldstream.bench.cl.cli import add_arguments as add
 
     add(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write the report; see ``cli.run``."""
-    from weldstream.learner.benchmark.cli import run as run_cli
+    from weldstream.bench.cl.cli import run as run_cli
 
     return run_cli(args)
 

@@ -1,0 +1,253 @@
+"""The `weldstream` command. Each subcommand builds its config here and hands it to its room.
+
+The CLI is the one module allowed to reach up into the rooms (server, learner); it imports them lazily
+so a command loads only the room it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from weldstream.cli_args import parse_size
+from weldstream.settings import add_settings, apply_environment, config_from_args
+
+
+def _serve_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.server.config import ServerConfig
+
+    add_settings(p, ServerConfig)
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from weldstream.server.app import serve
+    from weldstream.server.config import ServerConfig
+
+    asyncio.run(serve(config_from_args(ServerConfig, args)))
+    return 0
+
+
+def _infer_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    p.add_argument("image", type=Path, help="PNG or TIFF scan")
+    p.add_argument("--target", default="127.0.0.1:8001", help="server HOST:PORT")
+    p.add_argument("--out", type=Path, default=None, help="write the mask overlaid on the scan here (PNG)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(run=_run_infer)
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from weldstream.client import infer_file
+
+    return infer_file(args.image, args.target, args.out, args.timeout)
+
+
+def _simulate_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.simulator import cli as simulator_cli
+
+    simulator_cli.add_arguments(p)
+    stream = p.add_argument_group("streaming to Kafka (a simulated rig and inspector)")
+    stream.add_argument("--kafka", default=None, help="produce LabeledScan messages to this Kafka bootstrap")
+    stream.add_argument("--rate", type=float, default=10.0, help="scans per second (0: as fast as possible)")
+    stream.add_argument("--schedule", default="sequential",
+                        help="sequential (--count of each domain in turn), gradual (mixes slide from one "
+                             "domain to the next) or an explicit list like ut-pe100-5mhz:200,xray-film-steel-x52:50")
+    stream.add_argument("--rig-id", default="sim-rig-1")
+    p.set_defaults(run=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from weldstream.simulator import cli as simulator_cli
+
+    if args.kafka is None:
+        return simulator_cli.run(args)
+    from weldstream.dev.rig import Schedule, produce_stream
+    from weldstream.simulator import domain_names
+
+    domains = domain_names() if args.domain == "all" else [args.domain]
+    schedule = Schedule.parse(args.schedule, domains, args.count)
+    sent = asyncio.run(produce_stream(args.kafka, schedule, args.rate, args.size, args.seed, args.rig_id))
+    print(f"produced {sent} labeled scans to {args.kafka}")
+    return 0
+
+
+def _broker_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(run=_run_broker)
+
+
+def _run_broker(args: argparse.Namespace) -> int:
+    import signal
+
+    from weldstream.dev.broker import EmbeddedBroker
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # leave wait() and stop the broker in `finally`, like Ctrl-C
+
+    signal.signal(signal.SIGTERM, interrupt)
+    broker = EmbeddedBroker(args.port, args.host).start()
+    print(f"broker ready on {broker.bootstrap} (in memory; Ctrl-C stops it)", flush=True)
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def _learn_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.learner.config import LearnerConfig
+    from weldstream.replay import StepConfig
+
+    add_settings(p, LearnerConfig)
+    add_settings(p.add_argument_group("training step"), StepConfig)
+    p.set_defaults(run=_run_learn)
+
+
+def learner_config(args: argparse.Namespace):
+    from weldstream.learner.config import LearnerConfig
+    from weldstream.replay import StepConfig
+
+    return config_from_args(LearnerConfig, args, step=config_from_args(StepConfig, args))
+
+
+def _run_learn(args: argparse.Namespace) -> int:
+    import signal
+
+    from weldstream.learner.loop import run
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(learner_config(args), stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _demo_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.dev.demo import DemoConfig
+
+    add_settings(p, DemoConfig)
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from weldstream.dev.demo import DemoConfig, run_demo
+
+    summary = asyncio.run(run_demo(config_from_args(DemoConfig, args)))
+    return 0 if summary["client_failures"] == 0 else 1
+
+
+def _bench_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    add_subcommands(p, "bench", BENCHMARKS, rest)
+
+
+def _bench_serve_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    p.add_argument("--size", type=parse_size, default=(256, 256), help="scan size")
+    p.add_argument("--requests", type=int, default=200, help="timed requests per row")
+    p.add_argument("--clients", type=int, default=16, help="concurrent clients in the batching rows")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads of the server (0: its default)")
+    p.add_argument("--swap-requests", type=int, default=600,
+                   help="requests timed in quiet and in swapping phases each")
+    p.set_defaults(run=_run_bench_serve)
+
+
+def _bench_gem_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    p.add_argument("--size", type=parse_size, default=(128, 128), help="scan size")
+    p.add_argument("--batch", type=int, default=8, help="scans per step")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per row")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    p.set_defaults(run=_run_bench_gem)
+
+
+def _bench_cl_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.bench.cl import cli as cl_cli
+
+    cl_cli.add_arguments(p)
+    p.set_defaults(run=cl_cli.run)
+
+
+def _run_bench_serve(args: argparse.Namespace) -> int:
+    from weldstream.bench.serving import run_serving_benchmark
+
+    print(run_serving_benchmark(args.size, args.requests, args.clients, args.threads, args.swap_requests))
+    return 0
+
+
+def _run_bench_gem(args: argparse.Namespace) -> int:
+    import torch
+
+    from weldstream.bench.gem_step import benchmark_steps, format_table
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    rows = benchmark_steps(batch=args.batch, size=args.size, repeats=args.repeats, device=device)
+    print(format_table(rows))
+    return 0
+
+
+Filler = Callable[[argparse.ArgumentParser, list[str]], None]
+
+COMMANDS: dict[str, tuple[str, Filler]] = {
+    "serve": ("serve defect segmentation over gRPC (native + KServe v2)", _serve_arguments),
+    "infer": ("segment one scan file on a running server and print its defects", _infer_arguments),
+    "simulate": ("generate labeled weld scans: to a folder (--out) or to Kafka (--kafka)", _simulate_arguments),
+    "broker": ("run the embedded Kafka-protocol broker (Tansu, in memory) on loopback", _broker_arguments),
+    "learn": ("learn continually from labeled scans on Kafka and publish versions", _learn_arguments),
+    "demo": ("run the whole loop: broker, server, learner, drifting rig and a client", _demo_arguments),
+    "bench": ("benchmarks that print side-by-side ratios", _bench_arguments),
+}
+BENCHMARKS: dict[str, tuple[str, Filler]] = {
+    "serve": ("gRPC Segment latency vs in-process, batching on vs off, swap latency", _bench_serve_arguments),
+    "gem-step": ("GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains", _bench_gem_arguments),
+    "cl": ("continual-learning strategies on a drifting weld stream (report + plots)", _bench_cl_arguments),
+}
+
+
+def add_subcommands(parser: argparse.ArgumentParser, dest: str, commands: dict[str, tuple[str, Filler]],
+                    argv: list[str]) -> None:
+    """List every subcommand, but build the options (and import the room) of the one being run only.
+
+    So ``weldstream serve`` never imports the benchmarks' matplotlib and Avalanche, and a base install
+    without the ``bench`` and ``dev`` extras runs ``serve`` and ``learn``.
+    """
+    sub = parser.add_subparsers(dest=dest, required=True)
+    chosen = next((i for i, word in enumerate(argv) if word in commands), None)
+    for name, (help_text, fill) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if chosen is not None and argv[chosen] == name:
+            fill(p, argv[chosen + 1:])
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (default: sys.argv[1:]); only the command it names gets its options."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="weldstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add_subcommands(parser, "command", COMMANDS, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    apply_environment(parser, os.environ)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The learner's stages without a broker: records routed, errors named, positions and checkpoints kept."""
+
+from __future__ import annotations
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from weldstream.dev.rig import labeled_scan
+from weldstream.learner.checkpoint import checkpoint_path, load_checkpoint
+from weldstream.learner.holdout import is_held_out
+from weldstream.learner.kafka_io import announcement, dead_letter_headers
+from weldstream.learner.loop import LearnerLoop
+from weldstream.learner.metrics import LearnerMetrics
+from weldstream.simulator import generate_scan
+from weldstream.weight_store import Manifest
+
+from .conftest import learner_config
+
+TOPIC = "weld.scans.labeled"
+
+
+def record(value: bytes, offset: int, key: bytes = b"scan") -> ConsumerRecord:
+    return ConsumerRecord(TOPIC, 1, offset, 0, 0, key, value, None, len(key), len(value), [])
+
+
+def test_records_are_routed_and_bad_ones_name_their_field(tmp_path):
+    loop = LearnerLoop(learner_config("unused:9092", tmp_path / "models", holdout_share=0.5), LearnerMetrics())
+    samples = [generate_scan("ut-pe100-5mhz", seed, (64, 64)) for seed in range(8)]
+    for offset, sample in enumerate(samples):
+        assert loop.accept(record(labeled_scan(sample, "rig").SerializeToString(), offset)) is None
+    held_out = sum(is_held_out(s.scan_id, 0.5) for s in samples)
+    assert loop.validation.size("ut-pe100-5mhz") == held_out
+    assert len(loop.learner.pending) == len(samples) - held_out
+
+    bad = labeled_scan(samples[0], "rig")
+    bad.domain = ""
+    error = loop.accept(record(bad.SerializeToString(), 8))
+    assert error is not None and error.field == "domain"
+    assert loop.positions[TopicPartition(TOPIC, 1)] == 8  # not past the bad record until it is dead-lettered
+    headers = dict(dead_letter_headers(record(b"x", 8), error))
+    assert headers["field"] == b"domain" and headers["source.offset"] == b"8"
+    loop.dead_lettered(record(b"x", 8), error)
+    assert loop.positions[TopicPartition(TOPIC, 1)] == 9
+
+
+async def test_checkpoint_holds_positions_and_pending_scans(tmp_path):
+    cfg = learner_config("unused:9092", tmp_path / "models", holdout_share=0.0)
+    loop = LearnerLoop(cfg, LearnerMetrics())
+    for offset in range(3):
+        sample = generate_scan("xray-film-steel-x52", offset, (64, 64))
+        loop.accept(record(labeled_scan(sample, "rig").SerializeToString(), offset))
+    assert await loop.checkpoint() is True
+    assert await loop.checkpoint() is False  # nothing new since
+    state = load_checkpoint(checkpoint_path(cfg.model_dir), loop.device)
+    assert state["positions"] == {(TOPIC, 1): 3}
+    assert len(state["learner"]["pending"]) == 3
+
+
+def test_announcement_carries_scores_and_offsets():
+    manifest = Manifest(version=4, parent_version=3, sha256="ab" * 32, created_at=1.7e9, model_config={},
+                        classes=["background", "crack"], strategy="gem",
+                        offsets=[{"topic": TOPIC, "partition": 0, "offset": 120}],
+                        scores={"ut-pe100-5mhz": {"miou": 0.5, "dice": 0.6, "samples": 12}})
+    message = announcement(manifest)
+    assert (message.version, message.parent_version, message.location) == (4, 3, "versions/00000004")
+    assert message.scores[0].miou == 0.5 and message.offsets[0].offset == 120
