@@ -69,7 +69,7 @@ def main() -> int:
         wait_for_port("127.0.0.1", broker_port, 60)
         processes.append(start(base / "bin" / "weldstream", ["learn"],
                                {**common, "WELDSTREAM_METRICS_PORT": str(learner_metrics),
-                                "WELDSTREAM_TRAIN_SIZE": "64x64", "WELDSTREAM_SESSION_TIMEOUT_MS": "2000"},
+                                "WELDSTREAM_CROP_SIZE": "64", "WELDSTREAM_SESSION_TIMEOUT_MS": "2000"},
                                work / "learner.log"))
         processes.append(start(base / "bin" / "weldstream", ["serve"],
                                {**common, "WELDSTREAM_HOST": "127.0.0.1", "WELDSTREAM_GRPC_PORT": str(grpc_port),

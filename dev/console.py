@@ -17,7 +17,7 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 def render(state: Any, learner: dict, server: dict, elapsed_s: float, duration_s: float,
-           domains: tuple[str, ...]) -> Group:
+           domains: tuple[str, ...], served: dict[str, tuple[float | None, float]] | None = None) -> Group:
     steps = value(learner, "learner_steps_total")
     projected = value(learner, "learner_gem_projections_total")
     current = next((labels["domain"] for labels, v in learner.get("learner_current_domain_info", []) if v == 1), "–")
@@ -31,6 +31,9 @@ def render(state: Any, learner: dict, server: dict, elapsed_s: float, duration_s
                               for u in ("train", "holdout", "dead_letter")))
     stream.add_row("consumer lag", f"{value(learner, 'learner_consumer_lag_messages'):.0f}")
     stream.add_row("learner is on", current)
+    stream.add_row("training steps left (window)",
+                   f"{value(learner, 'learner_step_budget_remaining'):.0f} "
+                   f"({value(learner, 'learner_window_scans'):.0f} scans)")
     stream.add_row("GEM steps (projected share)",
                    f"{steps:.0f} ({100 * projected / steps:.0f} %)" if steps else "0")
     stream.add_row("versions published / refused",
@@ -42,15 +45,20 @@ def render(state: Any, learner: dict, server: dict, elapsed_s: float, duration_s
     stream.add_row("client requests (failed)", f"{state.requests} ({state.failures})")
     stream.add_row("client latency p50 / p99", f"{_percentile(recent, 0.5):.1f} / {_percentile(recent, 0.99):.1f} ms")
 
-    scores = Table(title="validation per domain (latest candidate)", expand=False)
+    served = served or {}
+    scores = Table(title="mIoU per domain on held-out scans", expand=False)
     scores.add_column("domain")
-    scores.add_column("mIoU", justify="right")
-    scores.add_column("Dice", justify="right")
+    scores.add_column("served version", justify="right")
+    scores.add_column("best version", justify="right")
+    scores.add_column("latest candidate", justify="right")
     scores.add_column("memory", justify="right")
     for domain in domains:
-        miou = value(learner, "learner_validation_miou", -1, domain=domain)
-        dice = value(learner, "learner_validation_dice", -1, domain=domain)
+        now, best = served.get(domain, (None, -1.0))
+        candidate = value(learner, "learner_validation_miou", -1, domain=domain)
         fill = value(learner, "learner_memory_scans", 0, domain=domain)
-        scores.add_row(domain, "–" if miou < 0 else f"{100 * miou:.1f}", "–" if dice < 0 else f"{100 * dice:.1f}",
-                       f"{fill:.0f}")
+        scores.add_row(domain, _points(now), _points(best), _points(candidate), f"{fill:.0f}")
     return Group(Panel(stream, title="weldstream demo"), scores)
+
+
+def _points(miou: float | None) -> str:
+    return "–" if miou is None or miou < 0 else f"{100 * miou:.1f}"

@@ -26,7 +26,7 @@ from weldstream.codec import array_to_tensor
 from weldstream.dev.broker import EmbeddedBroker, free_port
 from weldstream.dev.console import render
 from weldstream.dev.rig import Schedule, produce_stream
-from weldstream.dev.stack import Service, scrape, wait_ready
+from weldstream.dev.stack import Service, scrape, value, wait_ready
 from weldstream.replay.gem import STRATEGIES
 from weldstream.settings import optional_text, setting
 from weldstream.simulator import ScanSample, domain_names, generate_scan
@@ -49,7 +49,7 @@ class DemoConfig:
     per_domain: int = setting(200, help="labeled scans per domain before the drift")
     rate: float = setting(8.0, help="labeled scans per second from the rig")
     size: tuple[int, int] = setting((64, 64), parse=parse_size, help="scan size; small so 2 CPU cores learn live")
-    passes: int = setting(2, help="learner steps per incoming batch")
+    max_steps_per_scan: int = setting(4, help="training steps each labeled scan earns the learner")
     client_rate: float = setting(4.0, help="Segment calls per second")
     kafka: str | None = setting(None, parse=optional_text,
                                 help="use this Kafka cluster instead of the embedded broker")
@@ -96,7 +96,36 @@ async def call_server(target: str, state: DemoState, rate: float, size: tuple[in
             await asyncio.sleep(1 / rate)
 
 
-def summarise(cfg: DemoConfig, state: DemoState, store: WeightStore, learner_metrics: dict) -> dict:
+class ServedScores:
+    """Per-domain validation mIoU of the version the server serves, next to the best any version reached.
+
+    Read from the weight store's manifests (a version's scores are measured on whole held-out scans at
+    native size, through the server's own preprocessing), cached by version since versions never change.
+    """
+
+    def __init__(self, store: WeightStore) -> None:
+        self._store = store
+        self._scores: dict[int, dict[str, float]] = {}
+
+    def _of(self, version: int) -> dict[str, float]:
+        if version not in self._scores:
+            manifest = self._store.manifest(version)
+            self._scores[version] = {d: s["miou"] for d, s in manifest.scores.items()}
+        return self._scores[version]
+
+    def table(self, served: int) -> dict[str, tuple[float | None, float]]:
+        """domain -> (served version's mIoU or None, best mIoU of any published version)."""
+        versions = [v for v in self._store.versions() if v > 0]
+        best: dict[str, float] = {}
+        for version in versions:
+            for domain, miou in self._of(version).items():
+                best[domain] = max(best.get(domain, 0.0), miou)
+        now = self._of(served) if served in versions else {}
+        return {domain: (now.get(domain), top) for domain, top in best.items()}
+
+
+def summarise(cfg: DemoConfig, state: DemoState, store: WeightStore, learner_metrics: dict,
+              served_version: int = 0) -> dict:
     versions = store.versions()
     manifests = [store.manifest(v) for v in versions]
     first_domain = cfg.domains[0]
@@ -115,6 +144,9 @@ def summarise(cfg: DemoConfig, state: DemoState, store: WeightStore, learner_met
         "versions_published": len(versions),
         "latest_version": versions[-1] if versions else 0,
         "final_scores": manifests[-1].scores if manifests else {},
+        "served_version": served_version,
+        "served_miou_vs_best": {d: {"served": served, "best": best}
+                                for d, (served, best) in ServedScores(store).table(served_version).items()},
         "first_domain": first_domain,
         "first_domain_best_miou": max(first_scores, default=0.0),
         "first_domain_final_miou": first_scores[-1] if first_scores else 0.0,
@@ -140,14 +172,13 @@ async def run_demo(cfg: DemoConfig) -> dict:
         broker = EmbeddedBroker(free_port()).start()
     kafka = cfg.kafka or broker.bootstrap
     grpc_port, server_metrics, learner_metrics = free_port(), free_port(), free_port()
-    size = f"{cfg.size[0]}x{cfg.size[1]}"
     server = Service("server", ["serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
                                 "--grpc-port", str(grpc_port), "--metrics-port", str(server_metrics),
                                 "--kafka", kafka, "--threads", "1", "--poll-interval", "5"], logs / "server.log")
     learner = Service("learner", ["learn", "--kafka", kafka, "--model-dir", str(model_dir),
-                                  "--metrics-port", str(learner_metrics), "--threads", "1", "--train-size", size,
+                                  "--metrics-port", str(learner_metrics), "--threads", "1",
                                   "--strategy", cfg.strategy, "--publish-every-steps", str(cfg.publish_every_steps),
-                                  "--passes", str(cfg.passes),
+                                  "--max-steps-per-scan", str(cfg.max_steps_per_scan),
                                   "--publish-every-s", "15", "--session-timeout-ms", "6000"], logs / "learner.log")
     state = DemoState()
     stop = asyncio.Event()
@@ -156,6 +187,8 @@ async def run_demo(cfg: DemoConfig) -> dict:
         loop.add_signal_handler(sig, stop.set)
     console = Console()
     started = time.monotonic()
+    served = ServedScores(WeightStore(model_dir))
+    served_version = 0
     try:
         server.start()
         learner.start()
@@ -180,8 +213,10 @@ async def run_demo(cfg: DemoConfig) -> dict:
                 for task in (rig, client):
                     if task.done() and task.exception() is not None:
                         raise task.exception()
-                view = render(state, scrape(learner_metrics), scrape(server_metrics), time.monotonic() - started,
-                              cfg.duration_s, domains)
+                server_now = scrape(server_metrics)
+                served_version = int(value(server_now, "inference_model_version"))
+                view = render(state, scrape(learner_metrics), server_now, time.monotonic() - started,
+                              cfg.duration_s, domains, served.table(served_version))
                 if live is not None:
                     live.update(view)
                 elif ticks % 15 == 0:
@@ -194,13 +229,14 @@ async def run_demo(cfg: DemoConfig) -> dict:
         stop.set()
         await asyncio.gather(rig, client, return_exceptions=True)
         final_metrics = scrape(learner_metrics)
+        served_version = int(value(scrape(server_metrics), "inference_model_version"))
     finally:
         stop.set()
         learner.stop()
         server.stop()
         if broker is not None:
             broker.stop()
-    summary = summarise(cfg, state, WeightStore(model_dir), final_metrics)
+    summary = summarise(cfg, state, WeightStore(model_dir), final_metrics, served_version)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print_json(json.dumps(summary))

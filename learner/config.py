@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weldstream.cli_args import parse_size
 from weldstream.model import ModelConfig
 from weldstream.replay import StepConfig
 from weldstream.settings import setting
@@ -25,13 +24,24 @@ class LearnerConfig:
     models_topic: str = MODELS
     model: ModelConfig = field(default_factory=ModelConfig)
     step: StepConfig = field(default_factory=StepConfig)
-    # Every scan is resized to this before training and memory (validation too).
-    train_size: tuple[int, int] = setting((128, 128), parse=parse_size, help="training resolution, e.g. 128x128")
-    batch_size: int = setting(8, help="scans per training step")
-    # Steps taken on each incoming batch: labels arrive slower than a GPU (or even a CPU) can learn.
-    passes: int = setting(1, help="training steps per incoming batch")
-    learning_rate: float = setting(3e-3, flag="--lr", help="optimiser learning rate")
-    memory_per_domain: int = setting(64, help="episodic memory budget, scans per domain")
+    # Training crops are cut from scans at their native size (what the server sees); 0 picks by device.
+    crop_size: int = setting(0, help="training crop side in pixels (0: 96 on CPU, 256 on CUDA, never above the scans)")
+    batch_size: int = setting(8, help="window crops per training step (memory scans are added to these)")
+    # Labels arrive far slower than a device learns: each scan earns this many steps, spent whenever
+    # there is compute (also after the stream pauses), on fresh crops of the window and memory.
+    max_steps_per_scan: int = setting(4, help="training steps each labeled scan earns")
+    window_scans: int = setting(256, help="recent scans kept for training (native size, on the device)")
+    window_mb: int = setting(256, help="... and at most this many MiB of them")
+    defect_share: float = setting(0.7, help="share of training crops centred on a defect")
+    learning_rate: float = setting(2e-3, flag="--lr", help="AdamW peak learning rate")
+    weight_decay: float = setting(1e-4, help="AdamW weight decay")
+    warmup_steps: int = setting(30, help="linear learning-rate warm-up at the start")
+    # The rate anneals over the last decay_steps of the budget, so a pause in the stream ends in a
+    # well-settled model; new scans raise the budget and the rate again.
+    decay_steps: int = setting(200, help="the learning rate anneals over the budget's last N steps ...")
+    final_lr_share: float = setting(0.05, help="... down to this share of the peak")
+    # One crop (crop_size²) per stored scan: 200 crops of 96² are 7.4 MB a domain in float32.
+    memory_per_domain: int = setting(200, help="episodic memory budget, crops per domain")
     # Share of every domain's scans held out for validation, chosen by scan id (stable across restarts).
     holdout_share: float = setting(0.15, help="share of every domain's scans held out for validation")
     validation_per_domain: int = 48
@@ -45,8 +55,6 @@ class LearnerConfig:
                                                      "(0.03 = 3 points) ...")
     regression_confidence: float = setting(0.95, help="... when a paired bootstrap over the held-out scans "
                                                       "finds it in this share of resamples")
-    # A partial batch is trained when the stream has been quiet this long.
-    idle_flush_s: float = 2.0
     max_side: int = 4096
     device: str = setting("auto", help="auto, cpu, cuda, cuda:1 ...")
     seed: int = 0
@@ -56,11 +64,15 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.holdout_share < 1:
             raise ValueError("holdout_share must be in [0, 1)")
-        if self.batch_size < 1 or self.memory_per_domain < 1 or self.passes < 1:
-            raise ValueError("batch_size, passes and memory_per_domain must be >= 1")
+        if min(self.batch_size, self.memory_per_domain, self.max_steps_per_scan, self.window_scans,
+               self.window_mb) < 1:
+            raise ValueError("batch_size, memory_per_domain, max_steps_per_scan, window_scans and window_mb "
+                             "must be >= 1")
+        if self.crop_size and (self.crop_size < 32 or self.crop_size % 32):
+            raise ValueError("crop_size must be 0 (auto) or a multiple of 32, at least 32")
+        if not 0 <= self.defect_share <= 1 or not 0 < self.final_lr_share <= 1:
+            raise ValueError("defect_share must be in [0, 1] and final_lr_share in (0, 1]")
         if self.publish_every_steps < 1 or self.publish_every_s <= 0:
             raise ValueError("publish_every_steps must be >= 1 and publish_every_s > 0")
         if not 0 <= self.regression_confidence <= 1:
             raise ValueError("regression_confidence must be in [0, 1]")
-        if min(self.train_size) < 32:
-            raise ValueError("train_size must be at least 32 x 32")

@@ -52,15 +52,26 @@ class ValidationSets:
         """Equal revisions mean the same scans in the same order, so cached per-scan results still line up."""
         return self._revisions.get(domain, 0)
 
-    def scan_confusions(self, model: nn.Module, device: torch.device,
-                        domains: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Per-scan confusion matrices (N, K, K) of `model` on every domain's held-out scans, or only on `domains`."""
+    def scan_confusions(self, model: nn.Module, device: torch.device, domains: list[str] | None = None,
+                        stride: int = 32) -> dict[str, np.ndarray]:
+        """Per-scan confusion matrices (N, K, K) of `model` on every domain's held-out scans, or only on `domains`.
+
+        Scans are scored whole, at their native size, padded to the model's stride as the server pads
+        them; scans of one size share batches, and results keep the set's order.
+        """
         results = {}
         for domain in self._items if domains is None else domains:
             items = self._items[domain]
-            images = torch.stack([x for _, x, _ in items]).to(device)
-            masks = torch.stack([y for _, _, y in items]).to(device)
-            results[domain] = scan_confusions(model, images, masks)
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for index, (_, x, _) in enumerate(items):
+                by_shape.setdefault(tuple(x.shape), []).append(index)
+            per_scan: list[np.ndarray | None] = [None] * len(items)
+            for indices in by_shape.values():
+                images = torch.stack([items[i][1] for i in indices]).to(device)
+                masks = torch.stack([items[i][2] for i in indices]).to(device)
+                for i, confusion in zip(indices, scan_confusions(model, images, masks, stride=stride), strict=True):
+                    per_scan[i] = confusion
+            results[domain] = np.stack(per_scan)  # type: ignore[arg-type]
         return results
 
     def state_dict(self) -> dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]]:

@@ -27,11 +27,17 @@ from weldstream.learner.publisher import Decision, Publisher
 from weldstream.learner.records import decode_record
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.model import resolve_device
+from weldstream.replay import StepStats
 from weldstream.topics import ensure_topics
 from weldstream.weight_store import Manifest, WeightStore
 
 log = logging.getLogger(__name__)
-BATCHES_PER_POLL = 4
+# One chunk of training between looks at the stream: short enough that publishing and checkpoints
+# are never far off, long enough that the thread hand-off costs nothing.
+STEPS_PER_CHUNK = 16
+CHUNK_SECONDS = 1.0
+TRAINING_POLL_MS = 50
+IDLE_POLL_MS = 200
 
 
 class LearnerLoop:
@@ -50,6 +56,7 @@ class LearnerLoop:
         self.steps_at_checkpoint = 0
         self.last_publish = time.monotonic()
         self.dirty = False  # consumed something not yet in a checkpoint
+        self.scans_at_checkpoint = 0
         self._restore()
         self.publisher = Publisher(cfg, self.store, self.device)
 
@@ -61,16 +68,17 @@ class LearnerLoop:
         self.validation.load_state_dict(state["validation"])
         self.positions = {TopicPartition(t, p): o for (t, p), o in state["positions"].items()}
         self.steps_at_publish = self.steps_at_checkpoint = self.learner.steps
-        log.info("resumed from checkpoint: step %d, %d pending scans, memory %s", self.learner.steps,
-                 len(self.learner.pending), self.learner.memory.per_domain())
+        self.scans_at_checkpoint = self.learner.scans_learned
+        log.info("resumed from checkpoint: step %d, %d steps of budget left, %d scans in the window, memory %s",
+                 self.learner.steps, self.learner.remaining(), len(self.learner.window),
+                 self.learner.memory.per_domain())
 
     # -- stage 1: one Kafka record -> training sample, validation sample, or the error that dead-letters it
     def accept(self, message: ConsumerRecord) -> InvalidInput | None:
         """Route one record; an undecodable one returns its error (the caller dead-letters it first)."""
         cfg = self.cfg
         try:
-            sample = decode_record(message.value, cfg.train_size, len(cfg.model.classes), cfg.model.in_channels,
-                                   cfg.max_side)
+            sample = decode_record(message.value, len(cfg.model.classes), cfg.model.in_channels, cfg.max_side)
         except InvalidInput as exc:
             return exc
         use = "holdout" if is_held_out(sample.scan_id, cfg.holdout_share) else "train"
@@ -95,25 +103,29 @@ class LearnerLoop:
         self.positions[TopicPartition(message.topic, message.partition)] = message.offset + 1
         self.dirty = True
 
-    # -- stage 2: train every complete batch (a few per poll, so the consumer keeps polling)
-    async def train_ready(self) -> int:
-        trained = 0
-        while trained < BATCHES_PER_POLL and (batch := self.learner.next_batch()) is not None:
-            steps = await asyncio.to_thread(self.learner.train, batch)
-            trained += 1
-            m = self.metrics
-            for stats in steps:
-                m.steps.inc()
-                m.projections.inc(int(stats.projected))
-                m.loss.set(stats.loss)
-                for phase, seconds in (("forward_backward", stats.forward_backward_s), ("memory", stats.memory_s),
-                                       ("projection", stats.projection_s), ("total", stats.total_s)):
-                    m.step_seconds.labels(phase).observe(seconds)
-            for domain, fill in self.learner.memory.per_domain().items():
-                m.memory_fill.labels(domain).set(fill)
-                m.current_domain.labels(domain).set(1 if domain == batch.domain else 0)
-        self.metrics.pending.set(len(self.learner.pending))
-        return trained
+    # -- stage 2: training, driven by compute (``ContinualLearner.train_for`` runs in a worker thread)
+    def record_steps(self, steps: list[StepStats]) -> None:
+        m, learner = self.metrics, self.learner
+        for stats in steps:
+            m.steps.inc()
+            m.projections.inc(int(stats.projected))
+            m.loss.set(stats.loss)
+            if stats.min_dot is not None:
+                m.min_dot.set(stats.min_dot)
+            for phase, seconds in (("forward_backward", stats.forward_backward_s), ("memory", stats.memory_s),
+                                   ("projection", stats.projection_s), ("total", stats.total_s)):
+                m.step_seconds.labels(phase).observe(seconds)
+        current = set(learner.window.domains())
+        for domain, fill in learner.memory.per_domain().items():
+            m.memory_fill.labels(domain).set(fill)
+            m.current_domain.labels(domain).set(1 if domain in current else 0)
+        m.memory_bytes.set(learner.memory.nbytes())
+        m.learning_rate.set(learner.learning_rate())
+        m.window.set(len(learner.window))
+        m.budget.set(learner.remaining())
+        m.pending.set(len(learner.pending))
+        if steps or learner.scans_learned != self.scans_at_checkpoint:
+            self.dirty = True
 
     def publish_due(self) -> bool:
         steps = self.learner.steps - self.steps_at_publish
@@ -152,6 +164,7 @@ class LearnerLoop:
         await asyncio.to_thread(save_checkpoint, checkpoint_path(self.cfg.model_dir), state)
         self.dirty = False
         self.steps_at_checkpoint = self.learner.steps
+        self.scans_at_checkpoint = self.learner.scans_learned
         return True
 
 
@@ -188,17 +201,29 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
         await consumer.start()
         log.info("learning from %s on %s (strategy %s, device %s)", cfg.topic, cfg.kafka, cfg.step.strategy,
                  loop.device)
+        # Records are read while a chunk of steps runs in a worker thread, so consuming never waits on
+        # training; checkpoints and publishing happen between chunks, when the training state is still.
+        training: asyncio.Task | None = None
         while not stop.is_set():
-            records = await consumer.getmany(timeout_ms=200)
+            busy = training is not None or loop.learner.has_work()
+            records = await consumer.getmany(timeout_ms=TRAINING_POLL_MS if busy else IDLE_POLL_MS)
             for messages in records.values():
                 for message in messages:
                     if (error := loop.accept(message)) is not None:
                         await kafka_io.send_dead_letter(producer, cfg.dead_letter_topic, message, error)
                         loop.dead_lettered(message, error)
-            await loop.train_ready()
+            if training is not None and training.done():
+                loop.record_steps(training.result())
+                training = None
             loop.metrics.lag.set(kafka_io.consumer_lag(consumer, loop.positions))
-            if loop.publish_due():
-                await publish_and_commit(loop, consumer, producer)
+            if training is None:
+                if loop.publish_due():
+                    await publish_and_commit(loop, consumer, producer)
+                if loop.learner.has_work():
+                    training = asyncio.create_task(
+                        asyncio.to_thread(loop.learner.train_for, STEPS_PER_CHUNK, CHUNK_SECONDS))
+        if training is not None:
+            loop.record_steps(await training)
         await publish_and_commit(loop, consumer, producer)
     finally:
         try:

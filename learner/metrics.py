@@ -35,7 +35,16 @@ class LearnerMetrics:
         self.lag = Gauge("learner_consumer_lag_messages", "Messages not yet read, all partitions.", registry=r)
         self.current_domain = Gauge("learner_current_domain_info", "1 for the domain being learned now.",
                                     ["domain"], registry=r)
-        self.pending = Gauge("learner_pending_scans", "Decoded scans waiting for a batch.", registry=r)
+        self.pending = Gauge("learner_pending_scans", "Decoded scans not yet in the training window.", registry=r)
+        self.window = Gauge("learner_window_scans", "Scans in the training window.", registry=r)
+        self.budget = Gauge("learner_step_budget_remaining",
+                            "Training steps earned by labeled scans and not yet taken.", registry=r)
+        self.learning_rate = Gauge("learner_learning_rate", "Learning rate of the latest step.", registry=r)
+        self.memory_bytes = Gauge("learner_memory_bytes", "Bytes held by the episodic memory (images and masks).",
+                                  registry=r)
+        self.min_dot = Gauge("learner_gem_min_dot_product",
+                             "Smallest <g, G_k> between the applied gradient and a past domain's reference "
+                             "gradient (>= 0 means no past domain's loss rises, to first order).", registry=r)
         for use in ("train", "holdout", "dead_letter"):
             self.consumed.labels(use)
         for phase in PHASES:

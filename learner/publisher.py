@@ -70,6 +70,14 @@ class Publisher:
                        for domain, scans in candidate.items() if domain in live}
         regressions = {domain: c for domain, c in comparisons.items()
                        if c.regressed(self.cfg.regression_tolerance, self.cfg.regression_confidence)}
+        blind = [domain for domain, scans in candidate.items()
+                 if domain in live and finds_defects(live[domain]) and not finds_defects(scans)]
+        if blind:
+            # mIoU cannot fall below 0, so the bootstrap never flags a model that has gone blind on a
+            # domain whose live version still finds its defects; refuse that outright.
+            log.warning("refused candidate after step %d: it finds no defect on %s, the live version does",
+                        learner.steps, blind)
+            return Decision(False, scores, live_scores, {d: comparisons[d] for d in blind})
         if regressions:
             log.warning("refused candidate after step %d: regressed %s; scores %s", learner.steps,
                         {d: f"-{c.drop:.4f} (confidence {c.confidence:.2f}, {c.samples} scans)"
@@ -85,6 +93,8 @@ class Publisher:
             scores={d: {"miou": s.miou, "dice": s.dice, "samples": s.samples} for d, s in scores.items()},
             metrics={
                 "steps": learner.steps,
+                "scans_learned": learner.scans_learned,
+                "crop_size": learner.crop_size,
                 "projected_steps": learner.projected_steps,
                 "memory": learner.memory.per_domain(),
                 "labels_learned": len(label_times),
@@ -98,6 +108,12 @@ class Publisher:
         self._live_scans = {domain: (validation.revision(domain), scans) for domain, scans in candidate.items()}
         log.info("published version %d (parent %d): %s", manifest.version, manifest.parent_version, _brief(scores))
         return Decision(True, scores, live_scores, {}, manifest)
+
+
+def finds_defects(per_scan: np.ndarray) -> bool:
+    """Whether a model's per-scan confusions (N, K, K) show any defect pixel predicted as a defect."""
+    confusion = per_scan.sum(axis=0)
+    return bool(confusion[1:, 1:].sum() > 0)
 
 
 def _scores(scans: dict[str, np.ndarray]) -> dict[str, SegmentationScore]:

@@ -19,13 +19,12 @@ from weldstream.v1 import stream_pb2
 class LabeledSample:
     scan_id: str
     domain: str
-    x: torch.Tensor  # (C, H, W) float32, normalised, at the training size
+    x: torch.Tensor  # (C, H, W) float32, normalised as the server normalises, at native size
     y: torch.Tensor  # (H, W) uint8 class map
     labeled_at: float  # unix seconds, 0 if the producer did not say
 
 
-def decode_record(value: bytes | None, train_size: tuple[int, int], num_classes: int, in_channels: int,
-                  max_side: int) -> LabeledSample:
+def decode_record(value: bytes | None, num_classes: int, in_channels: int, max_side: int) -> LabeledSample:
     if not value:
         raise InvalidInput("message", "is empty")
     message = stream_pb2.LabeledScan()
@@ -49,6 +48,6 @@ def decode_record(value: bytes | None, train_size: tuple[int, int], num_classes:
         raise InvalidInput("mask.shape", f"{list(mask.shape)} does not match the image's {list(image.shape[-2:])}")
     if int(mask.max()) >= num_classes:
         raise InvalidInput("mask.data", f"has class id {int(mask.max())}; the model knows {num_classes} classes")
-    x, y = training_pair(image, mask, train_size)
+    x, y = training_pair(image, mask)
     labeled_at = message.labeled_at.ToDatetime().timestamp() if message.HasField("labeled_at") else 0.0
     return LabeledSample(message.scan_id, message.domain, x, y, labeled_at)

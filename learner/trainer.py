@@ -1,81 +1,127 @@
-"""The learner's training state and its step: model, optimiser, episodic memory, pending scans."""
+"""The learner's training state and its steps: model, optimiser, training window, episodic memory.
+
+Training is driven by compute, not by arrivals: every labeled scan that joins the window earns
+``max_steps_per_scan`` steps, and the learner spends that budget whenever it has compute, drawing fresh
+augmented crops from the window (plus memory scans of past domains) for every step. When the stream
+pauses, it keeps learning from what it has until the budget is spent, with the learning rate annealed
+over the budget's last ``decay_steps`` steps; new scans raise the budget and the rate again.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from functools import partial
 
 import torch
 
+from weldstream.learner.augment import augment
 from weldstream.learner.config import LearnerConfig
+from weldstream.learner.crops import cut_crop, defect_pixels
 from weldstream.learner.records import LabeledSample
+from weldstream.learner.window import TrainingWindow
 from weldstream.model import build_model
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepStats, gem_step
 
+# Crop side when --crop-size is 0 (auto): small enough for a 2-core CPU to take several steps a second,
+# large enough on a GPU to see a whole weld region at once.
+AUTO_CROP = {"cpu": 96, "cuda": 256}
+MIN_CROP = 32
 
-@dataclass(frozen=True)
-class Batch:
-    domain: str
-    x: torch.Tensor  # (B, C, H, W)
-    y: torch.Tensor  # (B, H, W)
-    labeled_at: list[float]
+
+def auto_crop_size(device: torch.device, height: int, width: int) -> int:
+    """The device's crop side, no larger than the first scan (multiples of 32, the model's stride)."""
+    side = AUTO_CROP.get(device.type, AUTO_CROP["cpu"])
+    fits = max(MIN_CROP, (min(height, width) // MIN_CROP) * MIN_CROP)
+    return min(side, fits)
 
 
 class ContinualLearner:
-    """Owns everything a training step touches; the Kafka loop only feeds it samples."""
+    """Owns everything a training step touches; the Kafka loop only feeds it samples.
+
+    Threads: ``add`` is called from the event loop (a deque append is atomic); everything else runs in
+    one training thread at a time, or while no training runs (checkpoints, publishing).
+    """
 
     def __init__(self, cfg: LearnerConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
         self.model = build_model(cfg.model, seed=cfg.seed).to(device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate,
+                                           weight_decay=cfg.weight_decay)
         self.memory = ReplayMemory(cfg.memory_per_domain, device=device, seed=cfg.seed)
         self.references = ReferenceGradients()
+        self.window = TrainingWindow(cfg.window_scans, cfg.window_mb << 20, device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.pending: deque[LabeledSample] = deque()
+        self.crop_size = cfg.crop_size or 0  # 0 until the first scan fixes it (auto)
         self.steps = 0
+        self.budget = 0  # steps earned so far; the learner trains while steps < budget
         self.projected_steps = 0
-        self.last_arrival = time.monotonic()
+        self.scans_learned = 0
         # Label times of scans trained since the last publish, for freshness accounting.
         self.label_times: list[float] = []
 
+    # -- the event loop's side
     def add(self, sample: LabeledSample) -> None:
         self.pending.append(sample)
-        self.last_arrival = time.monotonic()
 
-    def next_batch(self) -> Batch | None:
-        """Up to batch_size consecutive pending scans of one domain, once the batch is complete.
+    def has_work(self) -> bool:
+        return bool(self.pending) or (self.remaining() > 0 and len(self.window) > 0)
 
-        A batch is complete when full, when the next pending scan belongs to another domain (drift),
-        or when the stream has been quiet for idle_flush_s.
-        """
-        if not self.pending:
-            return None
-        domain = self.pending[0].domain
-        count = 0
-        for sample in self.pending:
-            if sample.domain != domain or count == self.cfg.batch_size:
-                break
-            count += 1
-        complete = count == self.cfg.batch_size or count < len(self.pending)
-        if not complete and time.monotonic() - self.last_arrival < self.cfg.idle_flush_s:
-            return None
-        samples = [self.pending.popleft() for _ in range(count)]
-        return Batch(domain, torch.stack([s.x for s in samples]), torch.stack([s.y for s in samples]),
-                     [s.labeled_at for s in samples])
+    def remaining(self) -> int:
+        return max(0, self.budget - self.steps)
 
-    def train(self, batch: Batch) -> list[StepStats]:
-        """`passes` continual-learning steps on the batch, then the batch joins the episodic memory."""
-        x, y = batch.x.to(self.device), batch.y.to(self.device)
-        stats = []
-        for _ in range(self.cfg.passes):
-            step = gem_step(self.model, self.optimizer, (x, y), self.memory, self.cfg.step, batch.domain,
-                            self.references)
-            self.steps += 1
-            self.projected_steps += int(step.projected)
-            stats.append(step)
-        self.memory.add(x, y, batch.domain)
-        self.label_times.extend(t for t in batch.labeled_at if t > 0)
+    # -- the training thread's side
+    def absorb(self) -> int:
+        """Move arrived scans into the window and the memory, earning their steps; returns how many."""
+        absorbed = 0
+        while self.pending:
+            sample = self.pending.popleft()
+            if not self.crop_size:
+                self.crop_size = auto_crop_size(self.device, *sample.x.shape[-2:])
+            self.window.add(sample.scan_id, sample.x, sample.y, sample.domain)
+            x, y = cut_crop(sample.x, sample.y, defect_pixels(sample.y), self.crop_size,
+                            on_defect=bool(float(torch.rand(1, generator=self.generator)) < self.cfg.defect_share),
+                            generator=self.generator)
+            self.memory.add(x[None], y[None], sample.domain)
+            if sample.labeled_at > 0:
+                self.label_times.append(sample.labeled_at)
+            # The budget never runs further ahead than the window can be learned from.
+            cap = self.steps + self.cfg.max_steps_per_scan * self.cfg.window_scans
+            self.budget = min(self.budget + self.cfg.max_steps_per_scan, cap)
+            self.scans_learned += 1
+            absorbed += 1
+        return absorbed
+
+    def learning_rate(self) -> float:
+        """Linear warm-up over the first steps, then annealed as the budget runs out."""
+        cfg = self.cfg
+        warm = min(1.0, (self.steps + 1) / max(1, cfg.warmup_steps))
+        anneal = min(1.0, max(cfg.final_lr_share, self.remaining() / max(1, cfg.decay_steps)))
+        return cfg.learning_rate * warm * anneal
+
+    def train_for(self, max_steps: int, max_seconds: float) -> list[StepStats]:
+        """Absorb arrivals, then step until the budget, ``max_steps`` or ``max_seconds`` runs out."""
+        self.absorb()
+        stats: list[StepStats] = []
+        deadline = time.monotonic() + max_seconds
+        while self.remaining() > 0 and len(self.window) and len(stats) < max_steps and time.monotonic() < deadline:
+            stats.append(self.step())
+        return stats
+
+    def step(self) -> StepStats:
+        """One step on augmented crops of the window, rehearsed and projected as the strategy says."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        x, y = self.window.sample(cfg.batch_size, self.crop_size, cfg.defect_share, self.generator)
+        stats = gem_step(self.model, self.optimizer, (x, y), self.memory, cfg.step, self.window.domains(),
+                         self.references, transform=partial(augment, generator=self.generator))
+        self.steps += 1
+        self.projected_steps += int(stats.projected)
         return stats
 
     def state_dict(self) -> dict:
@@ -83,9 +129,14 @@ class ContinualLearner:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "memory": self.memory.state_dict(),
+            "window": self.window.state_dict(),
             "pending": list(self.pending),
+            "crop_size": self.crop_size,
+            "generator": self.generator.get_state(),
             "steps": self.steps,
+            "budget": self.budget,
             "projected_steps": self.projected_steps,
+            "scans_learned": self.scans_learned,
             "label_times": list(self.label_times),
         }
 
@@ -93,8 +144,13 @@ class ContinualLearner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.memory.load_state_dict(state["memory"], device=self.device)
+        self.window.load_state_dict(state["window"])
         self.references.clear()
         self.pending = deque(state["pending"])
+        self.crop_size = state["crop_size"]
+        self.generator.set_state(state["generator"])
         self.steps = state["steps"]
+        self.budget = state["budget"]
         self.projected_steps = state["projected_steps"]
+        self.scans_learned = state["scans_learned"]
         self.label_times = list(state["label_times"])

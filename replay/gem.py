@@ -1,9 +1,12 @@
-"""One continual-learning training step: GEM, A-GEM or naive fine-tuning, readable top to bottom.
+"""One continual-learning training step: GEM with rehearsal, GEM, A-GEM, replay or naive fine-tuning,
+readable top to bottom.
 
 ``gem_step`` does, in this order and nowhere else:
-  1. memory gradients for the past domains (the domains in memory other than the current one);
+  0. rehearsal (``replay-gem``, ``replay``): memory scans of the past domains join the current batch,
+     and the batch is augmented if a transform is given;
+  1. memory gradients for the past domains (the domains in memory that the batch does not come from);
   2. zero_grad, so no memory gradient can leak into this step;
-  3. forward and backward on the current batch;
+  3. forward and backward on the (rehearsed) batch;
   4. dot products of the current gradient with the memory gradients;
   5. projection if a constraint is violated, written back into ``p.grad``;
   6. gradient clipping if configured, then ``optimizer.step()``.
@@ -13,12 +16,30 @@ Exact GEM (``refresh="every_step"``) pays one extra forward/backward per past do
 and the others are reused from ``ReferenceGradients``, so a step costs about two forward/backwards
 however many domains the memory holds; each reference is at most (number of past domains) steps old.
 Memory batches run in train mode like the current batch, so BatchNorm statistics also see past domains.
+
+Why rehearsal and projection together (the default, ``replay-gem``): projection alone only forbids
+steps that raise a past domain's loss, so the past domains are never trained again and a new domain
+is learned under constraints with nothing to balance them; rehearsal alone trains past domains but
+lets an update trade them away for the new one. Rehearsing puts past domains into the gradient itself,
+and the projection removes what remains in conflict with a past domain, once that domain's memory loss
+(smoothed over its reference refreshes) has risen ``forgetting_tolerance`` above its best: projecting
+against every past domain at every step stalled the new domain (measured on the two-domain UT -> X-ray
+stream at 128x128: 1 mIoU on X-ray after 300 steps against 32 for plain replay), while the gate
+leaves rehearsal to do most of the keeping and projects where forgetting actually shows.
+
+The guarantee and the optimiser: the projection makes ``<g̃, G_k> >= 0`` for the gradient handed to
+the optimiser (``StepStats.min_dot`` exports the smallest product, so the promise can be watched). SGD
+moves along ``-g̃`` and keeps it to first order; Adam(W) rescales each coordinate by its running
+second moment, so its update direction can still have a negative product with a past domain's
+gradient. The learner keeps AdamW deliberately (it learns these scans several times faster per step
+than SGD) and relies on rehearsal for the rest; ``tests/test_replay_gem.py`` measures both.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -35,19 +56,27 @@ from weldstream.replay.projection import (
 )
 from weldstream.settings import setting
 
-STRATEGIES = ("gem", "agem", "naive")
+STRATEGIES = ("replay-gem", "gem", "agem", "replay", "naive")
+REHEARSING = ("replay-gem", "replay")  # memory scans mixed into every batch
+PROJECTING = ("replay-gem", "gem")  # one reference gradient per past domain, GEM's QP
 REFRESH_POLICIES = ("round_robin", "every_step")
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
 class StepConfig:
-    strategy: str = setting("gem", choices=STRATEGIES, help="continual-learning step")
+    strategy: str = setting("replay-gem", choices=STRATEGIES,
+                            help="continual-learning step: replay-gem (rehearsal + GEM projection), gem, agem, "
+                                 "replay or naive")
     # 4 keeps a GEM step under 2x a naive one.
     memory_batch: int = setting(4, help="memory scans per reference gradient (per past domain for GEM)")
+    rehearsal: int = setting(8, help="memory scans of past domains mixed into every batch (replay, replay-gem)")
     margin: float = 0.5  # GEM's lower bound on the dual variables (reference code's memory_strength)
-    eps: float = 1e-3  # ridge added to G Gᵀ
+    # replay-gem: a past domain is constrained once its running memory loss is this far above its best.
+    forgetting_tolerance: float = 0.1
+    eps: float = 1e-3  # ridge added to G Gᵀ, relative to the mean of its diagonal (so it scales with |g|)
     clip_norm: float | None = 1.0
     refresh: str = setting("round_robin", choices=REFRESH_POLICIES,
                            help="GEM reference gradients: one past domain per step (default) or all every step")
@@ -57,8 +86,8 @@ class StepConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {list(STRATEGIES)}")
         if self.refresh not in REFRESH_POLICIES:
             raise ValueError(f"unknown refresh {self.refresh!r}; choose one of {list(REFRESH_POLICIES)}")
-        if self.memory_batch < 1:
-            raise ValueError(f"memory_batch must be >= 1, got {self.memory_batch}")
+        if self.memory_batch < 1 or self.rehearsal < 0:
+            raise ValueError(f"memory_batch must be >= 1 and rehearsal >= 0, got {self.memory_batch}, {self.rehearsal}")
         if self.margin < 0 or self.eps < 0:
             raise ValueError(f"margin and eps must be >= 0, got {self.margin} and {self.eps}")
         if self.clip_norm is not None and self.clip_norm <= 0:
@@ -74,7 +103,9 @@ class StepStats:
     memory_s: float
     projection_s: float
     total_s: float
-    past_domains: int  # domains in memory other than the current one (0 for naive)
+    past_domains: int  # domains in memory other than the batch's (0 for naive)
+    min_dot: float | None = None  # smallest <g̃, G_k> after projection (None without reference gradients)
+    rehearsed: int = 0  # memory scans in the batch
 
 
 class ReferenceGradients:
@@ -89,6 +120,9 @@ class ReferenceGradients:
         self._domains: list[str] = []
         self._computed_at: list[int] = []
         self._grads: Tensor | None = None  # (domains, P)
+        # Memory loss per domain, smoothed over refreshes, and the lowest it has been: the gate.
+        self._loss: dict[str, float] = {}
+        self._best: dict[str, float] = {}
 
     def __contains__(self, domain: str) -> bool:
         return domain in self._domains
@@ -100,6 +134,19 @@ class ReferenceGradients:
     def stalest(self, domains: Sequence[str]) -> str:
         """Next domain to refresh: one never computed first, else the oldest (ties: first in order)."""
         return min(domains, key=lambda d: -1 if d not in self else self._computed_at[self._domains.index(d)])
+
+    def observe_loss(self, domain: str, loss: float, smoothing: float = 0.7) -> None:
+        """Fold one memory batch's loss into the domain's running loss (and its best so far)."""
+        previous = self._loss.get(domain)
+        current = loss if previous is None else smoothing * previous + (1 - smoothing) * loss
+        self._loss[domain] = current
+        self._best[domain] = min(current, self._best.get(domain, current))
+
+    def forgetting(self, domain: str) -> float:
+        """How far the domain's running memory loss has risen above its best, relative (0: not at all)."""
+        if domain not in self._loss:
+            return 0.0
+        return self._loss[domain] / max(self._best[domain], 1e-12) - 1.0
 
     def store(self, domain: str, grad: Tensor) -> None:
         if domain not in self._domains:
@@ -130,55 +177,80 @@ def gem_step(
     batch: tuple[Tensor, Tensor],
     memory: ReplayMemory,
     cfg: StepConfig,
-    current_domain: str,
+    current_domain: str | Collection[str],
     references: ReferenceGradients,
     loss_fn: LossFn = segmentation_loss,
+    transform: Transform | None = None,
 ) -> StepStats:
-    """One training step on batch = (x (B, C, H, W), y (B, H, W)) from ``current_domain``."""
+    """One training step on batch = (x (B, C, H, W), y (B, H, W)) from ``current_domain`` (or domains)."""
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
     if not model.training:
         model.train()  # memory and current batches both run in train mode
     t_start = _clock(device)
+    current = {current_domain} if isinstance(current_domain, str) else set(current_domain)
+    past = [] if cfg.strategy == "naive" else [d for d in memory.domains() if d not in current]
+
+    # (0) Rehearsal: past domains' memory scans join the batch, then the whole batch is augmented.
+    rehearsed = 0
+    if cfg.strategy in REHEARSING and past and cfg.rehearsal:
+        xm, ym = memory.sample(cfg.rehearsal, domain=past)
+        x, y = torch.cat([x, xm.to(x.dtype)]), torch.cat([y, ym.to(y.dtype)])
+        rehearsed = len(xm)
+    if transform is not None:
+        x, y = transform(x, y)
 
     # (1) Memory gradients, one per past domain (GEM) or one over all past domains (A-GEM).
-    past = [] if cfg.strategy == "naive" else [d for d in memory.domains() if d != current_domain]
     G: Tensor | None = None  # (t, P)
-    if cfg.strategy == "gem" and past:
+    rows: list[int] = []  # the rows of G that constrain this step
+    if cfg.strategy in PROJECTING and past:
         stale = past if cfg.refresh == "every_step" else [references.stalest(past)]
         # Draw every memory batch before the first backward so the draws never wait on the GPU.
         memory_batches = {domain: memory.sample(cfg.memory_batch, domain=domain) for domain in stale}
         for domain, (xm, ym) in memory_batches.items():
-            references.store(domain, _loss_gradient(model, params, xm, ym, loss_fn))
-        G = references.matrix(past)  # round_robin: domains not yet computed join on later steps
+            grad, memory_loss = _loss_gradient(model, params, xm, ym, loss_fn)
+            references.store(domain, grad)
+            references.observe_loss(domain, memory_loss)
+        # Every past domain's reference, for the exported smallest product; replay-gem constrains only the
+        # past domains whose memory loss has really risen: rehearsal keeps the others, and constraining
+        # them too would stall the new domain for no protection gained.
+        known = [d for d in past if d in references]
+        G = references.matrix(known)
+        guarded = known if cfg.strategy == "gem" else [
+            d for d in known if references.forgetting(d) > cfg.forgetting_tolerance]
+        rows = [known.index(d) for d in guarded]
     elif cfg.strategy == "agem" and past:
         xm, ym = memory.sample(cfg.memory_batch, domain=past)
-        G = _loss_gradient(model, params, xm, ym, loss_fn)[None]  # (1, P)
+        G = _loss_gradient(model, params, xm, ym, loss_fn)[0][None]  # (1, P)
+        rows = [0]
     t_memory = _clock(device)
 
     # (2) Clear every parameter's gradient (not only the optimizer's): memory gradients end here.
     model.zero_grad(set_to_none=True)
 
-    # (3) Forward and backward on the current batch.
+    # (3) Forward and backward on the batch.
     logits = model(x)  # (B, K, H, W)
     loss = loss_fn(logits, y)
     loss.backward()
     t_backward = _clock(device)
 
     # (4) Dot products <g, G_k>; a negative one means this step would raise that memory's loss.
-    violations, projected = 0, False
+    violations, projected, min_dot = 0, False, None
     if G is not None:
         g = flatten_grads(params)  # (P,)
-        violations = int((memory_dot_products(g, G) < 0).sum())
+        dots = memory_dot_products(g, G)
+        violations = int((dots[rows] < 0).sum()) if rows else 0
 
         # (5) Project onto the feasible cone and write the result back into p.grad.
         if violations:
-            if cfg.strategy == "gem":
-                g, projected = project_gem(g, G, margin=cfg.margin, eps=cfg.eps)
-            else:
+            if cfg.strategy == "agem":
                 g, projected = project_agem(g, G[0])
+            else:
+                g, projected = project_gem(g, G[rows], margin=cfg.margin, eps=cfg.eps)
             write_grads(params, g)
+            dots = memory_dot_products(g, G)
+        min_dot = float(dots.min())
     t_projection = _clock(device)
 
     # (6) Clip, then update.
@@ -197,17 +269,42 @@ def gem_step(
         projection_s=t_projection - t_backward,
         total_s=t_end - t_start,
         past_domains=len(past),
+        min_dot=min_dot,
+        rehearsed=rehearsed,
     )
 
 
 def _loss_gradient(
     model: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor, loss_fn: LossFn
-) -> Tensor:
-    """Flattened gradient (P,) of the loss on one memory batch; leaves it in p.grad for step 2 to clear."""
+) -> tuple[Tensor, float]:
+    """Flattened gradient (P,) and value of the loss on one memory batch; leaves the gradient in p.grad for
+    step 2 to clear.
+
+    The pass runs in train mode (batch statistics, like the training batch) but leaves BatchNorm's
+    running statistics alone: a pure past-domain batch every step would otherwise drag the statistics
+    the served model normalises with towards the old domains, and the new domain would score as if
+    it were barely learned.
+    """
     device = params[0].device  # a no-op when the memory lives on the model's device, as it should
     model.zero_grad(set_to_none=True)
-    loss_fn(model(x.to(device)), y.to(device)).backward()
-    return flatten_grads(params)
+    with frozen_batch_statistics(model):
+        loss = loss_fn(model(x.to(device)), y.to(device))
+        loss.backward()
+    return flatten_grads(params), float(loss.detach())
+
+
+@contextmanager
+def frozen_batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Normalise with batch statistics but do not fold them into the running ones (momentum 0)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
 
 
 def _clock(device: torch.device) -> float:

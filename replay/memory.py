@@ -54,6 +54,12 @@ class ReplayMemory:
     def seen(self) -> dict[str, int]:
         return dict(zip(self._domains, self._seen, strict=True))
 
+    def nbytes(self) -> int:
+        """Bytes of the allocated image and mask buffers (every domain's whole block)."""
+        if self._x is None or self._y is None:
+            return 0
+        return self._x.numel() * self._x.element_size() + self._y.numel() * self._y.element_size()
+
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
         """(C, H, W) shared by every stored scan, fixed by the first ``add``."""

@@ -115,7 +115,8 @@ def project_gem(g: Tensor, G: Tensor, margin: float = 0.5, eps: float = 1e-3) ->
     """GEM projection of g (P,) against reference gradients G (t, P); returns (g̃, violated).
 
     Same QP as the reference code and Avalanche (quadprog form ``solve_qp(P, q, I, h)``):
-    ``P = G Gᵀ; P = 0.5 (P + Pᵀ) + eps I; q = -G g; h = margin``, i.e. minimise
+    ``P = G Gᵀ; P = 0.5 (P + Pᵀ) + eps·mean(diag P)·I; q = -G g; h = margin`` (the reference code adds an
+    absolute ``eps I``; here the ridge scales with the gradients), i.e. minimise
     ``0.5 vᵀ P v - qᵀ v`` subject to ``v >= margin``, then ``g̃ = Gᵀ v + g``. The bound is shifted to
     zero (v = u + margin) and solved exactly by ``solve_gem_dual``. If no <g, G_k> is negative, g is
     returned unchanged (the same object) with False.
@@ -127,7 +128,10 @@ def project_gem(g: Tensor, G: Tensor, margin: float = 0.5, eps: float = 1e-3) ->
         return g, False
     t = G.shape[0]
     gram = blockwise_products(G, G)
-    gram = 0.5 * (gram + gram.T) + eps * torch.eye(t, dtype=torch.float64, device=G.device)
+    # The ridge is relative to the Gram matrix's own scale: an absolute one is huge next to the tiny
+    # gradients of a converged model and leaves constraints violated, and negligible next to big ones.
+    ridge = eps * float(torch.diagonal(gram).mean().clamp_min(torch.finfo(torch.float64).tiny))
+    gram = 0.5 * (gram + gram.T) + ridge * torch.eye(t, dtype=torch.float64, device=G.device)
     # v = u + margin 1:  0.5 vᵀPv + bᵀv = 0.5 uᵀPu + (b + margin P 1)ᵀ u + const,  u >= 0.
     u = solve_gem_dual(gram, dots + margin * gram.sum(dim=1))
     v = (u + margin).to(g.dtype)

@@ -45,8 +45,8 @@ def learner_config(kafka: str, model_dir: Path, **overrides):
     from weldstream.replay import StepConfig
 
     base = dict(kafka=kafka, model_dir=model_dir, metrics_port=0, metrics_host="127.0.0.1",
-                train_size=(64, 64), batch_size=4, memory_per_domain=16, validation_per_domain=8,
-                publish_every_steps=2, publish_every_s=1.0, idle_flush_s=0.5, session_timeout_ms=2000,
-                regression_tolerance=1.0, step=StepConfig(memory_batch=2))
+                crop_size=64, batch_size=4, memory_per_domain=16, validation_per_domain=8, max_steps_per_scan=1,
+                publish_every_steps=2, publish_every_s=1.0, session_timeout_ms=2000,
+                regression_tolerance=1.0, step=StepConfig(memory_batch=2, rehearsal=2))
     base.update(overrides)
     return LearnerConfig(**base)

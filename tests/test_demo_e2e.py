@@ -24,4 +24,8 @@ def test_demo_learns_and_keeps_the_first_domain(tmp_path):
     # ... and after learning the second, the first stayed within tolerance of its best
     assert summary["first_domain_final_miou"] >= summary["first_domain_best_miou"] - 0.10, summary
     assert summary["gem_steps"] > 20
+    # The summary shows what the served version scores next to each domain's best.
+    served = summary["served_miou_vs_best"]
+    assert summary["served_version"] >= 1 and FIRST in served, summary
+    assert all(row["served"] is None or row["served"] <= row["best"] + 1e-9 for row in served.values())
     assert (out / "logs" / "learner.log").exists()

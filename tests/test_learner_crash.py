@@ -21,7 +21,7 @@ SEED = 3
 
 def start_learner(kafka: str, model_dir) -> subprocess.Popen:
     args = [sys.executable, "-m", "weldstream.cli", "--log-level", "WARNING", "learn", "--kafka", kafka,
-            "--model-dir", str(model_dir), "--metrics-port", "-1", "--train-size", "64x64", "--batch-size", "4",
+            "--model-dir", str(model_dir), "--metrics-port", "-1", "--crop-size", "64", "--batch-size", "4",
             "--memory-per-domain", "16", "--memory-batch", "2", "--publish-every-steps", "3",
             "--publish-every-s", "1", "--session-timeout-ms", "2000", "--threads", "1"]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -51,7 +51,7 @@ async def test_stream_learning_publishes_versions_the_server_swaps_in(broker, tm
                 scan_id="x", image=tensor_pb2.Image(tensor=array_to_tensor(image))))
             info = await stub.GetModel(segmenter_pb2.GetModelRequest())
         assert response.model_version >= 2 and not info.untrained
-        assert info.lineage.strategy == "gem" and info.lineage.offsets
+        assert info.lineage.strategy == "replay-gem" and info.lineage.offsets
         manifest = store.manifest(info.version)
         assert manifest.parent_version == info.version - 1
         assert set(manifest.scores) <= set(DOMAINS) and manifest.scores

@@ -108,7 +108,7 @@ def _segment_everything_as(model: torch.nn.Module, cls: int) -> dict[str, torch.
 
 
 def _publisher_with_a_live_version(tmp_path, **overrides) -> tuple[Publisher, ContinualLearner, ValidationSets]:
-    cfg = learner_config("unused:9092", tmp_path / "models", regression_tolerance=0.03, **overrides)
+    cfg = learner_config("unused:9092", tmp_path / "models", **{"regression_tolerance": 0.03, **overrides})
     store = WeightStore(cfg.model_dir)
     live = _segment_everything_as(build_model(cfg.model, seed=1), cls=1)  # every pixel a crack
     store.publish(live, cfg.model, parent_version=0)
@@ -138,3 +138,12 @@ def test_the_publisher_refuses_a_candidate_that_really_regressed(tmp_path) -> No
     assert decision.regressions["ut"].confidence == 1.0
     assert decision.regressions["ut"].drop == pytest.approx(decision.live_scores["ut"].miou)
     assert publisher.store.latest() == 1 and publisher.live_version == 1
+
+
+def test_a_candidate_blind_to_a_domains_defects_is_refused_whatever_the_tolerance(tmp_path) -> None:
+    """mIoU cannot fall below 0: without this rule an all-background model passed any loose guard."""
+    publisher, learner, validation = _publisher_with_a_live_version(tmp_path, regression_tolerance=1.0)
+    _segment_everything_as(learner.model, cls=0)  # finds no defect at all
+    decision = publisher.consider(learner, validation, offsets=[])
+    assert not decision.promoted and decision.manifest is None
+    assert "ut" in decision.regressions and publisher.live_version == 1

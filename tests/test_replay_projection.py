@@ -23,12 +23,13 @@ P_DIM = 1000
 
 
 def quadprog_gem(g: torch.Tensor, G: torch.Tensor, margin: float, eps: float) -> np.ndarray:
-    """The reference implementation (GEM paper code / Avalanche's GEMPlugin), verbatim in numpy."""
+    """The reference implementation (GEM paper code / Avalanche's GEMPlugin) in numpy, with its ridge
+    made relative to the Gram matrix's mean diagonal as weldstream's is."""
     memories_np = G.double().numpy()
     gradient_np = g.double().numpy()
     t = memories_np.shape[0]
     P = memories_np @ memories_np.T
-    P = 0.5 * (P + P.T) + np.eye(t) * eps
+    P = 0.5 * (P + P.T) + np.eye(t) * eps * np.diag(P).mean()
     q = (memories_np @ gradient_np) * -1
     v = quadprog.solve_qp(P, q, np.eye(t), np.zeros(t) + margin)[0]
     return v @ memories_np + gradient_np
@@ -54,6 +55,24 @@ def test_project_gem_matches_quadprog(seed: int, t: int, margin: float, eps: flo
     assert violated
     expected = quadprog_gem(g, G, margin, eps)
     np.testing.assert_allclose(projected.numpy(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-5, 1.0, 1e3])
+def test_the_ridge_scales_with_the_gradients_so_constraints_hold_at_any_scale(scale: float) -> None:
+    """An absolute ridge of 1e-3 swamps gradients of norm ~1e-4 and leaves constraints violated."""
+    g, G = conflicting(1, 4, dtype=torch.float64)
+    g, G = g * scale, G * scale
+    projected, _ = project_gem(g, G, margin=0.0, eps=1e-3)
+    worst = float(memory_dot_products(projected, G).min()) / float(G.norm(dim=1).max() * g.norm())
+    assert worst > -1e-3  # feasible up to the ridge, relative to the sizes involved
+    absolute = quadprog.solve_qp(*_absolute_ridge_qp(g, G, 1e-3))[0] @ G.numpy() + g.numpy()
+    if scale < 1e-3:
+        assert float((G.numpy() @ absolute).min()) / float(G.norm(dim=1).max() * g.norm()) < -0.1
+
+
+def _absolute_ridge_qp(g: torch.Tensor, G: torch.Tensor, eps: float) -> tuple[np.ndarray, ...]:
+    Gn, t = G.numpy(), G.shape[0]
+    return 0.5 * (Gn @ Gn.T + (Gn @ Gn.T).T) + np.eye(t) * eps, -(Gn @ g.numpy()), np.eye(t), np.zeros(t)
 
 
 @pytest.mark.parametrize("t", range(1, 7))

@@ -35,10 +35,10 @@ def test_a_variable_sets_a_setting_and_a_flag_wins_over_it():
 
 
 def test_variables_go_through_the_flags_own_parsing():
-    args = parse(["learn"], {"WELDSTREAM_TRAIN_SIZE": "96x160", "WELDSTREAM_LR": "0.01",
+    args = parse(["learn"], {"WELDSTREAM_CROP_SIZE": "96", "WELDSTREAM_LR": "0.01",
                              "WELDSTREAM_STRATEGY": "naive", "WELDSTREAM_KAFKA": "broker:9092"})
     cfg = learner_config(args)
-    assert cfg.train_size == (96, 160) and cfg.learning_rate == 0.01
+    assert cfg.crop_size == 96 and cfg.learning_rate == 0.01
     assert cfg.step.strategy == "naive" and cfg.kafka == "broker:9092"
     assert parse(["serve"], {"WELDSTREAM_KAFKA": ""}).kafka is None  # '' turns following Kafka off
 

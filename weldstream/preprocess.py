@@ -50,10 +50,12 @@ def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) 
     return image, mask
 
 
-def training_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A raw scan and its mask -> (C, H, W) float32 and (H, W) uint8 tensors at the training size."""
+def training_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A raw scan and its mask -> (C, H, W) float32 and (H, W) uint8 tensors, normalised exactly as the
+    server normalises a request; at native size unless ``size`` asks for a resize (benchmarks only)."""
     if image.shape[-2:] != mask.shape:
         raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape}")
     x = torch.from_numpy(normalise_scan(image))
     y = torch.from_numpy(np.array(mask, dtype=np.uint8))
-    return resize_pair(x, y, size)
+    return (x, y) if size is None else resize_pair(x, y, size)

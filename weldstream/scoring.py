@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from weldstream.preprocess import pad_to_multiple
+
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) int64 counts, rows = truth, columns = prediction, on the tensors' device."""
@@ -64,14 +66,18 @@ def score_confusion(confusion: np.ndarray | torch.Tensor, samples: int) -> Segme
 
 @torch.no_grad()
 def scan_confusions(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 16,
-                    num_classes: int | None = None) -> np.ndarray:
+                    num_classes: int | None = None, stride: int = 1) -> np.ndarray:
     """One (K, K) confusion matrix per scan, (N, K, K) int64: summed they give the set's score, and kept
-    apart they let two models be compared scan by scan. Restores the model's train mode after."""
+    apart they let two models be compared scan by scan. Restores the model's train mode after.
+
+    ``stride`` > 1 pads inputs (as the server does) so sides that do not divide by it are scored too.
+    """
     was_training = model.training
     model.eval()
     parts = []
+    height, width = images.shape[-2:]
     for start in range(0, len(images), batch_size):
-        logits = model(images[start:start + batch_size])
+        logits = model(pad_to_multiple(images[start:start + batch_size], stride))[..., :height, :width]
         k = num_classes or logits.shape[1]
         pred, target = logits.argmax(1), masks[start:start + batch_size]
         scan = torch.arange(len(pred), device=pred.device).view(-1, 1, 1).expand_as(pred)

@@ -1,8 +1,8 @@
-"""The continual-learning benchmark: weldstream GEM against naive, joint, replay and Avalanche's strategies.
+"""The continual-learning benchmark: the learner's strategies against Avalanche's, at one step budget.
 
-One harness, one stream, one budget: ``cli.run`` builds the stream (``stream``), runs every
-(strategy, seed) in its own worker process (``runner``, ``worker``) through either weldstream's own
-loop (``harness``) or Avalanche (``avalanche_runner``), then summarises (``metrics``, ``summary``) and
+One stream, one budget: ``cli.run`` builds the stream (``stream``), runs every (strategy, seed) in its
+own worker process (``runner``, ``worker``) through either the learner itself (``harness``) or
+Avalanche (``avalanche_runner``), then summarises (``metrics``, ``summary``) and
 writes the report (``report``, ``plots``). Nothing heavy is imported here, so a worker process pays
 only for what its strategy needs.
 """

@@ -43,9 +43,18 @@ def experience_dataset(x: Tensor, y: Tensor) -> Any:
     return make_avalanche_dataset(TensorDataset(x, y), data_attributes=[TaskLabels([0] * len(x))])
 
 
-def build_benchmark(stream: Stream) -> Any:
+def steps_sized(x: Tensor, y: Tensor, scans: int) -> tuple[Tensor, Tensor]:
+    """The domain's train scans repeated (in order) to exactly ``scans``: one epoch over them is then
+    exactly the shared step budget, as many steps as every other strategy takes."""
+    repeats = -(-scans // len(x))
+    return torch.cat([x] * repeats)[:scans], torch.cat([y] * repeats)[:scans]
+
+
+def build_benchmark(stream: Stream, cfg: BenchConfig) -> Any:
+    per_step = cfg.batch_size + cfg.rehearsal
     return benchmark_from_datasets(
-        train=[experience_dataset(d.x_train, d.y_train) for d in stream.domains],
+        train=[experience_dataset(*steps_sized(d.x_train, d.y_train, cfg.steps_per_domain * per_step))
+               for d in stream.domains],
         test=[experience_dataset(d.x_test, d.y_test) for d in stream.domains],
     )
 
@@ -64,12 +73,12 @@ def setup_line(name: str, cfg: BenchConfig) -> str:
 def build_strategy(name: str, cfg: BenchConfig, model: nn.Module, plugins: list[SupervisedPlugin]) -> Any:
     common: dict[str, Any] = dict(
         model=model,
-        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.learning_rate),
+        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate),
         criterion=segmentation_loss,
-        train_mb_size=cfg.batch_size,
-        train_epochs=cfg.epochs,
+        train_mb_size=cfg.batch_size + cfg.rehearsal,
+        train_epochs=1,  # over the domain's scans repeated to exactly steps_per_domain batches
         eval_mb_size=cfg.batch_size,
-        device="cpu",
+        device=cfg.device,
         plugins=plugins,
         evaluator=EvaluationPlugin(loggers=[]),
     )
@@ -167,7 +176,7 @@ def run_avalanche(name: str, cfg: BenchConfig, stream: Stream, seed: int,
     strategy.plugins.append(tail)  # after the strategy's own plugins, the evaluator and the clock
     result = RunResult(name, seed, stream.names, setup=setup_line(name, cfg))
     record_baseline(result, strategy.model, stream)
-    benchmark = build_benchmark(stream)
+    benchmark = build_benchmark(stream, cfg)
     for i, experience in enumerate(benchmark.train_stream):
         tail.domain = i
         strategy.train(experience, num_workers=0, drop_last=True)  # full batches only, as in the harness

@@ -49,8 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", type=_strategies, default=None, help=f"comma list from {','.join(STRATEGIES)}")
     p.add_argument("--train-per-domain", type=int, default=None, help="simulated train scans per domain")
     p.add_argument("--test-per-domain", type=int, default=None, help="simulated test scans per domain")
-    p.add_argument("--size", type=parse_size, default=None, help="training resolution, e.g. 64x64")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per domain")
+    p.add_argument("--size", type=parse_size, default=None,
+                   help="scan size the simulator renders and every strategy learns at (default 64x64; 128x128 "
+                        "with --device cuda)")
+    p.add_argument("--steps-per-domain", type=int, default=None, help="optimiser steps per domain, every strategy")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda: where every strategy trains")
     p.add_argument("--memory-per-domain", type=int, default=None, help="episodic memory budget, scans per domain")
     p.add_argument("--max-domains", type=int, default=None, help="keep only the first N domains")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 2)")
@@ -66,12 +69,15 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             raise ValueError("--seeds must be >= 1")
         overrides["seeds"] = tuple(range(args.seeds))
     for arg, key in (("strategies", "strategies"), ("train_per_domain", "train_per_domain"),
-                     ("test_per_domain", "test_per_domain"), ("epochs", "epochs"), ("threads", "threads"),
+                     ("test_per_domain", "test_per_domain"), ("steps_per_domain", "steps_per_domain"),
+                     ("threads", "threads"), ("device", "device"),
                      ("memory_per_domain", "memory_per_domain"), ("max_domains", "max_domains")):
         if getattr(args, arg) is not None:
             overrides[key] = getattr(args, arg)
     if args.size is not None:
-        overrides["size"] = overrides["render_size"] = args.size
+        overrides["size"] = args.size
+    elif args.device is not None and args.device.startswith("cuda"):
+        overrides["size"] = (128, 128)
     return replace(cfg, **overrides)
 
 
@@ -79,7 +85,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["weldstream", "bench", "cl"]
     if args.quick:
         parts.append("--quick")
-    for key in ("seeds", "data", "out", "train_per_domain", "test_per_domain", "epochs", "memory_per_domain",
+    for key in ("seeds", "data", "out", "train_per_domain", "test_per_domain", "steps_per_domain", "device",
+                "memory_per_domain",
                 "max_domains", "threads"):
         value = getattr(args, key)
         if value is not None:

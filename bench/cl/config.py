@@ -11,39 +11,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Canonical row order of the report. "joint" is the upper bound, "naive" the lower one.
+# Canonical row order of the report. "offline-joint" is the ceiling, "naive" the floor; "replay-gem" is the
+# learner's default strategy, and every weldstream row runs the learner itself.
 STRATEGIES: tuple[str, ...] = (
+    "offline-joint",
+    "joint-cumulative",
     "naive",
-    "joint",
     "replay",
+    "replay-gem",
+    "gem",
+    "agem",
     "ewc",
     "si",
     "lfl",
     "avalanche-agem",
     "avalanche-gem",
-    "weldstream-gem",
-    "weldstream-gem-exact",
 )
-WELDSTREAM_STRATEGIES = ("naive", "joint", "replay", "weldstream-gem", "weldstream-gem-exact")
+DEFAULT_STRATEGY = "replay-gem"
+CEILING = "offline-joint"
+LEARNER_STRATEGIES = ("offline-joint", "joint-cumulative", "naive", "replay", "replay-gem", "gem", "agem")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """Sizes and hyper-parameters of one benchmark run (one value per knob, shared by every strategy)."""
 
-    train_per_domain: int = 640
+    train_per_domain: int = 600
     test_per_domain: int = 64
-    size: tuple[int, int] = (64, 64)  # training and test resolution (rows, cols)
-    render_size: tuple[int, int] = (64, 64)  # simulator resolution before resizing to ``size``
+    size: tuple[int, int] = (64, 64)  # scans are rendered at this size and learned at it (native)
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 1
-    batch_size: int = 8
-    # The learner defaults to 1e-3; with 80 steps per domain that leaves the first domain under-trained
-    # (naive, seed 0, measured before any CL method was run), so the benchmark uses 3e-3 for every strategy.
-    learning_rate: float = 3e-3
+    # The one training budget: every strategy takes this many optimiser steps per domain (offline-joint
+    # takes the same total, i.i.d. over every domain), each on batch_size + rehearsal scans.
+    steps_per_domain: int = 150
+    batch_size: int = 8  # the current domain's scans per step
+    rehearsal: int = 8  # memory scans per step for replay and replay-gem; others take as many more current scans
+    learning_rate: float = 2e-3  # AdamW, the learner's default, for every strategy
     clip_norm: float | None = 1.0  # applied to every strategy, after any projection, before the update
-    memory_per_domain: int = 16  # episodic memory budget, scans per domain, for every memory-based method
-    memory_batch: int = 8  # scans drawn from memory per step (weldstream GEM per past domain; replay in total)
+    memory_per_domain: int = 100  # episodic memory budget, scans per domain, for every memory-based method
+    memory_batch: int = 4  # scans per reference gradient (GEM per past domain; A-GEM in total)
+    device: str = "cpu"
     # Regularisation strengths: ContinualAI's continual-learning-baselines values (permuted MNIST), untuned here.
     ewc_lambda: float = 1.0
     si_lambda: float = 0.1
@@ -64,14 +70,14 @@ class BenchConfig:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise ValueError(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
-        if self.train_per_domain < self.batch_size or self.test_per_domain < 1:
-            raise ValueError("train_per_domain must be >= batch_size and test_per_domain >= 1")
+        if self.train_per_domain < self.batch_size + self.rehearsal or self.test_per_domain < 1:
+            raise ValueError("train_per_domain must hold a batch and test_per_domain must be >= 1")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
-        if min(self.size) < 32 or min(self.render_size) < 32:
-            raise ValueError("size and render_size must be at least 32 x 32")
-        if self.memory_per_domain < 1 or self.memory_batch < 1 or self.epochs < 1:
-            raise ValueError("memory_per_domain, memory_batch and epochs must be >= 1")
+        if min(self.size) < 32:
+            raise ValueError("size must be at least 32 x 32")
+        if self.memory_per_domain < 1 or self.memory_batch < 1 or self.steps_per_domain < 1:
+            raise ValueError("memory_per_domain, memory_batch and steps_per_domain must be >= 1")
         if self.parallel < 1 or self.threads < 1:
             raise ValueError("parallel and threads must be >= 1")
         if not 0 < self.test_share < 1:
@@ -82,7 +88,7 @@ class BenchConfig:
         """A minutes-long run: two domains (one ultrasonic, one X-ray, so forgetting shows), small splits,
         one seed, two workers at a time with one thread each; checks the pipeline, not the science."""
         base: dict[str, Any] = dict(
-            train_per_domain=384, test_per_domain=24, seeds=(0,), memory_per_domain=8, memory_batch=4,
+            train_per_domain=128, test_per_domain=16, seeds=(0,), steps_per_domain=80, memory_per_domain=32,
             domains=("ut-pe100-5mhz", "xray-film-steel-x52"), threads=1, parallel=2, quick=True,
         )
         base.update(overrides)
@@ -91,7 +97,7 @@ class BenchConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["data"] = None if self.data is None else str(self.data)
-        data["size"], data["render_size"] = list(self.size), list(self.render_size)
+        data["size"] = list(self.size)
         data["seeds"], data["strategies"] = list(self.seeds), list(self.strategies)
         data["domains"] = None if self.domains is None else list(self.domains)
         return data
@@ -100,6 +106,6 @@ class BenchConfig:
     def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
         data = dict(data)
         data["data"] = None if data.get("data") is None else Path(data["data"])
-        for key in ("size", "render_size", "seeds", "strategies", "domains"):
+        for key in ("size", "seeds", "strategies", "domains"):
             data[key] = None if data.get(key) is None else tuple(data[key])
         return cls(**data)

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from weldstream.bench.cl.config import DEFAULT_STRATEGY  # noqa: E402
+
 
 def plot_all(out: Path, summary: dict[str, dict[str, Any]], domains: list[str]) -> list[Path]:
     """Write every figure under ``out``; returns their paths."""
@@ -26,8 +28,8 @@ def old_domains_plot(path: Path, summary: dict[str, dict[str, Any]], domains: li
     x = list(range(2, len(domains) + 1))
     for strategy, entry in summary.items():
         curve = entry["old_domains_curve"][1:]
-        style = "--" if strategy == "joint" else "-"
-        width = 2.6 if strategy == "weldstream-gem" else 1.4
+        style = "--" if strategy in ("offline-joint", "joint-cumulative") else "-"
+        width = 2.6 if strategy == DEFAULT_STRATEGY else 1.4
         ax.plot(x, curve, style, marker="o", linewidth=width, label=strategy)
     ax.set_xticks(x)
     ax.set_xlabel("domains seen")

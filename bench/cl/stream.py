@@ -94,8 +94,8 @@ def _from_simulator(cfg: BenchConfig) -> Stream:
     for name in names:
         splits = []
         for base, count in ((TRAIN_SEED, cfg.train_per_domain), (TEST_SEED, cfg.test_per_domain)):
-            scans = (generate_scan(name, base + i, cfg.render_size) for i in range(count))
-            splits.append(_stack([training_pair(s.image, s.mask, cfg.size) for s in scans]))
+            scans = (generate_scan(name, base + i, cfg.size) for i in range(count))
+            splits.append(_stack([training_pair(s.image, s.mask) for s in scans]))
         (x_train, y_train), (x_test, y_test) = splits
         domains.append(DomainSplit(name, get_domain(name).modality, x_train, y_train, x_test, y_test))
     return Stream(domains, "simulator")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from weldstream.bench.cl.config import WELDSTREAM_STRATEGIES, BenchConfig
+from weldstream.bench.cl.config import LEARNER_STRATEGIES, BenchConfig
 from weldstream.bench.cl.result import RunResult
 from weldstream.bench.cl.stream import Stream
 from weldstream.bench.cl.timing import PeakRSS, StepLog
@@ -65,7 +65,7 @@ def run_one(stream_path: Path, cfg: BenchConfig, strategy: str, seed: int) -> Ru
 
 
 def _train(strategy: str, cfg: BenchConfig, stream: Stream, seed: int, progress: _Progress) -> tuple:
-    if strategy in WELDSTREAM_STRATEGIES:
+    if strategy in LEARNER_STRATEGIES:
         from weldstream.bench.cl.harness import run_weldstream
 
         return run_weldstream(strategy, cfg, stream, seed, progress)
