@@ -24,6 +24,10 @@ VARIANTS: dict[str, StepConfig] = {
     "gem/round_robin": StepConfig(strategy="gem", refresh="round_robin"),
     "gem/every_step": StepConfig(strategy="gem", refresh="every_step"),
     "agem": StepConfig(strategy="agem"),
+    # The learner's default and its baseline: both add `rehearsal` memory scans to the batch, so compare
+    # replay-gem with replay to see what the projection machinery costs on top of rehearsal.
+    "replay": StepConfig(strategy="replay"),
+    "replay-gem": StepConfig(strategy="replay-gem"),
 }
 
 

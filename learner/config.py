@@ -38,13 +38,14 @@ class LearnerConfig:
     warmup_steps: int = setting(30, help="linear learning-rate warm-up at the start")
     # The rate anneals over the last decay_steps of the budget, so a pause in the stream ends in a
     # well-settled model; new scans raise the budget and the rate again.
-    decay_steps: int = setting(200, help="the learning rate anneals over the budget's last N steps ...")
+    decay_steps: int = setting(400, help="the learning rate anneals over the budget's last N steps ...")
     final_lr_share: float = setting(0.05, help="... down to this share of the peak")
     # One crop (crop_size²) per stored scan: 200 crops of 96² are 7.4 MB a domain in float32.
     memory_per_domain: int = setting(200, help="episodic memory budget, crops per domain")
     # Share of every domain's scans held out for validation, chosen by scan id (stable across restarts).
     holdout_share: float = setting(0.15, help="share of every domain's scans held out for validation")
     validation_per_domain: int = 48
+    validation_mb: int = setting(128, help="held-out scans kept per domain, at most this many MiB (native size)")
     # Publish (or refuse) a candidate every N steps or T seconds, whichever comes first.
     publish_every_steps: int = setting(20, help="consider publishing a version every N steps ...")
     publish_every_s: float = setting(30.0, help="... or every T seconds, whichever comes first")

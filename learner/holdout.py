@@ -23,10 +23,13 @@ def is_held_out(scan_id: str, share: float) -> bool:
 
 
 class ValidationSets:
-    """Up to `cap` held-out scans per domain: those with the smallest scan hash, so the set is stable."""
+    """Up to `cap` held-out scans per domain, and at most `max_bytes` of them (scans are kept at native
+    size, and 48 scans of 4096 x 4096 would be 3 GB): those with the smallest scan hash, so the set is
+    stable."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, max_bytes: int | None = None) -> None:
         self.cap = cap
+        self.max_bytes = max_bytes
         self._items: dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]] = {}
         self._counter = itertools.count(1)
         self._revisions: dict[str, int] = {}  # domain -> changes with every change of its scans
@@ -35,12 +38,19 @@ class ValidationSets:
         items = self._items.setdefault(domain, [])
         entry = (scan_hash(scan_id), x, y)
         items.append(entry)
-        if len(items) > self.cap:
+        removed = []
+        while len(items) > 1 and (len(items) > self.cap or self._over_budget(items)):
             items.sort(key=lambda item: item[0])
-            removed = items.pop()
-            if removed is entry:
-                return  # the set did not change
+            removed.append(items.pop())
+        if removed == [entry]:
+            return  # the set did not change
         self._revisions[domain] = next(self._counter)
+
+    def _over_budget(self, items: list[tuple[float, torch.Tensor, torch.Tensor]]) -> bool:
+        if self.max_bytes is None:
+            return False
+        used = sum(x.numel() * x.element_size() + y.numel() * y.element_size() for _, x, y in items)
+        return used > self.max_bytes
 
     def domains(self) -> list[str]:
         return list(self._items)

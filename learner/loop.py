@@ -49,7 +49,7 @@ class LearnerLoop:
         self.device = resolve_device(cfg.device)
         self.store = WeightStore(cfg.model_dir)
         self.learner = ContinualLearner(cfg, self.device)
-        self.validation = ValidationSets(cfg.validation_per_domain)
+        self.validation = ValidationSets(cfg.validation_per_domain, cfg.validation_mb << 20)
         self.ledger = Ledger(cfg.model_dir)
         self.positions: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self.steps_at_publish = 0

@@ -147,3 +147,15 @@ def test_a_candidate_blind_to_a_domains_defects_is_refused_whatever_the_toleranc
     decision = publisher.consider(learner, validation, offsets=[])
     assert not decision.promoted and decision.manifest is None
     assert "ut" in decision.regressions and publisher.live_version == 1
+
+
+def test_validation_sets_keep_to_their_byte_budget_by_scan_hash() -> None:
+    """Native-size scans can be large: the set keeps the smallest-hash scans that fit its bytes."""
+    scan_bytes = 64 * 64 * 4 + 64 * 64  # float32 image + uint8 mask
+    validation = ValidationSets(cap=48, max_bytes=3 * scan_bytes)
+    ids = [f"scan-{i}" for i in range(10)]
+    for scan_id in ids:
+        validation.add(scan_id, "xray", torch.zeros(1, 64, 64), torch.zeros(64, 64, dtype=torch.uint8))
+    assert validation.size("xray") == 3
+    kept = sorted(ids, key=scan_hash)[:3]
+    assert sorted(h for h, _, _ in validation.state_dict()["xray"]) == sorted(scan_hash(i) for i in kept)

@@ -66,7 +66,8 @@ def setup_line(name: str, cfg: BenchConfig) -> str:
         "lfl": f"avalanche LFL(lambda_e={cfg.lfl_lambda}) on LFLSegmenter (features = decoder output, head = "
                "per-pixel nn.Linear equal to the U-Net's 3x3 head); train mode restored after LFL's feature pass",
         "avalanche-agem": f"avalanche AGEM(patterns_per_exp={cfg.memory_per_domain}, sample_size={cfg.memory_batch})",
-        "avalanche-gem": f"avalanche GEM(patterns_per_exp={cfg.memory_per_domain}, memory_strength={cfg.gem_margin})",
+        "avalanche-gem": f"avalanche GEM(patterns_per_exp={_gem_patterns(cfg)}, memory_strength={cfg.gem_margin}); "
+                         f"fewer patterns than the {cfg.memory_per_domain} of the others, see avalanche_gem_patterns",
     }[name]
 
 
@@ -91,8 +92,12 @@ def build_strategy(name: str, cfg: BenchConfig, model: nn.Module, plugins: list[
     if name == "avalanche-agem":
         return AGEM(patterns_per_exp=cfg.memory_per_domain, sample_size=cfg.memory_batch, **common)
     if name == "avalanche-gem":
-        return GEM(patterns_per_exp=cfg.memory_per_domain, memory_strength=cfg.gem_margin, **common)
+        return GEM(patterns_per_exp=_gem_patterns(cfg), memory_strength=cfg.gem_margin, **common)
     raise ValueError(f"unknown Avalanche strategy {name!r}; choose one of {list(AVALANCHE_STRATEGIES)}")
+
+
+def _gem_patterns(cfg: BenchConfig) -> int:
+    return min(cfg.memory_per_domain, cfg.avalanche_gem_patterns)
 
 
 class _Stamp(SupervisedPlugin):
