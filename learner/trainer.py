@@ -17,7 +17,7 @@ import torch
 
 from weldstream.learner.augment import augment
 from weldstream.learner.config import LearnerConfig
-from weldstream.learner.crops import cut_crop, defect_pixels
+from weldstream.learner.crops import cut_crop
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.window import TrainingWindow
 from weldstream.model import build_model
@@ -82,8 +82,8 @@ class ContinualLearner:
             sample = self.pending.popleft()
             if not self.crop_size:
                 self.crop_size = auto_crop_size(self.device, *sample.x.shape[-2:])
-            self.window.add(sample.scan_id, sample.x, sample.y, sample.domain)
-            x, y = cut_crop(sample.x, sample.y, defect_pixels(sample.y), self.crop_size,
+            kept = self.window.add(sample.scan_id, sample.x, sample.y, sample.domain)
+            x, y = cut_crop(kept.x, kept.y, kept.defects, self.crop_size,
                             on_defect=bool(float(torch.rand(1, generator=self.generator)) < self.cfg.defect_share),
                             generator=self.generator)
             self.memory.add(x[None], y[None], sample.domain)

@@ -57,13 +57,15 @@ class TrainingWindow:
     def scan_ids(self) -> list[str]:
         return [scan.scan_id for scan in self._scans]
 
-    def add(self, scan_id: str, x: Tensor, y: Tensor, domain: str) -> None:
+    def add(self, scan_id: str, x: Tensor, y: Tensor, domain: str) -> WindowScan:
+        """Keep a scan (oldest out past the bounds); returns it with its defect pixels found."""
         scan = WindowScan(scan_id, domain, x.to(self.device, torch.float32), y.to(self.device, torch.uint8),
                           defect_pixels(y))
         self._scans.append(scan)
         self._bytes += scan.nbytes
         while len(self._scans) > 1 and (len(self._scans) > self.capacity or self._bytes > self.max_bytes):
             self._bytes -= self._scans.popleft().nbytes
+        return scan
 
     def sample(self, n: int, size: int, defect_share: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """n crops (n, C, size, size) and masks (n, size, size), each from a scan drawn uniformly."""
