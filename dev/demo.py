@@ -27,7 +27,7 @@ from weldstream.dev.broker import EmbeddedBroker, free_port
 from weldstream.dev.console import render
 from weldstream.dev.rig import Schedule, produce_stream
 from weldstream.dev.stack import Service, scrape, value, wait_ready
-from weldstream.replay.gem import STRATEGIES
+from weldstream.replay.gem import STRATEGIES, StepConfig
 from weldstream.settings import optional_text, setting
 from weldstream.simulator import ScanSample, domain_names, generate_scan
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
@@ -53,7 +53,8 @@ class DemoConfig:
     client_rate: float = setting(4.0, help="Segment calls per second")
     kafka: str | None = setting(None, parse=optional_text,
                                 help="use this Kafka cluster instead of the embedded broker")
-    strategy: str = setting("gem", choices=STRATEGIES, help="the learner's continual-learning step")
+    strategy: str = setting(StepConfig.strategy, choices=STRATEGIES,
+                            help="the learner's continual-learning step (default: the learner's own)")
     publish_every_steps: int = setting(20, help="the learner considers a version every N steps")
     live_view: bool = setting(True, flag="--live", help="a live console view (--no-live prints snapshots, for CI logs)")
 

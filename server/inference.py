@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from weldstream.preprocess import normalise_scan, pad_to_multiple
+from weldstream.preprocess import normalise_scan
 from weldstream.server.model_slot import LoadedModel
 from weldstream.server.regions import Region, class_fractions, defect_regions
+from weldstream.tiles import segment
 
 
 @dataclass(frozen=True)
@@ -26,30 +27,23 @@ class Prediction:
 def predict_batch(loaded: LoadedModel, scans: list[np.ndarray], with_regions: bool = True) -> list[Prediction]:
     """Scans of any sizes -> predictions in the same order.
 
-    Scans are grouped by padded size and each group runs as one batch, so a scan's result does not
-    depend on which other scans shared its batch.
+    Scans are grouped by size and each group runs as one batch (large scans in tiles, see ``tiles``),
+    so a scan's result does not depend on which other scans shared its batch.
     """
     inputs = [normalise_scan(scan) for scan in scans]
-    stride = loaded.config.stride
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for index, array in enumerate(inputs):
-        c, h, w = array.shape
-        groups[(c, h + (-h) % stride, w + (-w) % stride)].append(index)
+        groups[array.shape].append(index)
 
     results: list[Prediction | None] = [None] * len(scans)
     num_classes = len(loaded.config.classes)
     for indices in groups.values():
-        batch = torch.stack([
-            pad_to_multiple(torch.from_numpy(inputs[i])[None], stride)[0] for i in indices
-        ]).to(loaded.device).contiguous(memory_format=torch.channels_last)
-        logits = loaded.module(batch)  # (n, K, H_pad, W_pad)
-        confidence, classes = logits.softmax(dim=1).max(dim=1)
-        confidence = confidence.float().cpu().numpy()
-        classes = classes.to(torch.uint8).cpu().numpy()
+        batch = torch.stack([torch.from_numpy(inputs[i]) for i in indices]).to(loaded.device)
+        classes, confidence = segment(loaded.module, batch.contiguous(memory_format=torch.channels_last),
+                                      loaded.config.stride)
+        classes, confidence = classes.cpu().numpy(), confidence.cpu().numpy()
         for row, i in enumerate(indices):
-            h, w = inputs[i].shape[-2:]
-            mask = np.ascontiguousarray(classes[row, :h, :w])
-            conf = np.ascontiguousarray(confidence[row, :h, :w])
+            mask, conf = classes[row], confidence[row]
             results[i] = Prediction(
                 mask=mask,
                 confidence=conf,

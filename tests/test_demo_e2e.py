@@ -29,3 +29,11 @@ def test_demo_learns_and_keeps_the_first_domain(tmp_path):
     assert summary["served_version"] >= 1 and FIRST in served, summary
     assert all(row["served"] is None or row["served"] <= row["best"] + 1e-9 for row in served.values())
     assert (out / "logs" / "learner.log").exists()
+
+
+def test_demo_runs_the_learners_default_strategy():
+    """The demo shows what a plant runs: it once ran pure GEM, which never rehearses, so later domains were weak."""
+    from weldstream.dev.demo import DemoConfig
+    from weldstream.replay import StepConfig
+
+    assert DemoConfig().strategy == StepConfig().strategy == "replay-gem"

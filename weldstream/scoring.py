@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from weldstream.preprocess import pad_to_multiple
+from weldstream.tiles import segment
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -75,11 +75,10 @@ def scan_confusions(model: torch.nn.Module, images: torch.Tensor, masks: torch.T
     was_training = model.training
     model.eval()
     parts = []
-    height, width = images.shape[-2:]
     for start in range(0, len(images), batch_size):
-        logits = model(pad_to_multiple(images[start:start + batch_size], stride))[..., :height, :width]
-        k = num_classes or logits.shape[1]
-        pred, target = logits.argmax(1), masks[start:start + batch_size]
+        pred = segment(model, images[start:start + batch_size], stride)[0].long()
+        k = num_classes or _class_count(model)
+        target = masks[start:start + batch_size]
         scan = torch.arange(len(pred), device=pred.device).view(-1, 1, 1).expand_as(pred)
         index = (scan * k + target.long()) * k + pred
         parts.append(torch.bincount(index.reshape(-1), minlength=len(pred) * k * k).reshape(len(pred), k, k))
@@ -87,6 +86,14 @@ def scan_confusions(model: torch.nn.Module, images: torch.Tensor, masks: torch.T
     if not parts:
         raise ValueError("cannot score an empty validation set")
     return torch.cat(parts).cpu().numpy()
+
+
+def _class_count(model: torch.nn.Module) -> int:
+    """Output classes of a segmentation network: the channels of its last convolution (its head)."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        raise ValueError("cannot tell the class count of a model without convolutions; pass num_classes")
+    return convs[-1].out_channels
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 16,

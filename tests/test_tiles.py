@@ -1,0 +1,68 @@
+"""Tiled segmentation: the same masks as one whole pass, in bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from weldstream.tiles import segment, tile_spans
+
+
+@pytest.mark.parametrize("length,tile,margin", [(100, 100, 8), (101, 64, 8), (1000, 256, 32), (300, 96, 16)])
+def test_kept_spans_partition_the_axis_and_keep_their_margin(length, tile, margin):
+    spans = tile_spans(length, tile, margin)
+    kept = [(a, b) for _, _, a, b in spans]
+    assert kept[0][0] == 0 and kept[-1][1] == length
+    assert all(b == c for (_, b), (c, _) in zip(kept, kept[1:], strict=False))  # contiguous, no gap, no overlap
+    for start, end, keep_from, keep_to in spans:
+        assert end - start == min(tile, length) and 0 <= start and end <= length
+        assert keep_from - start >= (margin if start > 0 else 0)
+        assert end - keep_to >= (margin if end < length else 0)
+
+
+def test_a_tile_must_be_wider_than_both_margins():
+    with pytest.raises(ValueError, match="margin"):
+        tile_spans(500, 64, 32)
+
+
+def _local_model(classes: int = 3) -> nn.Module:
+    """Three 3x3 convolutions: each output pixel sees 3 pixels each way, well inside any margin below."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, classes, 3, padding=1)).eval()
+
+
+def test_tiles_give_the_whole_pass_masks_when_the_margin_covers_the_receptive_field():
+    model = _local_model()
+    images = torch.randn(2, 1, 200, 150)
+    whole_classes, whole_confidence = segment(model, images, stride=1, tile=1024)
+    tiled_classes, tiled_confidence = segment(model, images, stride=1, tile=64, margin=8)
+    assert torch.equal(tiled_classes, whole_classes)
+    torch.testing.assert_close(tiled_confidence, whole_confidence)
+    assert tiled_classes.dtype == torch.uint8 and tiled_classes.shape == (2, 200, 150)
+
+
+def test_sides_that_do_not_divide_by_the_stride_are_padded_and_cropped_back():
+    model = _local_model()
+    classes, confidence = segment(model, torch.randn(1, 1, 70, 45), stride=32, tile=64, margin=8)
+    assert classes.shape == confidence.shape == (1, 70, 45)
+    assert float(confidence.min()) > 0
+
+
+def test_the_server_segments_a_scan_above_the_tile_size_in_tiles_that_agree_with_one_pass():
+    import numpy as np
+
+    from weldstream.model import ModelConfig
+    from weldstream.preprocess import normalise_scan
+    from weldstream.server.inference import predict_batch
+    from weldstream.server.loader import fresh_model
+    from weldstream.simulator import generate_scan
+
+    loaded = fresh_model(ModelConfig(), torch.device("cpu"))
+    scan = generate_scan("xray-film-steel-x52", 5, (1100, 224)).image  # taller than one 1024-pixel tile
+    (prediction,) = predict_batch(loaded, [scan])
+    assert prediction.mask.shape == (1100, 224)
+    whole, _ = segment(loaded.module, torch.from_numpy(normalise_scan(scan))[None], stride=32, tile=2048)
+    agreement = float(np.mean(prediction.mask == whole[0].numpy()))
+    assert (whole != 0).any() and agreement >= 0.99, agreement
