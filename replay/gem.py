@@ -20,12 +20,21 @@ Memory batches run in train mode like the current batch, so BatchNorm statistics
 Why rehearsal and projection together (the default, ``replay-gem``): projection alone only forbids
 steps that raise a past domain's loss, so the past domains are never trained again and a new domain
 is learned under constraints with nothing to balance them; rehearsal alone trains past domains but
-lets an update trade them away for the new one. Rehearsing puts past domains into the gradient itself,
-and the projection removes what remains in conflict with a past domain, once that domain's memory loss
-(smoothed over its reference refreshes) has risen ``forgetting_tolerance`` above its best: projecting
-against every past domain at every step stalled the new domain (measured on the two-domain UT -> X-ray
-stream at 128x128: 1 mIoU on X-ray after 300 steps against 32 for plain replay), while the gate
-leaves rehearsal to do most of the keeping and projects where forgetting actually shows.
+lets an update trade them away for the new one. ``replay-gem`` does three things on top of replay:
+
+- a balanced loss: the current crops and the rehearsed crops each get their own loss (cross-entropy
+  and soft Dice), averaged. One Dice pooled over a mixed batch saturates on the domain whose defects
+  are easy (bright ultrasonic echoes) and stops pushing on a faint one (voids on film), which then
+  is never learned (measured on UT -> X-ray film at 64x64: 0.6 mIoU on the film with a pooled loss,
+  5-7 with the balanced one);
+- a reference gradient per past domain, refreshed round robin on a small memory batch, and its
+  memory loss, smoothed over refreshes;
+- once a past domain's smoothed memory loss has risen ``forgetting_tolerance`` above its best, the
+  current crops' part of the gradient is projected (GEM's QP) so it does not raise that domain's
+  loss, and the rehearsal part is added back unprojected. Projecting at every step, or the whole
+  rehearsed gradient, stalled the later domains (six-domain stream, 64x64, seed 0: ACC 31.6 and
+  26.7 against 35.0 for the balanced loss alone and 33.3 for plain replay), so the projection acts
+  where forgetting actually shows and rehearsal does the rest.
 
 The guarantee and the optimiser: the projection makes ``<g̃, G_k> >= 0`` for the gradient handed to
 the optimiser (``StepStats.min_dot`` exports the smallest product, so the promise can be watched). SGD
@@ -74,8 +83,10 @@ class StepConfig:
     memory_batch: int = setting(4, help="memory scans per reference gradient (per past domain for GEM)")
     rehearsal: int = setting(8, help="memory scans of past domains mixed into every batch (replay, replay-gem)")
     margin: float = 0.5  # GEM's lower bound on the dual variables (reference code's memory_strength)
-    # replay-gem: a past domain is constrained once its running memory loss is this far above its best.
-    forgetting_tolerance: float = 0.1
+    # replay-gem: a past domain is constrained once its running memory loss is this far above its best
+    # (relative), the running loss being smoothed over its reference refreshes with this factor.
+    forgetting_tolerance: float = 0.2
+    loss_smoothing: float = 0.9
     eps: float = 1e-3  # ridge added to G Gᵀ, relative to the mean of its diagonal (so it scales with |g|)
     clip_norm: float | None = 1.0
     refresh: str = setting("round_robin", choices=REFRESH_POLICIES,
@@ -211,7 +222,7 @@ def gem_step(
         for domain, (xm, ym) in memory_batches.items():
             grad, memory_loss = _loss_gradient(model, params, xm, ym, loss_fn)
             references.store(domain, grad)
-            references.observe_loss(domain, memory_loss)
+            references.observe_loss(domain, memory_loss, cfg.loss_smoothing)
         # Every past domain's reference, for the exported smallest product; replay-gem constrains only the
         # past domains whose memory loss has really risen: rehearsal keeps the others, and constraining
         # them too would stall the new domain for no protection gained.
@@ -229,10 +240,23 @@ def gem_step(
     # (2) Clear every parameter's gradient (not only the optimizer's): memory gradients end here.
     model.zero_grad(set_to_none=True)
 
-    # (3) Forward and backward on the batch.
+    # (3) Forward and backward on the batch. replay-gem balances its loss between the current crops and
+    # the rehearsed ones; while it guards a past domain, only the current part goes into p.grad (to be
+    # projected) and the rehearsal part is kept aside.
     logits = model(x)  # (B, K, H, W)
-    loss = loss_fn(logits, y)
+    rehearsal_grad: Tensor | None = None
+    if cfg.strategy == "replay-gem" and rehearsed:
+        b = len(x) - rehearsed
+        current_loss, rehearsal_loss = loss_fn(logits[:b], y[:b]), loss_fn(logits[b:], y[b:])
+        loss = 0.5 * (current_loss + rehearsal_loss)
+        if rows:
+            rehearsal_grad = _flat_grad(0.5 * rehearsal_loss, params, retain_graph=True)
+            loss = 0.5 * current_loss
+    else:
+        loss = loss_fn(logits, y)
     loss.backward()
+    if rehearsal_grad is not None:
+        loss = loss + 0.5 * rehearsal_loss.detach()  # the step's whole loss, for the stats
     t_backward = _clock(device)
 
     # (4) Dot products <g, G_k>; a negative one means this step would raise that memory's loss.
@@ -242,15 +266,20 @@ def gem_step(
         dots = memory_dot_products(g, G)
         violations = int((dots[rows] < 0).sum()) if rows else 0
 
-        # (5) Project onto the feasible cone and write the result back into p.grad.
+        # (5) Project onto the feasible cone and write the result back into p.grad; replay-gem then adds
+        # its rehearsal part back. min_dot is taken on the projected gradient (replay-gem: its current part
+        # while it guards, the whole update otherwise).
         if violations:
             if cfg.strategy == "agem":
                 g, projected = project_agem(g, G[0])
             else:
                 g, projected = project_gem(g, G[rows], margin=cfg.margin, eps=cfg.eps)
-            write_grads(params, g)
             dots = memory_dot_products(g, G)
         min_dot = float(dots.min())
+        if rehearsal_grad is not None:
+            g = g + rehearsal_grad
+        if projected or rehearsal_grad is not None:
+            write_grads(params, g)
     t_projection = _clock(device)
 
     # (6) Clip, then update.
@@ -272,6 +301,13 @@ def gem_step(
         min_dot=min_dot,
         rehearsed=rehearsed,
     )
+
+
+def _flat_grad(loss: Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> Tensor:
+    """d loss / d params as one flat vector (P,), without touching p.grad."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                      for g, p in zip(grads, params, strict=True)])
 
 
 def _loss_gradient(
