@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from weldstream.announcements import announcement
 from weldstream.dev.rig import labeled_scan
 from weldstream.learner.checkpoint import checkpoint_path, load_checkpoint
 from weldstream.learner.holdout import is_held_out
-from weldstream.learner.kafka_io import announcement, dead_letter_headers
+from weldstream.learner.kafka_io import dead_letter_headers
 from weldstream.learner.loop import LearnerLoop
 from weldstream.learner.metrics import LearnerMetrics
 from weldstream.simulator import generate_scan

@@ -18,6 +18,7 @@ Every write is one short transaction; a connection is shared by the threads of o
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,8 +30,12 @@ from urllib.parse import unquote, urlparse
 
 from weldstream.weight_store import Manifest, WeightStore
 
+log = logging.getLogger(__name__)
 REGISTRY_FILE = "registry.sqlite"
 OFF = "off"
+# The --registry setting, shared by every process that writes to the registry.
+REGISTRY_HELP = ("model registry: '' = registry.sqlite in the model dir, a file, "
+                 "postgresql://user:password@host:port/db, or 'off'")
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS versions (
@@ -267,3 +272,19 @@ def open_registry(url: str, model_dir: Path | str) -> Registry:
     connection = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     return Registry(connection, "sqlite", str(path))
+
+
+def open_configured(url: str, model_dir: Path | str) -> Registry | None:
+    """The registry a process was configured with; None for 'off'."""
+    return None if url == OFF else open_registry(url, model_dir)
+
+
+def best_effort(registry: Registry | None, write: str, *args: Any, **kwargs: Any) -> None:
+    """Call a registry write; a failure is logged, never raised. The weight store stays the source of
+    truth (``sync`` backfills versions), so a registry outage never stops training or serving."""
+    if registry is None:
+        return
+    try:
+        getattr(registry, write)(*args, **kwargs)
+    except Exception as exc:  # any driver's error: sqlite3, pg8000, a dropped connection
+        log.warning("registry %s: %s failed (%s)", registry.where, write, exc)
