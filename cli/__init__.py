@@ -194,6 +194,13 @@ def _run_bench_gem(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.cli import models
+
+    models.add_arguments(p)
+    p.set_defaults(run=models.run)
+
+
 Filler = Callable[[argparse.ArgumentParser, list[str]], None]
 
 COMMANDS: dict[str, tuple[str, Filler]] = {
@@ -202,6 +209,8 @@ COMMANDS: dict[str, tuple[str, Filler]] = {
     "simulate": ("generate labeled weld scans: to a folder (--out) or to Kafka (--kafka)", _simulate_arguments),
     "broker": ("run the embedded Kafka-protocol broker (Tansu, in memory) on loopback", _broker_arguments),
     "learn": ("learn continually from labeled scans on Kafka and publish versions", _learn_arguments),
+    "models": ("the model registry: list, show, diff; pin, unpin, rollback what every server serves",
+               _models_arguments),
     "demo": ("run the whole loop: broker, server, learner, drifting rig and a client", _demo_arguments),
     "bench": ("benchmarks that print side-by-side ratios", _bench_arguments),
 }
