@@ -211,6 +211,13 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0 if report.sent else 1
 
 
+def _consolidate_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.cli import consolidate
+
+    consolidate.add_arguments(p)
+    p.set_defaults(run=consolidate.run)
+
+
 def _models_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     from weldstream.cli import models
 
@@ -228,6 +235,8 @@ COMMANDS: dict[str, tuple[str, Filler]] = {
     "learn": ("learn continually from labeled scans on Kafka and publish versions", _learn_arguments),
     "import": ("check a folder of labeled scans (images + masks) and stream the good ones to Kafka",
                _import_arguments),
+    "consolidate": ("an offline pass (EWC, SI, LFL, replay or joint) over everything labeled, published through "
+                    "the learner's promotion guard", _consolidate_arguments),
     "models": ("the model registry: list, show, diff; pin, unpin, rollback what every server serves",
                _models_arguments),
     "demo": ("run the whole loop: broker, server, learner, drifting rig and a client", _demo_arguments),

@@ -91,7 +91,7 @@ async def import_folder(root: Path, cfg: ImportConfig, options: FolderOptions | 
                 report.skipped.append((str(pair.image), taken))
                 continue
             try:
-                message = await asyncio.to_thread(read_pair, pair, options)
+                message, _ = await asyncio.to_thread(read_pair, pair, options)
             except InvalidInput as exc:
                 report.skipped.append((str(pair.image), str(exc)))
                 continue

@@ -96,8 +96,9 @@ class Publisher:
                        for domain, scans in candidate.items() if domain in live}
         regressions = {domain: c for domain, c in comparisons.items()
                        if c.regressed(self.cfg.regression_tolerance, self.cfg.regression_confidence)}
+        # (The untrained version 0 "finds" defects at random: against it, no rule about going blind.)
         blind = [domain for domain, scans in candidate.items()
-                 if domain in live and finds_defects(live[domain]) and not finds_defects(scans)]
+                 if self.live_version and domain in live and finds_defects(live[domain]) and not finds_defects(scans)]
         if blind:
             # mIoU cannot fall below 0, so the bootstrap never flags a model that has gone blind on a
             # domain whose live version still finds its defects; refuse that outright.

@@ -30,7 +30,7 @@ from PIL import Image
 
 from weldstream.codec import array_to_tensor
 from weldstream.errors import InvalidInput
-from weldstream.learner.records import decode_record
+from weldstream.learner.records import LabeledSample, decode_record
 from weldstream.model import ModelConfig
 from weldstream.v1 import stream_pb2, tensor_pb2
 
@@ -89,8 +89,8 @@ def find_pairs(root: Path, options: FolderOptions) -> Iterator[Pair]:
                    options.rig_id)
 
 
-def read_pair(pair: Pair, options: FolderOptions) -> stream_pb2.LabeledScan:
-    """The LabeledScan for a pair, checked by the learner's decoder; InvalidInput says what is wrong."""
+def read_pair(pair: Pair, options: FolderOptions) -> tuple[stream_pb2.LabeledScan, LabeledSample]:
+    """The LabeledScan for a pair and what the learner's decoder makes of it; InvalidInput says what is wrong."""
     if not pair.domain:
         raise InvalidInput("domain", "is unknown: no domain column or folder names it; pass a default domain")
     if pair.mask is None:
@@ -112,9 +112,9 @@ def read_pair(pair: Pair, options: FolderOptions) -> stream_pb2.LabeledScan:
         image=tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=pair.image.read_bytes(), format=fmt)),
         mask=array_to_tensor(mask),
     )
-    decode_record(message.SerializeToString(), len(options.model.classes), options.model.in_channels,
-                  options.max_side)
-    return message
+    sample = decode_record(message.SerializeToString(), len(options.model.classes), options.model.in_channels,
+                           options.max_side)
+    return message, sample
 
 
 def read_mask(path: Path, binary_class: int) -> np.ndarray:
