@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import time
+from pathlib import Path
 
 import pytest
 
 from weldstream.model import ModelConfig, build_model
-from weldstream.registry import REGISTRY_FILE, Round, open_registry
+from weldstream.registry import REGISTRY_FILE, Round, open_configured, open_registry
 from weldstream.weight_store import WeightStore
 
 from .postgres import postgres_bin, running_postgres
@@ -127,3 +130,32 @@ def test_pin_and_served_version(tmp_path):
     store.unpin()
     store.unpin()  # twice is harmless
     assert store.pinned() is None and store.served() == 2
+
+
+def test_the_dashboards_registry_panels_query_a_real_postgresql_registry(tmp_path, postgres_url):
+    """Every SQL panel of the Grafana dashboard runs against the registry's schema and returns rows."""
+    dashboard = json.loads((Path(__file__).parents[1] / "deploy/grafana/weldstream-dashboard.json").read_text())
+    queries = [t["rawSql"] for p in dashboard["panels"] for t in p.get("targets", []) if "rawSql" in t]
+    assert len(queries) == 4
+    registry = open_registry(postgres_url, tmp_path)
+    try:
+        for table in ("versions", "scores", "rounds", "actions", "serving"):
+            registry._execute(f"DELETE FROM {table}")
+        store = WeightStore(tmp_path / "models")
+        registry.record_version(store.manifest(_publish(store, 0, 0.4)))
+        registry.record_round(Round("learner", "replay-gem", time.time(), 1.5, 4, 20, compared_with=0,
+                                    outcome="promoted", version=1))
+        registry.record_action("pin", 1, None, "ops")
+        registry.record_serving("a:1", 1)
+        for sql in queries:
+            # Grafana's macros: the dashboard's time range, here everything.
+            sql = sql.replace("$__unixEpochFrom()", "0").replace("$__unixEpochTo()", "99999999999")
+            assert registry._query(sql), sql
+    finally:
+        registry.close()
+
+
+def test_a_registry_that_cannot_be_opened_is_logged_without_its_password(tmp_path, caplog):
+    assert open_configured("off", tmp_path) is None
+    assert open_configured("postgresql://ops:s3cret@127.0.0.1:1/registry", tmp_path) is None  # nothing listens
+    assert "unavailable" in caplog.text and "s3cret" not in caplog.text and "ops:***@" in caplog.text

@@ -248,6 +248,14 @@ def registry_location(url: str, model_dir: Path | str) -> str:
     return url or str(Path(model_dir) / REGISTRY_FILE)
 
 
+def redacted(url: str, model_dir: Path | str) -> str:
+    """Where the registry is, for logs: never the password."""
+    parsed = urlparse(registry_location(url, model_dir))
+    if parsed.password is None:
+        return registry_location(url, model_dir)
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
+
+
 def open_registry(url: str, model_dir: Path | str) -> Registry:
     """'' (SQLite in the weight store), a file path or sqlite:///path, or postgresql://user:pw@host:port/db."""
     where = registry_location(url, model_dir)
@@ -262,7 +270,7 @@ def open_registry(url: str, model_dir: Path | str) -> Registry:
             user=unquote(parsed.username or "postgres"), password=unquote(parsed.password) if parsed.password else None,
             host=parsed.hostname or "127.0.0.1", port=parsed.port or 5432,
             database=parsed.path.lstrip("/") or "postgres", timeout=10)
-        return Registry(connection, "postgresql", f"postgresql://{parsed.hostname}:{parsed.port or 5432}{parsed.path}")
+        return Registry(connection, "postgresql", redacted(url, model_dir))
     if parsed.scheme not in ("", "sqlite"):
         raise ValueError(f"registry {url!r}: use a file path, sqlite:///path or postgresql://user@host:port/db")
     path = Path(parsed.path if parsed.scheme == "sqlite" else where)
@@ -275,8 +283,18 @@ def open_registry(url: str, model_dir: Path | str) -> Registry:
 
 
 def open_configured(url: str, model_dir: Path | str) -> Registry | None:
-    """The registry a process was configured with; None for 'off'."""
-    return None if url == OFF else open_registry(url, model_dir)
+    """The registry a long-running process (server, learner, job) writes to; None for 'off', or when it
+    cannot be opened (a read-only weight store, a database that is down): that is logged, and the
+    process goes on without one."""
+    if url == OFF:
+        return None
+    try:
+        return open_registry(url, model_dir)
+    except ValueError:
+        raise  # a malformed --registry is the operator's to fix now
+    except Exception as exc:  # any driver's or file system's error
+        log.warning("model registry %s unavailable (%s); going on without it", redacted(url, model_dir), exc)
+        return None
 
 
 def best_effort(registry: Registry | None, write: str, *args: Any, **kwargs: Any) -> None:
