@@ -8,6 +8,7 @@ Needs the ``consolidate`` (or ``bench``) extra.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +48,12 @@ def regularised_strategy(name: str, model: nn.Module, optimizer: torch.optim.Opt
 
     LFL needs the model wrapped in ``LFLSegmenter`` (features + a final nn.Linear) by the caller.
     """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No loggers specified")  # on purpose: scores are ours, not Avalanche's
+        evaluator = EvaluationPlugin(loggers=[])
     common: dict[str, Any] = dict(
         model=model, optimizer=optimizer, criterion=segmentation_loss, train_mb_size=train_mb_size,
-        train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins,
-        evaluator=EvaluationPlugin(loggers=[]),
+        train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
     )
     if name == "ewc":
         return EWC(ewc_lambda=strengths.ewc_lambda, mode="separate", **common)
