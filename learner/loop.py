@@ -147,6 +147,7 @@ class LearnerLoop:
     async def publish(self) -> Manifest | None:
         """The newly published version's manifest, or None (nothing new to judge, or refused)."""
         manifest = None
+        await asyncio.to_thread(self.sync_with_store)
         if self.learner.steps > self.steps_at_publish and self.validation.domains():
             offsets = [{"topic": tp.topic, "partition": tp.partition, "offset": o}
                        for tp, o in sorted(self.positions.items())]
@@ -174,6 +175,8 @@ class LearnerLoop:
             self.learner.adopt(stored.state_dict)
             self.publisher.adopt(version)
             self.dirty = True
+            # The adopted weights were judged by the job that published them: only later steps are new.
+            self.steps_at_publish = self.learner.steps
             adopted = version
             log.info("adopted consolidated version %d (%s); window %d scans, memory %s kept", version,
                      stored.manifest.strategy, len(self.learner.window), self.learner.memory.per_domain())
@@ -183,8 +186,7 @@ class LearnerLoop:
         return adopted
 
     def _judge(self, offsets: list[dict[str, int | str]]) -> Decision:
-        """In a worker thread: sync with the store, judge (and maybe publish), and record the round."""
-        self.sync_with_store()
+        """In a worker thread: judge (and maybe publish), and record the round."""
         decision = self.publisher.consider(self.learner, self.validation, offsets)
         now = time.time()
         version = decision.manifest.version if decision.manifest else None
