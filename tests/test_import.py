@@ -89,3 +89,15 @@ async def test_a_dry_run_checks_without_a_broker(tmp_path):
     # Without --binary-class the GDXray masks are refused too, saying what to pass.
     assert report.sent == 4 and len(report.skipped) == 7
     assert sum("--binary-class" in why for _, why in report.skipped) == 2
+
+
+def test_the_import_command_reports_what_it_would_send(tmp_path):
+    from .test_cli import weldstream
+
+    _broken_folder(tmp_path / "scans")
+    result = weldstream("import", str(tmp_path / "scans"), "--dry-run", "--binary-class", "1", "--mask-series",
+                        "W0001=W0002")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "would send 6 labeled scans (Welds/W0001: 2, rig-7: 2, ut-pe100-5mhz: 2); skipped 5"
+    assert len(lines) == 6 and all(line.startswith("  skipped ") for line in lines[1:])
