@@ -14,7 +14,7 @@ STRATEGIES = ("ewc", "si", "lfl", "joint", "replay")
 
 
 def parse_domains(text: str) -> tuple[str, ...]:
-    """'a,b' -> ('a', 'b'); '' -> () (every domain, in the order they arrived)."""
+    """'a,b' -> ('a', 'b'); '' -> () (every domain, in the order its first scan was labeled)."""
     return tuple(d.strip() for d in text.split(",") if d.strip())
 
 

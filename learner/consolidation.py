@@ -73,21 +73,30 @@ class Consolidation:
                  stop: threading.Event, progress: Callable[[int, int], None] = lambda done, total: None) -> None:
         self.cfg, self.corpus, self.store, self.device, self.stop = cfg, corpus, store, device, stop
         self.progress = progress
-        served = store.served()
-        self.started_from = 0 if cfg.from_scratch or served is None else served
-        stored = store.load(self.started_from, map_location=device) if self.started_from else None
-        self.model_config = stored.model_config if stored else ModelConfig()
-        self.model: nn.Module = build_model(self.model_config, seed=cfg.seed).to(device)
-        if stored is not None:
-            self.model.load_state_dict(stored.state_dict)
         smallest = min(min(s.x.shape[-2:]) for samples in corpus.train.values() for s in samples)
         self.crop = cfg.crop_size or auto_crop_size(device, smallest, smallest)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.domains = list(corpus.train)
         self.units = [f"epoch {i + 1}" for i in range(cfg.epochs)] if cfg.strategy == "joint" else self.domains
-        self.path = Path(cfg.model_dir) / PROGRESS_FILE
         self.signature = {"config": {k: v for k, v in asdict(cfg).items() if k in SIGNED}, "data": corpus.fingerprint(),
-                          "domains": self.domains, "started_from": self.started_from, "crop": self.crop}
+                          "domains": self.domains, "crop": self.crop}
+        self.path = Path(cfg.model_dir) / PROGRESS_FILE
+        self._saved = None if cfg.restart else load_checkpoint(self.path, device)
+        if self._saved is not None and self._saved["signature"] != self.signature:
+            log.warning("saved progress in %s is of another job (settings or data differ); starting afresh",
+                        self.path)
+            self._saved = None
+        # A resumed job goes on from the version it started from, whatever has been served since.
+        served = store.served()
+        if self._saved is not None:
+            self.started_from = int(self._saved["started_from"])
+        else:
+            self.started_from = 0 if cfg.from_scratch or served is None else served
+        stored = store.load(self.started_from, map_location=device) if self.started_from else None
+        self.model_config = stored.model_config if stored else ModelConfig()
+        self.model: nn.Module = build_model(self.model_config, seed=cfg.seed).to(device)
+        if stored is not None:
+            self.model.load_state_dict(stored.state_dict)
         self.steps = 0
 
     # -- batches
@@ -130,7 +139,8 @@ class Consolidation:
             trainer.load(self.saved["trainer"])
         for index in range(done, len(self.units)):
             trainer.train_unit(index)
-            save_checkpoint(self.path, {"signature": self.signature, "done": index + 1, "steps": self.steps,
+            save_checkpoint(self.path, {"signature": self.signature, "started_from": self.started_from,
+                                        "done": index + 1, "steps": self.steps,
                                         "offsets": self.corpus.offsets,
                                         "model": trainer.model_state(), "trainer": trainer.state(),
                                         "generator": self.generator.get_state()})
@@ -142,12 +152,8 @@ class Consolidation:
 
     def _resume(self) -> int:
         self.saved: dict[str, Any] = {}
-        state = None if self.cfg.restart else load_checkpoint(self.path, self.device)
+        state, self._saved = self._saved, None
         if state is None:
-            return 0
-        if state["signature"] != self.signature:
-            log.warning("saved progress in %s is of another job (settings or data differ); starting afresh",
-                        self.path)
             return 0
         self.saved = state
         self.steps = state["steps"]

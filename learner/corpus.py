@@ -49,8 +49,16 @@ class Corpus:
         return self
 
     def fingerprint(self) -> str:
-        """Names exactly these scans: a resumed job must see the same data."""
-        return hashlib.sha256("\n".join(self._ids).encode()).hexdigest()[:16]
+        """Names exactly these scans, in any order: a resumed job must see the same data."""
+        return hashlib.sha256("\n".join(sorted(self._ids)).encode()).hexdigest()[:16]
+
+    def in_label_order(self) -> Corpus:
+        """Domains in the order their first scan was labeled, each domain's scans likewise (scan id breaks
+        ties): the same order however the topic's partitions were interleaved when it was read."""
+        for samples in self.train.values():
+            samples.sort(key=lambda s: (s.labeled_at, s.scan_id))
+        self.train = dict(sorted(self.train.items(), key=lambda item: (item[1][0].labeled_at, item[0])))
+        return self
 
     def scans(self) -> int:
         return sum(len(s) for s in self.train.values())
@@ -92,6 +100,7 @@ async def read_labeled_topic(bootstrap: str, topic: str, model: ModelConfig, hol
                     remaining.discard(tp)
     finally:
         await consumer.stop()
+    corpus.in_label_order()
     corpus.offsets = [{"topic": topic, "partition": p, "offset": o} for p, o in sorted(ends.items())]
     log.info("replayed %s up to %s: %d training scans in %d domains, %d held out, %d invalid", topic, ends,
              corpus.scans(), len(corpus.train), sum(corpus.validation.size(d) for d in corpus.validation.domains()),

@@ -140,15 +140,17 @@ class InferenceServer:
 
 async def serve(cfg: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order."""
+    # Handlers first: a SIGTERM that arrives while the server starts (health may already say SERVING
+    # before the collector is frozen) still ends in an orderly shutdown instead of killing the process.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = InferenceServer(cfg)
     await server.start()
     # Everything alive now (torch, the models, protobuf descriptors) lives as long as the process: keep
     # it out of the cyclic collector's full passes, which would otherwise stall requests for tens of ms.
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(stop.wait())
     crashed = asyncio.create_task(server.swapper.wait_failed())
     done, _ = await asyncio.wait({waiter, crashed}, return_when=asyncio.FIRST_COMPLETED)

@@ -77,12 +77,20 @@ def test_a_stopped_joint_job_resumes_from_its_last_finished_unit(tmp_path):
     with pytest.raises(Stopped):
         first.run()
     assert (cfg.model_dir / PROGRESS_FILE).exists() and store.latest() is None
+    # Meanwhile the online learner publishes: the resumed job still goes on from where it started.
+    background = build_model(ModelConfig(), seed=9)
+    with torch.no_grad():  # a served version that finds nothing, so any candidate passes the guard
+        background.segmentation_head[0].weight.zero_()
+        background.segmentation_head[0].bias.copy_(torch.tensor([10.0, 0, 0, 0, 0]))
+    store.publish(background.state_dict(), ModelConfig(), parent_version=0)
 
     second = Consolidation(cfg, read_folder(tmp_path / "scans", ModelConfig(), cfg.holdout_share), store, CPU,
                            threading.Event())
     outcome = second.run()
     assert outcome.resumed_units == 1 and outcome.units == 2 and outcome.steps == second.total_steps()
-    assert outcome.decision.promoted and store.manifest(1).strategy == "consolidate-joint"
+    assert outcome.started_from == 0 and outcome.decision.compared_with == 1  # judged against what is served
+    assert outcome.decision.promoted and store.manifest(2).strategy == "consolidate-joint"
+    assert store.manifest(2).parent_version == 0
     assert not (cfg.model_dir / PROGRESS_FILE).exists()
 
 
