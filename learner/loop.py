@@ -70,6 +70,7 @@ class LearnerLoop:
     def _restore(self) -> None:
         state = load_checkpoint(checkpoint_path(self.cfg.model_dir), self.device)
         if state is None:
+            self._start_from_store()
             return
         # The version the checkpointed weights descend from (a consolidation published since then is
         # adopted afterwards, not taken for the learner's own).
@@ -82,6 +83,23 @@ class LearnerLoop:
         log.info("resumed from checkpoint: step %d, %d steps of budget left, %d scans in the window, memory %s",
                  self.learner.steps, self.learner.remaining(), len(self.learner.window),
                  self.learner.memory.per_domain())
+
+    def _start_from_store(self) -> None:
+        """No checkpoint, but versions in the store (say a first version trained by `weldstream consolidate
+        --strategy joint` on a new installation): learn on from the newest instead of from fresh weights,
+        so the next version really descends from the parent it names."""
+        if not self.publisher.parent_version:
+            return
+        try:
+            stored = self.store.load(self.publisher.parent_version, map_location=self.device)
+        except CorruptVersion as exc:
+            log.error("cannot start from version %d (%s); starting from fresh weights", self.publisher.parent_version,
+                      exc)
+            self.publisher.parent_version = 0
+            return
+        self.learner.adopt(stored.state_dict)
+        log.info("no checkpoint: learning on from version %d (%s)", stored.manifest.version,
+                 stored.manifest.strategy or "unnamed strategy")
 
     # -- stage 1: one Kafka record -> training sample, validation sample, or the error that dead-letters it
     def accept(self, message: ConsumerRecord) -> InvalidInput | None:
