@@ -194,6 +194,37 @@ def _run_bench_gem(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.learner.importer import ImportConfig
+
+    p.add_argument("folder", type=Path, help="images and masks: an index CSV, images/ + masks/, or series folders")
+    add_settings(p, ImportConfig)
+    p.set_defaults(run=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from weldstream.learner.importer import ImportConfig, import_folder
+
+    cfg = config_from_args(ImportConfig, args)
+    report = asyncio.run(import_folder(args.folder, cfg))
+    print(report.summary("would send" if cfg.dry_run else f"sent to {cfg.topic} on {cfg.kafka}:"))
+    return 0 if report.sent else 1
+
+
+def _consolidate_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.cli import consolidate
+
+    consolidate.add_arguments(p)
+    p.set_defaults(run=consolidate.run)
+
+
+def _models_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.cli import models
+
+    models.add_arguments(p)
+    p.set_defaults(run=models.run)
+
+
 Filler = Callable[[argparse.ArgumentParser, list[str]], None]
 
 COMMANDS: dict[str, tuple[str, Filler]] = {
@@ -202,6 +233,12 @@ COMMANDS: dict[str, tuple[str, Filler]] = {
     "simulate": ("generate labeled weld scans: to a folder (--out) or to Kafka (--kafka)", _simulate_arguments),
     "broker": ("run the embedded Kafka-protocol broker (Tansu, in memory) on loopback", _broker_arguments),
     "learn": ("learn continually from labeled scans on Kafka and publish versions", _learn_arguments),
+    "import": ("check a folder of labeled scans (images + masks) and stream the good ones to Kafka",
+               _import_arguments),
+    "consolidate": ("an offline pass (EWC, SI, LFL, replay or joint) over everything labeled, published through "
+                    "the learner's promotion guard", _consolidate_arguments),
+    "models": ("the model registry: list, show, diff; pin, unpin, rollback what every server serves",
+               _models_arguments),
     "demo": ("run the whole loop: broker, server, learner, drifting rig and a client", _demo_arguments),
     "bench": ("benchmarks that print side-by-side ratios", _bench_arguments),
 }

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from weldstream.model import ModelConfig
+from weldstream.registry import REGISTRY_HELP
 from weldstream.replay import StepConfig
 from weldstream.settings import setting
 from weldstream.topics import DEAD_LETTER, DEFAULT_KAFKA, LABELED_SCANS, MODELS
@@ -16,6 +17,7 @@ from weldstream.weight_store import DEFAULT_MODEL_DIR
 class LearnerConfig:
     kafka: str = setting(DEFAULT_KAFKA, help="Kafka bootstrap HOST:PORT")
     model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
+    registry: str = setting("", help=REGISTRY_HELP)
     metrics_port: int = setting(8003, help="Prometheus /metrics port (-1: off)")
     metrics_host: str = "0.0.0.0"
     group_id: str = setting("weldstream-learner", help="Kafka consumer group")

@@ -1,4 +1,4 @@
-"""The learner's Kafka I/O: consumer, producer, rebalance listener, dead letters and announcements.
+"""The learner's Kafka I/O: consumer, producer, rebalance listener and dead letters.
 
 Everything that talks to a broker lives here, so the learner's stages (``loop.LearnerLoop``) are plain
 methods that can be tested without one.
@@ -9,12 +9,9 @@ from __future__ import annotations
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from weldstream.errors import InvalidInput
 from weldstream.learner.config import LearnerConfig
-from weldstream.v1 import stream_pb2
-from weldstream.weight_store import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +64,6 @@ async def send_dead_letter(producer: AIOKafkaProducer, topic: str, message: Cons
     await producer.send_and_wait(topic, message.value or b"", key=message.key,
                                  headers=dead_letter_headers(message, exc))
     log.warning("dead-lettered %s@%d:%d: %s", message.topic, message.partition, message.offset, exc)
-
-
-def announcement(manifest: Manifest) -> stream_pb2.ModelAnnouncement:
-    """The weld.models message for a published version (the store stays the source of truth)."""
-    published = Timestamp()
-    published.FromSeconds(int(manifest.created_at))
-    newest = Timestamp()
-    newest.FromNanoseconds(int(manifest.newest_label_at * 1e9))
-    message = stream_pb2.ModelAnnouncement(
-        model_name="weld-seg", version=manifest.version, parent_version=manifest.parent_version,
-        sha256=manifest.sha256, published_at=published, strategy=manifest.strategy,
-        location=f"versions/{manifest.version:08d}", newest_label_at=newest,
-    )
-    for domain, score in sorted(manifest.scores.items()):
-        message.scores.add(domain=domain, miou=score["miou"], dice=score["dice"], samples=int(score["samples"]))
-    for offset in manifest.offsets:
-        message.offsets.add(topic=offset["topic"], partition=offset["partition"], offset=offset["offset"])
-    return message
-
-
-async def announce(producer: AIOKafkaProducer, topic: str, manifest: Manifest) -> None:
-    """Tell every server a new version is in the store."""
-    await producer.send_and_wait(topic, announcement(manifest).SerializeToString(), key=b"weld-seg")
 
 
 def consumer_lag(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> int:

@@ -16,17 +16,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import start_http_server
 
-from weldstream.errors import InvalidInput
+from weldstream.announcements import announce, follow_announcements
+from weldstream.errors import CorruptVersion, InvalidInput
 from weldstream.learner import kafka_io
 from weldstream.learner.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.holdout import ValidationSets, is_held_out
 from weldstream.learner.ledger import Entry, Ledger
 from weldstream.learner.metrics import LearnerMetrics
-from weldstream.learner.publisher import Decision, Publisher
+from weldstream.learner.publisher import CONSOLIDATED, Decision, Publisher
 from weldstream.learner.records import decode_record
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.model import resolve_device
+from weldstream.registry import Round, best_effort, open_configured
 from weldstream.replay import StepStats
 from weldstream.topics import ensure_topics
 from weldstream.weight_store import Manifest, WeightStore
@@ -57,13 +59,22 @@ class LearnerLoop:
         self.last_publish = time.monotonic()
         self.dirty = False  # consumed something not yet in a checkpoint
         self.scans_at_checkpoint = 0
-        self._restore()
         self.publisher = Publisher(cfg, self.store, self.device)
+        self._restore()
+        self.registry = open_configured(cfg.registry, cfg.model_dir)
+        best_effort(self.registry, "sync", self.store)
+        self.round_started = time.time()
+        self.scans_at_round = self.learner.scans_learned
+        self.steps_at_round = self.learner.steps
 
     def _restore(self) -> None:
         state = load_checkpoint(checkpoint_path(self.cfg.model_dir), self.device)
         if state is None:
+            self._start_from_store()
             return
+        # The version the checkpointed weights descend from (a consolidation published since then is
+        # adopted afterwards, not taken for the learner's own).
+        self.publisher.parent_version = state.get("parent_version", self.publisher.parent_version)
         self.learner.load_state_dict(state["learner"])
         self.validation.load_state_dict(state["validation"])
         self.positions = {TopicPartition(t, p): o for (t, p), o in state["positions"].items()}
@@ -72,6 +83,23 @@ class LearnerLoop:
         log.info("resumed from checkpoint: step %d, %d steps of budget left, %d scans in the window, memory %s",
                  self.learner.steps, self.learner.remaining(), len(self.learner.window),
                  self.learner.memory.per_domain())
+
+    def _start_from_store(self) -> None:
+        """No checkpoint, but versions in the store (say a first version trained by `weldstream consolidate
+        --strategy joint` on a new installation): learn on from the newest instead of from fresh weights,
+        so the next version really descends from the parent it names."""
+        if not self.publisher.parent_version:
+            return
+        try:
+            stored = self.store.load(self.publisher.parent_version, map_location=self.device)
+        except CorruptVersion as exc:
+            log.error("cannot start from version %d (%s); starting from fresh weights", self.publisher.parent_version,
+                      exc)
+            self.publisher.parent_version = 0
+            return
+        self.learner.adopt(stored.state_dict)
+        log.info("no checkpoint: learning on from version %d (%s)", stored.manifest.version,
+                 stored.manifest.strategy or "unnamed strategy")
 
     # -- stage 1: one Kafka record -> training sample, validation sample, or the error that dead-letters it
     def accept(self, message: ConsumerRecord) -> InvalidInput | None:
@@ -137,15 +165,60 @@ class LearnerLoop:
     async def publish(self) -> Manifest | None:
         """The newly published version's manifest, or None (nothing new to judge, or refused)."""
         manifest = None
+        await asyncio.to_thread(self.sync_with_store)
         if self.learner.steps > self.steps_at_publish and self.validation.domains():
             offsets = [{"topic": tp.topic, "partition": tp.partition, "offset": o}
                        for tp, o in sorted(self.positions.items())]
-            decision = await asyncio.to_thread(self.publisher.consider, self.learner, self.validation, offsets)
+            decision = await asyncio.to_thread(self._judge, offsets)
             self._record(decision)
             manifest = decision.manifest
             self.steps_at_publish = self.learner.steps
         self.last_publish = time.monotonic()
         return manifest
+
+    def sync_with_store(self) -> int | None:
+        """Adopt a consolidated version newer than the learner's lineage, and compare future candidates
+        with what the servers serve now. Returns the adopted version, if any."""
+        adopted = None
+        for version in reversed(self.store.versions()):
+            if version <= self.publisher.parent_version:
+                break
+            if not self.store.manifest(version).strategy.startswith(CONSOLIDATED):
+                continue
+            try:
+                stored = self.store.load(version, map_location=self.device)
+            except CorruptVersion as exc:
+                log.error("cannot adopt version %d: %s", version, exc)
+                continue
+            self.learner.adopt(stored.state_dict)
+            self.publisher.adopt(version)
+            self.dirty = True
+            # The adopted weights were judged by the job that published them: only later steps are new.
+            self.steps_at_publish = self.learner.steps
+            adopted = version
+            log.info("adopted consolidated version %d (%s); window %d scans, memory %s kept", version,
+                     stored.manifest.strategy, len(self.learner.window), self.learner.memory.per_domain())
+            best_effort(self.registry, "record_action", "adopt", version, None, "learner", stored.manifest.strategy)
+            break
+        self.publisher.follow_served()
+        return adopted
+
+    def _judge(self, offsets: list[dict[str, int | str]]) -> Decision:
+        """In a worker thread: judge (and maybe publish), and record the round."""
+        decision = self.publisher.consider(self.learner, self.validation, offsets)
+        now = time.time()
+        version = decision.manifest.version if decision.manifest else None
+        if decision.manifest is not None:
+            best_effort(self.registry, "record_version", decision.manifest)
+        best_effort(self.registry, "record_round", Round(
+            "learner", self.cfg.step.strategy, self.round_started, now - self.round_started,
+            scans=self.learner.scans_learned - self.scans_at_round, steps=self.learner.steps - self.steps_at_round,
+            compared_with=decision.compared_with, outcome="promoted" if decision.promoted else "refused",
+            version=version, reason=decision.reason, offsets=offsets,
+            scores={d: {"miou": s.miou, "dice": s.dice, "samples": s.samples} for d, s in decision.scores.items()}))
+        self.round_started = now
+        self.scans_at_round, self.steps_at_round = self.learner.scans_learned, self.learner.steps
+        return decision
 
     def _record(self, decision: Decision) -> None:
         self.metrics.versions.labels("published" if decision.promoted else "refused").inc()
@@ -159,7 +232,8 @@ class LearnerLoop:
         if not self.dirty and self.learner.steps == self.steps_at_checkpoint:
             return False
         state = {"learner": self.learner.state_dict(), "validation": self.validation.state_dict(),
-                 "positions": {(tp.topic, tp.partition): o for tp, o in self.positions.items()}}
+                 "positions": {(tp.topic, tp.partition): o for tp, o in self.positions.items()},
+                 "parent_version": self.publisher.parent_version}
         await asyncio.to_thread(self.ledger.flush)
         await asyncio.to_thread(save_checkpoint, checkpoint_path(self.cfg.model_dir), state)
         self.dirty = False
@@ -172,7 +246,7 @@ async def publish_and_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer, prod
     """Judge a candidate, announce it if published, then checkpoint and only then commit offsets."""
     manifest = await loop.publish()
     if manifest is not None:
-        await kafka_io.announce(producer, loop.cfg.models_topic, manifest)
+        await announce(producer, loop.cfg.models_topic, manifest)
     if not await loop.checkpoint() or not loop.positions:
         return
     try:
@@ -197,6 +271,11 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
     producer = kafka_io.open_producer(cfg)
     consumer = kafka_io.open_consumer(cfg, loop.positions)
     await producer.start()
+    # weld.models tells the learner about pins, rollbacks and consolidated versions at once; the store
+    # is looked at again before every judgement anyway, so a missed announcement only delays adoption.
+    announced = asyncio.Event()
+    follower = asyncio.create_task(follow_announcements(cfg.kafka, cfg.models_topic, lambda _: announced.set()),
+                                   name="follow-models")
     try:
         await consumer.start()
         log.info("learning from %s on %s (strategy %s, device %s)", cfg.topic, cfg.kafka, cfg.step.strategy,
@@ -216,7 +295,12 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
                 loop.record_steps(training.result())
                 training = None
             loop.metrics.lag.set(kafka_io.consumer_lag(consumer, loop.positions))
+            if follower.done():
+                follower.result()  # it only ends by failing: re-raise here
             if training is None:
+                if announced.is_set():
+                    announced.clear()
+                    await asyncio.to_thread(loop.sync_with_store)
                 if loop.publish_due():
                     await publish_and_commit(loop, consumer, producer)
                 if loop.learner.has_work():
@@ -226,10 +310,14 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
             loop.record_steps(await training)
         await publish_and_commit(loop, consumer, producer)
     finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
         try:
             await consumer.stop()
         finally:
             await producer.stop()
             if http is not None:
                 http.shutdown()
+            if loop.registry is not None:
+                loop.registry.close()
         log.info("learner stopped at step %d", loop.learner.steps)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from weldstream.errors import CorruptVersion
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.holdout import ValidationSets
 from weldstream.learner.regression import Comparison, compare
@@ -24,6 +25,8 @@ from weldstream.scoring import SegmentationScore, score_confusion
 from weldstream.weight_store import Manifest, WeightStore
 
 log = logging.getLogger(__name__)
+# Versions from an offline consolidation job carry this strategy prefix; the online learner adopts them.
+CONSOLIDATED = "consolidate-"
 
 
 @dataclass(frozen=True)
@@ -33,23 +36,47 @@ class Decision:
     live_scores: dict[str, SegmentationScore]
     regressions: dict[str, Comparison] = field(default_factory=dict)  # domains that really dropped
     manifest: Manifest | None = None
+    compared_with: int = 0  # the served version the candidate was judged against
+    candidate_scans: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    reason: str = ""  # why it was refused
 
 
 class Publisher:
-    """Keeps the live version's weights beside the learner so both are scored on the same scans."""
+    """Keeps the served version's weights beside the trainer so both are scored on the same scans.
+
+    Two version numbers matter: ``live_version`` is what the servers serve now (the newest version, or
+    an operator's pin), which every candidate is compared with; ``parent_version`` is what the trainer's
+    weights descend from (its last published or adopted version), which a new version names as its parent.
+    They differ only while a pin holds the servers on an older version.
+    """
 
     def __init__(self, cfg: LearnerConfig, store: WeightStore, device: torch.device) -> None:
         self.cfg = cfg
         self.store = store
         self.device = device
         self.live_version = 0
+        self.parent_version = store.latest() or 0
         self._live_model: nn.Module = build_model(cfg.model, seed=cfg.seed).to(device).eval()
         self._live_scans: dict[str, tuple[int, np.ndarray]] = {}  # domain -> (validation revision, per scan)
-        latest = store.latest()
-        if latest is not None:
-            stored = store.load(latest, map_location=device)
-            self._live_model.load_state_dict(stored.state_dict)
-            self.live_version = latest
+        self.follow_served()
+
+    def follow_served(self) -> bool:
+        """Compare candidates with what the servers serve now (a pin, rollback or another trainer's
+        version changes it); True if the baseline changed."""
+        served = self.store.served()
+        if served is None or served == self.live_version:
+            return False
+        try:
+            stored = self.store.load(served, map_location=self.device)
+        except (CorruptVersion, FileNotFoundError) as exc:
+            log.error("cannot compare with served version %d (%s); keeping version %d", served, exc,
+                      self.live_version)
+            return False
+        self._live_model.load_state_dict(stored.state_dict)
+        self.live_version = served
+        self._live_scans = {}
+        log.info("candidates are compared with served version %d from now on", served)
+        return True
 
     def _score_live(self, validation: ValidationSets) -> dict[str, np.ndarray]:
         """The live version's per-scan results, re-scored only on domains whose validation set changed."""
@@ -60,37 +87,66 @@ class Publisher:
                 self._live_scans[domain] = (validation.revision(domain), scans)
         return {domain: scans for domain, (_, scans) in self._live_scans.items()}
 
-    def consider(self, learner: ContinualLearner, validation: ValidationSets,
-                 offsets: list[dict[str, int | str]]) -> Decision:
-        """Score the learner's model; publish it as a new version unless some domain regressed."""
-        candidate = validation.scan_confusions(learner.model, self.device)
+    def judge(self, model: nn.Module, validation: ValidationSets, seed: int) -> Decision:
+        """Score a candidate on every domain beside the served version; promoted unless a domain regressed."""
+        candidate = validation.scan_confusions(model, self.device)
         live = self._score_live(validation)
         scores, live_scores = _scores(candidate), _scores(live)
-        comparisons = {domain: compare(live[domain], scans, seed=learner.steps)
+        comparisons = {domain: compare(live[domain], scans, seed=seed)
                        for domain, scans in candidate.items() if domain in live}
         regressions = {domain: c for domain, c in comparisons.items()
                        if c.regressed(self.cfg.regression_tolerance, self.cfg.regression_confidence)}
+        # (The untrained version 0 "finds" defects at random: against it, no rule about going blind.)
         blind = [domain for domain, scans in candidate.items()
-                 if domain in live and finds_defects(live[domain]) and not finds_defects(scans)]
+                 if self.live_version and domain in live and finds_defects(live[domain]) and not finds_defects(scans)]
         if blind:
             # mIoU cannot fall below 0, so the bootstrap never flags a model that has gone blind on a
             # domain whose live version still finds its defects; refuse that outright.
-            log.warning("refused candidate after step %d: it finds no defect on %s, the live version does",
-                        learner.steps, blind)
-            return Decision(False, scores, live_scores, {d: comparisons[d] for d in blind})
+            reason = f"finds no defect on {blind}, served version {self.live_version} does"
+            log.warning("refused candidate (seed %d): it %s", seed, reason)
+            return Decision(False, scores, live_scores, {d: comparisons[d] for d in blind},
+                            compared_with=self.live_version, reason=reason)
         if regressions:
-            log.warning("refused candidate after step %d: regressed %s; scores %s", learner.steps,
-                        {d: f"-{c.drop:.4f} (confidence {c.confidence:.2f}, {c.samples} scans)"
-                         for d, c in regressions.items()}, _brief(scores))
-            return Decision(False, scores, live_scores, regressions)
+            reason = "regressed " + ", ".join(
+                f"{d} -{c.drop:.4f} (confidence {c.confidence:.2f}, {c.samples} scans)" for d, c in regressions.items())
+            log.warning("refused candidate (seed %d): %s against version %d; scores %s", seed, reason,
+                        self.live_version, _brief(scores))
+            return Decision(False, scores, live_scores, regressions, compared_with=self.live_version, reason=reason)
+        return Decision(True, scores, live_scores, compared_with=self.live_version, candidate_scans=candidate)
 
-        label_times = learner.label_times
+    def publish(self, model: nn.Module, decision: Decision, validation: ValidationSets, **details) -> Decision:
+        """Write a promoted candidate as a new version; the servers follow it unless a pin holds them."""
+        assert decision.promoted, "only a promoted candidate is published"
         manifest = self.store.publish(
-            learner.model.state_dict(), self.cfg.model,
-            parent_version=self.live_version,
+            model.state_dict(), self.cfg.model, parent_version=self.parent_version,
+            scores={d: {"miou": s.miou, "dice": s.dice, "samples": s.samples} for d, s in decision.scores.items()},
+            **details)
+        self.parent_version = manifest.version
+        if self.store.pinned() is None:
+            self.live_version = manifest.version
+            self._live_model.load_state_dict(model.state_dict())
+            self._live_scans = {domain: (validation.revision(domain), scans)
+                                for domain, scans in decision.candidate_scans.items()}
+        log.info("published version %d (parent %d): %s", manifest.version, manifest.parent_version,
+                 _brief(decision.scores))
+        return replace(decision, manifest=manifest, candidate_scans={})
+
+    def adopt(self, version: int) -> None:
+        """Another trainer's version (a consolidation) is now what the learner's weights descend from."""
+        self.parent_version = max(self.parent_version, version)
+        self.follow_served()
+
+    def consider(self, learner: ContinualLearner, validation: ValidationSets,
+                 offsets: list[dict[str, int | str]]) -> Decision:
+        """Score the learner's model; publish it as a new version unless some domain regressed."""
+        decision = self.judge(learner.model, validation, seed=learner.steps)
+        if not decision.promoted:
+            return decision
+        label_times = learner.label_times
+        decision = self.publish(
+            learner.model, decision, validation,
             strategy=self.cfg.step.strategy,
             offsets=offsets,
-            scores={d: {"miou": s.miou, "dice": s.dice, "samples": s.samples} for d, s in scores.items()},
             metrics={
                 "steps": learner.steps,
                 "scans_learned": learner.scans_learned,
@@ -103,11 +159,7 @@ class Publisher:
             newest_label_at=max(label_times, default=0.0),
         )
         learner.label_times = []
-        self.live_version = manifest.version
-        self._live_model.load_state_dict(learner.model.state_dict())
-        self._live_scans = {domain: (validation.revision(domain), scans) for domain, scans in candidate.items()}
-        log.info("published version %d (parent %d): %s", manifest.version, manifest.parent_version, _brief(scores))
-        return Decision(True, scores, live_scores, {}, manifest)
+        return decision
 
 
 def finds_defects(per_scan: np.ndarray) -> bool:

@@ -49,8 +49,7 @@ class ContinualLearner:
         self.model = build_model(cfg.model, seed=cfg.seed).to(device).train()
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = self._new_optimizer()
         self.memory = ReplayMemory(cfg.memory_per_domain, device=device, seed=cfg.seed)
         self.references = ReferenceGradients()
         self.window = TrainingWindow(cfg.window_scans, cfg.window_mb << 20, device)
@@ -63,6 +62,18 @@ class ContinualLearner:
         self.scans_learned = 0
         # Label times of scans trained since the last publish, for freshness accounting.
         self.label_times: list[float] = []
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.learning_rate,
+                                 weight_decay=self.cfg.weight_decay)
+
+    def adopt(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Continue from another trainer's weights (a consolidated version). The window, the memory and
+        the step budget stay; the optimiser starts afresh (its moments belonged to the old weights) and
+        GEM's reference gradients are recomputed on the new ones."""
+        self.model.load_state_dict(state_dict)
+        self.optimizer = self._new_optimizer()
+        self.references.clear()
 
     # -- the event loop's side
     def add(self, sample: LabeledSample) -> None:

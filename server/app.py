@@ -6,6 +6,8 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import grpc
@@ -16,6 +18,7 @@ from prometheus_client import start_http_server
 
 from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, resolve_device
+from weldstream.registry import best_effort, open_configured
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.kserve_service import InferenceServicer
@@ -35,12 +38,12 @@ SERVICE_NAMES = (
 
 
 def initial_model(store: WeightStore, device: torch.device) -> LoadedModel:
-    """The newest stored version, or a fresh untrained version 0 when the store is empty."""
-    latest = store.latest()
-    if latest is None:
+    """The pinned or newest stored version, or a fresh untrained version 0 when the store is empty."""
+    served = store.served()
+    if served is None:
         log.warning("no model version in %s; serving an untrained version 0", store.root)
         return fresh_model(ModelConfig(), device)
-    return load_version(store, latest, device)
+    return load_version(store, served, device)
 
 
 class InferenceServer:
@@ -89,7 +92,15 @@ class InferenceServer:
             self.metrics_port = http.server_port
             self._stack.callback(http.shutdown)
 
-        self.swapper = Swapper(cfg, self.store, self.slot, self.metrics, on_swap=self._publish_model_metrics)
+        # The registry's serving history is written on a thread of its own: a slow or absent database
+        # never holds up a swap or a request.
+        self.registry = await asyncio.to_thread(open_configured, cfg.registry, cfg.model_dir)
+        self.name = cfg.server_name or f"{socket.gethostname()}:{self.port}"
+        registry_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
+        self._stack.callback(self._close_registry, registry_thread)
+        self._registry_thread = registry_thread
+        self._record_serving()
+        self.swapper = Swapper(cfg, self.store, self.slot, self.metrics, on_swap=self._swapped)
         await self.swapper.start()
         self._stack.push_async_callback(self.swapper.close)
 
@@ -98,6 +109,20 @@ class InferenceServer:
         self.ready.set()
         log.info("serving %s v%d on %s:%d (metrics :%s, device %s)", cfg.model_name, self.slot.current().version,
                  cfg.host, self.port, self.metrics_port, self.device)
+
+    def _swapped(self) -> None:
+        self._publish_model_metrics()
+        self._record_serving()
+
+    def _record_serving(self) -> None:
+        if self.registry is not None:
+            self._registry_thread.submit(best_effort, self.registry, "record_serving", self.name,
+                                         self.slot.current().version)
+
+    def _close_registry(self, thread: ThreadPoolExecutor) -> None:
+        thread.shutdown(wait=True)
+        if self.registry is not None:
+            self.registry.close()
 
     def _publish_model_metrics(self) -> None:
         live = self.slot.current()
@@ -115,15 +140,17 @@ class InferenceServer:
 
 async def serve(cfg: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order."""
+    # Handlers first: a SIGTERM that arrives while the server starts (health may already say SERVING
+    # before the collector is frozen) still ends in an orderly shutdown instead of killing the process.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = InferenceServer(cfg)
     await server.start()
     # Everything alive now (torch, the models, protobuf descriptors) lives as long as the process: keep
     # it out of the cyclic collector's full passes, which would otherwise stall requests for tens of ms.
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(stop.wait())
     crashed = asyncio.create_task(server.swapper.wait_failed())
     done, _ = await asyncio.wait({waiter, crashed}, return_when=asyncio.FIRST_COMPLETED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from weldstream.registry import REGISTRY_HELP
 from weldstream.settings import optional_text, setting
 from weldstream.topics import DEFAULT_KAFKA, MODELS
 from weldstream.weight_store import DEFAULT_MODEL_DIR
@@ -15,6 +16,9 @@ MODEL_NAME = "weld-seg"
 @dataclass(frozen=True)
 class ServerConfig:
     model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
+    registry: str = setting("", help=REGISTRY_HELP)
+    # How this replica appears in the registry's serving history.
+    server_name: str = setting("", help="this replica's name in the registry ('' : hostname:grpc-port)")
     host: str = setting("0.0.0.0", help="address the gRPC server listens on")
     grpc_port: int = setting(8001, help="gRPC port (native Segmenter + KServe v2)")
     metrics_port: int = setting(8002, help="Prometheus /metrics port (-1: off)")

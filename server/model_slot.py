@@ -36,7 +36,7 @@ class LoadedModel:
 
 
 class ModelSlot:
-    """Holds the live LoadedModel; swap() only ever moves forward in version."""
+    """Holds the live LoadedModel; swap() moves forward in version unless told a pin wants an older one."""
 
     def __init__(self, initial: LoadedModel, spare: LoadedModel | None = None) -> None:
         self._current = initial
@@ -62,11 +62,13 @@ class ModelSlot:
                     del self._users[id(loaded.module)]
                 self._changed.notify_all()
 
-    def swap(self, candidate: LoadedModel) -> bool:
-        """Install candidate if it is newer than the live version; returns whether it was installed."""
+    def swap(self, candidate: LoadedModel, older: bool = False) -> bool:
+        """Install candidate if it is newer than the live version (or, with ``older``, any other version:
+        an operator's pin or rollback); returns whether it was installed."""
         with self._changed:
             live = self._current
-            if candidate.version <= live.version and not live.untrained:
+            stale = candidate.version < live.version and not older
+            if (stale or candidate.version == live.version) and not live.untrained:
                 return False
             self._current = candidate
             if live.module is not candidate.module:

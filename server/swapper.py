@@ -1,9 +1,10 @@
 """Hot swap: bring newer versions from the weight store into the model slot without stopping inference.
 
 Two triggers feed one loop: announcements on Kafka (`weld.models`, immediate) and a periodic poll of
-the weight store (the fallback when Kafka is down or a message was missed). Loading, checksum
-verification and warm-up happen beside the live model on the low-priority loader thread, into the
-module the previous swap retired; only then is the slot swapped.
+the weight store (the fallback when Kafka is down or a message was missed). The store says what to
+serve: an operator's pin (held, even when it is older than the live version) or else the newest
+version. Loading, checksum verification and warm-up happen beside the live model on the low-priority
+loader thread, into the module the previous swap retired; only then is the slot swapped.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ class Swapper:
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._swap_loop(), name="swap-loop"))
         if self._cfg.kafka:
-            from weldstream.server.announcements import follow_announcements
+            from weldstream.announcements import follow_announcements
 
             self._tasks.append(asyncio.create_task(
                 follow_announcements(self._cfg.kafka, self._cfg.models_topic, self.notify), name="follow-models"))
         for task in self._tasks:
             task.add_done_callback(self._check_task)
 
-    def notify(self, version: int | None = None) -> None:
+    def notify(self, announcement: object = None) -> None:
         """Something new may be in the store; look now instead of at the next poll."""
         self._wake.set()
 
@@ -75,23 +76,27 @@ class Swapper:
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self.swap_to_latest()
+            await self.swap_to_served()
 
-    async def swap_to_latest(self) -> bool:
-        latest = await asyncio.to_thread(self._store.latest)
+    async def swap_to_served(self) -> bool:
+        """Serve what the store says: the pinned version if an operator pinned one, else the newest."""
+        pinned, latest = await asyncio.to_thread(lambda: (self._store.pinned(), self._store.latest()))
+        target = pinned if pinned is not None else latest
         live = self._slot.current()
-        if latest is None or latest in self._refused or (latest <= live.version and not live.untrained):
+        if target is None or target in self._refused or (target == live.version and not live.untrained):
             return False
+        if pinned is None and target < live.version and not live.untrained:
+            return False  # the store lost versions it had; never move back unless told to
         started = time.perf_counter()
         try:
-            candidate = await asyncio.get_running_loop().run_in_executor(self._loader, self._load, latest, live)
+            candidate = await asyncio.get_running_loop().run_in_executor(self._loader, self._load, target, live)
         except (CorruptVersion, FileNotFoundError, RuntimeError, ValueError) as exc:
-            self._refused.add(latest)
+            self._refused.add(target)
             self._metrics.swaps.labels("failed").inc()
-            log.error("refusing version %d: %s", latest, exc)
+            log.error("refusing version %d: %s", target, exc)
             return False
         self._metrics.swap_seconds.observe(time.perf_counter() - started)
-        if not self._slot.swap(candidate):
+        if not self._slot.swap(candidate, older=pinned is not None):
             self._slot.give_back(candidate)  # its module can hold the next version instead
             self._metrics.swaps.labels("stale").inc()
             return False

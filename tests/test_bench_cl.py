@@ -38,7 +38,7 @@ def test_lfl_wrapper_computes_the_same_function_as_the_unet() -> None:
     from avalanche.models.base_model import BaseModel
     from avalanche.training.utils import get_last_fc_layer
 
-    from weldstream.bench.cl.lfl_model import LFLSegmenter
+    from weldstream.learner.lfl_model import LFLSegmenter
     from weldstream.model import ModelConfig, build_model
 
     unet = build_model(ModelConfig(), seed=3).eval()

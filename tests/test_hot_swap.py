@@ -47,7 +47,7 @@ async def test_no_request_fails_across_many_swaps(tmp_path):
         for version in range(1, SWAPS + 1):
             state = build_model(ModelConfig(), seed=version).state_dict()
             await asyncio.to_thread(store.publish, state, ModelConfig(), parent_version=version - 1)
-            assert await server.swapper.swap_to_latest()
+            assert await server.swapper.swap_to_served()
             assert server.slot.current().version == version
             modules_served.add(id(server.slot.current().module))
             await asyncio.sleep(0.05)
@@ -86,12 +86,12 @@ async def test_a_bad_version_is_refused_and_the_live_one_keeps_serving(tmp_path,
     await server.start()
     try:
         publish_bad_version(store)
-        assert not await server.swapper.swap_to_latest()
+        assert not await server.swapper.swap_to_served()
         assert server.slot.current().version == 1
         assert server.metrics.swaps.labels("failed")._value.get() == 1
         assert all(torch.isfinite(p).all() for p in server.slot.current().module.parameters())
         store.publish(build_model(ModelConfig(), seed=3).state_dict(), ModelConfig(), parent_version=1)
-        assert await server.swapper.swap_to_latest()  # the spare the failed load used is still usable
+        assert await server.swapper.swap_to_served()  # the spare the failed load used is still usable
         assert server.slot.current().version == 3
         assert all(torch.isfinite(p).all() for p in server.slot.current().module.parameters())
     finally:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from weldstream.announcements import announcement
 from weldstream.dev.rig import labeled_scan
 from weldstream.learner.checkpoint import checkpoint_path, load_checkpoint
 from weldstream.learner.holdout import is_held_out
-from weldstream.learner.kafka_io import announcement, dead_letter_headers
+from weldstream.learner.kafka_io import dead_letter_headers
 from weldstream.learner.loop import LearnerLoop
 from weldstream.learner.metrics import LearnerMetrics
 from weldstream.simulator import generate_scan
@@ -63,3 +64,19 @@ def test_announcement_carries_scores_and_offsets():
     message = announcement(manifest)
     assert (message.version, message.parent_version, message.location) == (4, 3, "versions/00000004")
     assert message.scores[0].miou == 0.5 and message.offsets[0].offset == 120
+
+
+def test_without_a_checkpoint_the_learner_goes_on_from_the_newest_stored_version(tmp_path):
+    """A first version trained offline (consolidate --strategy joint) is where the online learner starts."""
+    import torch
+
+    from weldstream.model import ModelConfig, build_model
+    from weldstream.weight_store import WeightStore
+
+    cfg = learner_config("unused:9092", tmp_path / "models")
+    first = build_model(ModelConfig(), seed=42).state_dict()
+    WeightStore(cfg.model_dir).publish(first, ModelConfig(), parent_version=0, strategy="consolidate-joint")
+    loop = LearnerLoop(cfg, LearnerMetrics())
+    assert loop.publisher.parent_version == 1 and loop.publisher.live_version == 1
+    for name, tensor in loop.learner.model.state_dict().items():
+        assert torch.equal(tensor, first[name]), name

@@ -13,6 +13,7 @@ from weldstream.codec import array_to_tensor
 from weldstream.dev.rig import Schedule, produce_stream
 from weldstream.learner.ledger import read_ledger
 from weldstream.learner.loop import run
+from weldstream.registry import open_registry
 from weldstream.server.app import InferenceServer
 from weldstream.topics import DEAD_LETTER, LABELED_SCANS, ensure_topics
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
@@ -60,6 +61,19 @@ async def test_stream_learning_publishes_versions_the_server_swaps_in(broker, tm
         stop.set()
         await asyncio.wait_for(learner, 60)
         await server.stop()
+    # Both wrote their history to the registry (SQLite in the weight store by default).
+    registry = open_registry("", model_dir)
+    try:
+        assert [v.version for v in registry.versions()] == store.versions()
+        promoted = [r for r in registry.rounds() if r.outcome == "promoted"]
+        assert {r.version for r in promoted} == set(store.versions())
+        assert all(r.trainer == "learner" and r.strategy == "replay-gem" and r.steps > 0 and r.offsets
+                   for r in promoted)
+        assert sum(r.scans for r in registry.rounds()) > 0
+        served = [s.version for s in registry.serving() if s.server == server.name]
+        assert served[0] == 0 and served[-1] == server.slot.current().version and served == sorted(served)
+    finally:
+        registry.close()
 
 
 async def test_garbage_goes_to_the_dead_letter_topic_and_learning_goes_on(broker, tmp_path):

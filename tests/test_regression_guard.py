@@ -159,3 +159,24 @@ def test_validation_sets_keep_to_their_byte_budget_by_scan_hash() -> None:
     assert validation.size("xray") == 3
     kept = sorted(ids, key=scan_hash)[:3]
     assert sorted(h for h, _, _ in validation.state_dict()["xray"]) == sorted(scan_hash(i) for i in kept)
+
+
+def test_the_guard_compares_with_the_pinned_version_and_the_lineage_stays_the_learners(tmp_path) -> None:
+    """While an operator pins an older version, candidates are judged against what is actually served."""
+    publisher, learner, validation = _publisher_with_a_live_version(tmp_path)  # v1 finds every crack
+    blind = _segment_everything_as(build_model(learner.cfg.model, seed=2), cls=0)
+    publisher.store.publish(blind, learner.cfg.model, parent_version=1)  # v2: finds nothing
+    publisher.store.publish(learner.model.state_dict(), learner.cfg.model, parent_version=2)  # v3 = v1's weights
+    publisher.parent_version = 3
+    assert publisher.follow_served() and publisher.live_version == 3
+    learner.model.load_state_dict(blind)
+    assert not publisher.consider(learner, validation, offsets=[]).promoted  # blind against v3: refused
+
+    publisher.store.pin(2)  # the operator holds the servers on the blind v2
+    assert publisher.follow_served() and publisher.live_version == 2
+    decision = publisher.consider(learner, validation, offsets=[])
+    assert decision.promoted and decision.compared_with == 2
+    assert decision.manifest.version == 4 and decision.manifest.parent_version == 3
+    assert publisher.live_version == 2 and publisher.parent_version == 4  # the servers stay on the pin
+    publisher.store.unpin()
+    assert publisher.follow_served() and publisher.live_version == 4

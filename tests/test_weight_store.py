@@ -51,3 +51,19 @@ def test_published_versions_are_readable_by_other_users(tmp_path):
     store = WeightStore(tmp_path)
     store.publish(build_model(ModelConfig()).state_dict(), ModelConfig(), parent_version=0)
     assert store.path_of(1).stat().st_mode & 0o777 == 0o755
+
+
+def test_a_publisher_that_loses_the_race_for_a_number_takes_the_next(tmp_path, monkeypatch):
+    """The learner and a consolidation job may publish at once: neither overwrites the other."""
+    store = WeightStore(tmp_path)
+    state = build_model(ModelConfig()).state_dict()
+    store.publish(state, ModelConfig(), parent_version=0)
+    real_latest, looks = store.latest, []
+
+    def latest() -> int | None:  # the first look misses version 1, just written by the other writer
+        looks.append(1)
+        return None if len(looks) == 1 else real_latest()
+
+    monkeypatch.setattr(store, "latest", latest)
+    manifest = store.publish(state, ModelConfig(), parent_version=1, strategy="consolidate-ewc")
+    assert manifest.version == 2 and store.manifest(1).strategy == "" and store.versions() == [1, 2]

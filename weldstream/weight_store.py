@@ -30,6 +30,8 @@ from weldstream.model import ModelConfig
 DEFAULT_MODEL_DIR = Path("runs/models")
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+# An operator's pin: the version every server serves until it is removed, whatever is newer.
+PIN_FILE = "pin.json"
 _VERSION_DIR = re.compile(r"^\d{8}$")
 
 
@@ -82,38 +84,69 @@ class WeightStore:
         versions = self.versions()
         return versions[-1] if versions else None
 
+    def pinned(self) -> int | None:
+        """The pinned version, or None when servers follow the newest version."""
+        try:
+            return int(json.loads((self.root / PIN_FILE).read_text())["version"])
+        except FileNotFoundError:
+            return None
+
+    def served(self) -> int | None:
+        """What every server should serve now: the pinned version, else the newest (None: no version yet)."""
+        pinned = self.pinned()
+        return pinned if pinned is not None else self.latest()
+
+    def pin(self, version: int) -> None:
+        """Hold every server on ``version`` (which must exist) until ``unpin()``; replaced atomically."""
+        if not (self.path_of(version) / MANIFEST_FILE).exists():
+            raise ValueError(f"version {version} is not in {self.versions_dir}")
+        staging = self.root / f".{PIN_FILE}.tmp"
+        _write_synced(staging, json.dumps({"version": version, "at": time.time()}).encode())
+        os.rename(staging, self.root / PIN_FILE)
+        _fsync_dir(self.root)
+
+    def unpin(self) -> None:
+        (self.root / PIN_FILE).unlink(missing_ok=True)
+        _fsync_dir(self.root)
+
     def path_of(self, version: int) -> Path:
         return self.versions_dir / f"{version:08d}"
 
     def publish(self, state_dict: dict[str, torch.Tensor], model_config: ModelConfig, *, parent_version: int,
                 version: int | None = None, **details: Any) -> Manifest:
-        """Write a new immutable version (default: latest + 1) and return its manifest."""
-        if version is None:
-            version = (self.latest() or 0) + 1
-        target = self.path_of(version)
-        if target.exists():
-            raise FileExistsError(f"version {version} already exists in {self.versions_dir}; versions are immutable")
+        """Write a new immutable version (default: latest + 1) and return its manifest.
+
+        Two writers (the learner and a consolidation job) may publish at once: without an explicit
+        ``version``, the one that loses the rename race takes the next number.
+        """
         payload = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
-        manifest = Manifest(
-            version=version,
-            parent_version=parent_version,
-            sha256=hashlib.sha256(payload).hexdigest(),
-            created_at=time.time(),
-            model_config=model_config.to_dict(),
-            classes=list(model_config.classes),
-            **details,
-        )
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
-        try:
-            _write_synced(staging / WEIGHTS_FILE, payload)
-            _write_synced(staging / MANIFEST_FILE, manifest.to_json().encode())
-            staging.chmod(0o755)  # mkdtemp makes 0700; servers may run as another user
-            os.rename(staging, target)
+        sha256 = hashlib.sha256(payload).hexdigest()
+        while True:
+            number = version if version is not None else (self.latest() or 0) + 1
+            target = self.path_of(number)
+            if target.exists():
+                if version is None:
+                    continue
+                raise FileExistsError(f"version {number} already exists in {self.versions_dir}; "
+                                      "versions are immutable")
+            manifest = Manifest(version=number, parent_version=parent_version, sha256=sha256, created_at=time.time(),
+                                model_config=model_config.to_dict(), classes=list(model_config.classes), **details)
+            staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
+            try:
+                _write_synced(staging / WEIGHTS_FILE, payload)
+                _write_synced(staging / MANIFEST_FILE, manifest.to_json().encode())
+                staging.chmod(0o755)  # mkdtemp makes 0700; servers may run as another user
+                os.rename(staging, target)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                if version is None and target.exists():
+                    continue  # another writer took this number first
+                raise
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             _fsync_dir(self.versions_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return manifest
+            return manifest
 
     def manifest(self, version: int) -> Manifest:
         return Manifest.from_json((self.path_of(version) / MANIFEST_FILE).read_text())

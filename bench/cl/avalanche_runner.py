@@ -19,28 +19,28 @@ from typing import Any
 
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-from avalanche.benchmarks.utils import make_avalanche_dataset
-from avalanche.benchmarks.utils.data_attribute import TaskLabels
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.supervised import AGEM, EWC, GEM, LFL, SynapticIntelligence
+from avalanche.training.supervised import AGEM, GEM
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
 
 from weldstream.bench.cl.config import BenchConfig
-from weldstream.bench.cl.lfl_model import LFLSegmenter
 from weldstream.bench.cl.result import RunResult, record_baseline, record_row
 from weldstream.bench.cl.stream import Stream
 from weldstream.bench.cl.timing import StepLog, StepTime, now
+from weldstream.learner.lfl_model import LFLSegmenter
+from weldstream.learner.regularised import (
+    REGULARISED,
+    Strengths,
+    experience_dataset,
+    regularised_strategy,
+    restore_train_mode,
+)
+from weldstream.learner.regularised import setup_line as regularised_setup_line
 from weldstream.losses import segmentation_loss
 from weldstream.model import ModelConfig, build_model
 
 AVALANCHE_STRATEGIES = ("ewc", "si", "lfl", "avalanche-agem", "avalanche-gem")
-
-
-def experience_dataset(x: Tensor, y: Tensor) -> Any:
-    """(scan, mask) pairs with task label 0 appended to every sample."""
-    return make_avalanche_dataset(TensorDataset(x, y), data_attributes=[TaskLabels([0] * len(x))])
 
 
 def steps_sized(x: Tensor, y: Tensor, scans: int) -> tuple[Tensor, Tensor]:
@@ -59,12 +59,14 @@ def build_benchmark(stream: Stream, cfg: BenchConfig) -> Any:
     )
 
 
+def _strengths(cfg: BenchConfig) -> Strengths:
+    return Strengths(ewc_lambda=cfg.ewc_lambda, si_lambda=cfg.si_lambda, si_eps=cfg.si_eps, lfl_lambda=cfg.lfl_lambda)
+
+
 def setup_line(name: str, cfg: BenchConfig) -> str:
+    if name in REGULARISED:
+        return regularised_setup_line(name, _strengths(cfg))
     return {
-        "ewc": f"avalanche EWC(ewc_lambda={cfg.ewc_lambda}, mode='separate')",
-        "si": f"avalanche SynapticIntelligence(si_lambda={cfg.si_lambda}, eps={cfg.si_eps})",
-        "lfl": f"avalanche LFL(lambda_e={cfg.lfl_lambda}) on LFLSegmenter (features = decoder output, head = "
-               "per-pixel nn.Linear equal to the U-Net's 3x3 head); train mode restored after LFL's feature pass",
         "avalanche-agem": f"avalanche AGEM(patterns_per_exp={cfg.memory_per_domain}, sample_size={cfg.memory_batch})",
         "avalanche-gem": f"avalanche GEM(patterns_per_exp={_gem_patterns(cfg)}, memory_strength={cfg.gem_margin}); "
                          f"fewer patterns than the {cfg.memory_per_domain} of the others, see avalanche_gem_patterns",
@@ -72,23 +74,18 @@ def setup_line(name: str, cfg: BenchConfig) -> str:
 
 
 def build_strategy(name: str, cfg: BenchConfig, model: nn.Module, plugins: list[SupervisedPlugin]) -> Any:
-    common: dict[str, Any] = dict(
-        model=model,
-        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate),
-        criterion=segmentation_loss,
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    sizes: dict[str, Any] = dict(
         train_mb_size=cfg.batch_size + cfg.rehearsal,
         train_epochs=1,  # over the domain's scans repeated to exactly steps_per_domain batches
         eval_mb_size=cfg.batch_size,
         device=cfg.device,
         plugins=plugins,
-        evaluator=EvaluationPlugin(loggers=[]),
     )
-    if name == "ewc":
-        return EWC(ewc_lambda=cfg.ewc_lambda, mode="separate", **common)
-    if name == "si":
-        return SynapticIntelligence(si_lambda=cfg.si_lambda, eps=cfg.si_eps, **common)
-    if name == "lfl":
-        return LFL(lambda_e=cfg.lfl_lambda, **common)
+    if name in REGULARISED:
+        return regularised_strategy(name, model, optimizer, _strengths(cfg), **sizes)
+    common: dict[str, Any] = dict(model=model, optimizer=optimizer, criterion=segmentation_loss,
+                                  evaluator=EvaluationPlugin(loggers=[]), **sizes)
     if name == "avalanche-agem":
         return AGEM(patterns_per_exp=cfg.memory_per_domain, sample_size=cfg.memory_batch, **common)
     if name == "avalanche-gem":
@@ -145,11 +142,7 @@ class _Tail(_Stamp):
         self.domain = 0
 
     def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        # Avalanche 0.6.0's LFLPlugin.compute_features calls model.eval() and never switches back, so from
-        # the second step of every later experience the model would train with frozen BatchNorm statistics.
-        # The other strategies never leave eval mode here; for them this is a no-op.
-        if not strategy.model.training:
-            strategy.model.train()
+        restore_train_mode(strategy)
         self._mark("bb")
 
     def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:

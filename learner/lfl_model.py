@@ -47,3 +47,13 @@ class LFLSegmenter(nn.Module, BaseModel):
         patches = F.unfold(features, self.kernel_size, padding=self.padding)  # (N, C*k*k, H*W)
         logits = self.head(patches.transpose(1, 2))  # (N, H*W, K)
         return logits.transpose(1, 2).reshape(n, -1, h, w)  # (N, K, H, W)
+
+    def unet_state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
+        """The weights as ``build_model``'s U-Net holds them (the head back into its 3x3 convolution),
+        so a version trained with LFL is served and learned from like any other."""
+        conv = unet.segmentation_head[0]
+        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        state.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+        state["segmentation_head.0.weight"] = self.head.weight.detach().reshape(conv.weight.shape).clone()
+        state["segmentation_head.0.bias"] = self.head.bias.detach().clone()
+        return state
