@@ -38,6 +38,11 @@ def optional_text(text: str) -> str | None:
     return text or None
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'); '' -> ()."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def env_name(flag: str) -> str:
     """'--grpc-port' -> 'WELDSTREAM_GRPC_PORT'."""
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
