@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weldstream.codec import array_to_tensor
+from weldstream.limits import record_bytes
 from weldstream.simulator import ScanSample, domain_names, generate_scan
 from weldstream.topics import LABELED_SCANS, ensure_topics
 from weldstream.v1 import stream_pb2, tensor_pb2
@@ -71,7 +72,7 @@ async def produce_stream(bootstrap: str, schedule: Schedule, rate: float, size: 
     """Produce the schedule's scans at `rate` per second (0: as fast as possible); returns how many."""
     await ensure_topics(bootstrap)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
-                                linger_ms=5, max_request_size=64 << 20)
+                                linger_ms=5, max_request_size=record_bytes())
     await producer.start()
     sent = 0
     started = time.monotonic()

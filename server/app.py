@@ -18,6 +18,7 @@ from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, resolve_device
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
+from weldstream.server.interceptors import RequestMetrics
 from weldstream.server.kserve_service import InferenceServicer
 from weldstream.server.loader import fresh_model, load_version
 from weldstream.server.metrics import ServerMetrics
@@ -66,17 +67,17 @@ class InferenceServer:
         self.slot = ModelSlot(live, spare)
         self._publish_model_metrics()
         self.batcher = Batcher(self.slot, self.metrics, cfg.max_batch_size, cfg.max_queue_delay_ms / 1000,
-                               cfg.max_queue)
+                               cfg.max_queue, cfg.max_batch_pixels, cfg.max_queue_pixels)
         self.batcher.start()
         self._stack.push_async_callback(self.batcher.close)
 
-        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                   ("grpc.max_send_message_length", cfg.max_message_bytes)]
-        self.grpc = grpc.aio.server(options=options)
+        options = [("grpc.max_receive_message_length", cfg.max_receive_bytes),
+                   ("grpc.max_send_message_length", cfg.max_send_bytes)]
+        self.grpc = grpc.aio.server(options=options, interceptors=[RequestMetrics(self.metrics)])
         segmenter_pb2_grpc.add_SegmenterServicer_to_server(
             SegmenterServicer(cfg, self.slot, self.batcher, self.metrics), self.grpc)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(cfg, self.slot, self.batcher, self.metrics, self.ready), self.grpc)
+            InferenceServicer(cfg, self.slot, self.batcher, self.metrics, self.ready, self.model_ready), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
@@ -89,13 +90,12 @@ class InferenceServer:
             self.metrics_port = http.server_port
             self._stack.callback(http.shutdown)
 
-        self.swapper = Swapper(cfg, self.store, self.slot, self.metrics, on_swap=self._publish_model_metrics)
+        self.swapper = Swapper(cfg, self.store, self.slot, self.metrics, on_swap=self._swapped)
         await self.swapper.start()
         self._stack.push_async_callback(self.swapper.close)
 
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.ready.set()
+        await self._publish_health()
         log.info("serving %s v%d on %s:%d (metrics :%s, device %s)", cfg.model_name, self.slot.current().version,
                  cfg.host, self.port, self.metrics_port, self.device)
 
@@ -103,6 +103,22 @@ class InferenceServer:
         live = self.slot.current()
         self.metrics.model_version.set(live.version)
         self.metrics.model_untrained.set(1 if live.untrained else 0)
+
+    def model_ready(self) -> bool:
+        """What health, ServerReady and ModelReady report: serving, and (with --ready-when-trained) trained."""
+        trained = not (self.cfg.ready_when_trained and self.slot.current().untrained)
+        return self.ready.is_set() and trained
+
+    async def _publish_health(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.model_ready() else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _swapped(self) -> None:
+        self._publish_model_metrics()
+        if self.ready.is_set():
+            await self._publish_health()
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls finish within grace."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from weldstream.errors import CorruptVersion
 from weldstream.server.config import ServerConfig
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 class Swapper:
     def __init__(self, cfg: ServerConfig, store: WeightStore, slot: ModelSlot, metrics: ServerMetrics,
-                 on_swap: Callable[[], None]) -> None:
+                 on_swap: Callable[[], Awaitable[None]]) -> None:
         self._cfg = cfg
         self._store = store
         self._slot = slot
@@ -78,17 +78,27 @@ class Swapper:
             await self.swap_to_latest()
 
     async def swap_to_latest(self) -> bool:
+        """Load the newest stored version beside the live one and swap to it; True if it went live.
+
+        A damaged version (CorruptVersion) is refused for good. Any other load error (a file not there
+        yet, CUDA out of memory) is transient: the version is tried again at the next poll or announcement.
+        """
         latest = await asyncio.to_thread(self._store.latest)
         live = self._slot.current()
+        self._metrics.versions_behind.set(max(0, (latest or 0) - live.version))
         if latest is None or latest in self._refused or (latest <= live.version and not live.untrained):
             return False
         started = time.perf_counter()
         try:
             candidate = await asyncio.get_running_loop().run_in_executor(self._loader, self._load, latest, live)
-        except (CorruptVersion, FileNotFoundError, RuntimeError, ValueError) as exc:
+        except CorruptVersion as exc:
             self._refused.add(latest)
             self._metrics.swaps.labels("failed").inc()
-            log.error("refusing version %d: %s", latest, exc)
+            log.error("refusing version %d for good: %s", latest, exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - transient; the next poll tries again
+            self._metrics.swaps.labels("retry").inc()
+            log.warning("could not load version %d yet (%r); will try again", latest, exc)
             return False
         self._metrics.swap_seconds.observe(time.perf_counter() - started)
         if not self._slot.swap(candidate):
@@ -96,10 +106,11 @@ class Swapper:
             self._metrics.swaps.labels("stale").inc()
             return False
         self._metrics.swaps.labels("swapped").inc()
+        self._metrics.versions_behind.set(max(0, latest - candidate.version))
         label_time = (candidate.manifest.metrics.get("label_time_median", 0.0) if candidate.manifest else 0.0)
         if label_time > 0:
             self._metrics.freshness_seconds.observe(max(0.0, time.time() - label_time))
-        self._on_swap()
+        await self._on_swap()
         return True
 
     def _load(self, version: int, live: LoadedModel) -> LoadedModel:

@@ -116,10 +116,15 @@ class WeightStore:
         return manifest
 
     def manifest(self, version: int) -> Manifest:
-        return Manifest.from_json((self.path_of(version) / MANIFEST_FILE).read_text())
+        """A version's manifest; a missing file raises FileNotFoundError, an unreadable one CorruptVersion."""
+        text = (self.path_of(version) / MANIFEST_FILE).read_text(errors="replace")
+        try:
+            return Manifest.from_json(text)
+        except (ValueError, TypeError) as exc:
+            raise CorruptVersion(f"version {version}: unreadable manifest ({exc})") from None
 
     def load(self, version: int, map_location: str | torch.device = "cpu") -> StoredVersion:
-        """Read a version and verify its checksum; a mismatch raises CorruptVersion."""
+        """Read a version and verify its checksum; damage raises CorruptVersion, a missing file OSError."""
         manifest = self.manifest(version)
         payload = (self.path_of(version) / WEIGHTS_FILE).read_bytes()
         digest = hashlib.sha256(payload).hexdigest()
@@ -127,7 +132,12 @@ class WeightStore:
             raise CorruptVersion(
                 f"version {version}: weights sha256 {digest[:12]}… does not match manifest {manifest.sha256[:12]}…"
             )
-        state = {k: v.to(map_location) for k, v in safetensors.torch.load(payload).items()}
+        try:
+            ModelConfig.from_dict(manifest.model_config)  # a model this code can build
+            tensors = safetensors.torch.load(payload)
+        except Exception as exc:  # noqa: BLE001 - checksummed yet unreadable: damaged at the source
+            raise CorruptVersion(f"version {version}: unreadable weights or model config ({exc})") from None
+        state = {k: v.to(map_location) for k, v in tensors.items()}
         return StoredVersion(manifest, state)
 
 
