@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weldstream.kafka_security import KafkaSecurity
 from weldstream.limits import MAX_SCAN_SIDE
 from weldstream.model import ModelConfig
 from weldstream.replay import StepConfig
-from weldstream.settings import comma_list, setting
+from weldstream.settings import comma_list, optional_path, setting
 from weldstream.topics import DEAD_LETTER, DEFAULT_KAFKA, LABELED_SCANS, MODELS
 from weldstream.weight_store import DEFAULT_MODEL_DIR
 
@@ -18,11 +19,14 @@ class LearnerConfig:
     kafka: str = setting(DEFAULT_KAFKA, help="Kafka bootstrap HOST:PORT")
     model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
     metrics_port: int = setting(8003, help="Prometheus /metrics port (-1: off)")
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = setting("0.0.0.0", help="address /metrics and /healthz listen on")
+    signing_key_file: Path | None = setting(None, parse=optional_path,
+                                            help="HMAC key: sign every published version (servers check it)")
     group_id: str = setting("weldstream-learner", help="Kafka consumer group")
     topic: str = LABELED_SCANS
     dead_letter_topic: str = DEAD_LETTER
     models_topic: str = MODELS
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     model: ModelConfig = field(default_factory=ModelConfig)
     step: StepConfig = field(default_factory=StepConfig)
     # Training crops are cut from scans at their native size (what the server sees); 0 picks by device.

@@ -67,7 +67,8 @@ def open_consumer(cfg: LearnerConfig, positions: dict[TopicPartition, int],
                   checkpointed: dict[TopicPartition, int] | None = None) -> AIOKafkaConsumer:
     """A consumer of the labeled topic with auto-commit off: offsets are committed after checkpoints."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=cfg.kafka, group_id=cfg.group_id, enable_auto_commit=False,
+        bootstrap_servers=cfg.kafka, **cfg.kafka_security.client_kwargs(), group_id=cfg.group_id,
+        enable_auto_commit=False,
         auto_offset_reset="earliest", session_timeout_ms=cfg.session_timeout_ms,
         heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 4), max_poll_records=cfg.batch_size * 4,
         max_partition_fetch_bytes=largest_record(cfg), fetch_max_bytes=max(largest_record(cfg), 52428800),
@@ -81,8 +82,8 @@ def open_producer(cfg: LearnerConfig) -> AIOKafkaProducer:
 
     A dead letter carries the refused record unchanged, so the producer takes a record of the largest scan.
     """
-    return AIOKafkaProducer(bootstrap_servers=cfg.kafka, acks="all", enable_idempotence=False,
-                            max_request_size=largest_record(cfg))
+    return AIOKafkaProducer(bootstrap_servers=cfg.kafka, **cfg.kafka_security.client_kwargs(), acks="all",
+                            enable_idempotence=False, max_request_size=largest_record(cfg))
 
 
 def dead_letter_headers(message: ConsumerRecord, exc: InvalidInput) -> list[tuple[str, bytes]]:

@@ -28,6 +28,7 @@ from weldstream.learner.trainer import ContinualLearner
 from weldstream.metrics_http import start_metrics_server
 from weldstream.model import resolve_device
 from weldstream.replay import StepStats
+from weldstream.signing import read_key
 from weldstream.topics import ensure_topics
 from weldstream.weight_store import Manifest, WeightStore
 
@@ -47,7 +48,7 @@ class LearnerLoop:
         self.cfg = cfg
         self.metrics = metrics
         self.device = resolve_device(cfg.device)
-        self.store = WeightStore(cfg.model_dir)
+        self.store = WeightStore(cfg.model_dir, read_key(cfg.signing_key_file) if cfg.signing_key_file else None)
         self.learner = ContinualLearner(cfg, self.device)
         self.validation = ValidationSets(cfg.validation_per_domain, cfg.validation_mb << 20)
         self.ledger = Ledger(cfg.model_dir)
@@ -236,7 +237,7 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
     Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
     loop = await asyncio.to_thread(LearnerLoop, cfg, metrics)
     http = start_probe_server(loop) if cfg.metrics_port >= 0 else None
-    await ensure_topics(cfg.kafka)
+    await ensure_topics(cfg.kafka, security=cfg.kafka_security)
     producer = kafka_io.open_producer(cfg)
     consumer = kafka_io.open_consumer(cfg, loop.positions, loop.checkpointed)
     await producer.start()

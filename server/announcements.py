@@ -10,13 +10,15 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
+from weldstream.kafka_security import KafkaSecurity
 from weldstream.v1 import stream_pb2
 
 log = logging.getLogger(__name__)
 MAX_RETRY_S = 30.0
 
 
-async def follow_announcements(bootstrap: str, topic: str, notify: Callable[[int], None]) -> None:
+async def follow_announcements(bootstrap: str, topic: str, notify: Callable[[int], None],
+                               security: KafkaSecurity | None = None) -> None:
     """Read new announcements (no consumer group: every replica hears every one) until cancelled.
 
     While Kafka is unreachable the server keeps serving and polling the weight store; reconnects back
@@ -24,8 +26,8 @@ async def follow_announcements(bootstrap: str, topic: str, notify: Callable[[int
     """
     retry_s = 1.0
     while True:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest",
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **(security or KafkaSecurity()).client_kwargs(),
+                                    group_id=None, auto_offset_reset="latest", enable_auto_commit=False)
         try:
             await consumer.start()
             log.info("following model announcements on %s (%s)", topic, bootstrap)

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from weldstream.errors import CorruptVersion
 from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, resolve_device
 from weldstream.server.batcher import Batcher
@@ -23,8 +24,10 @@ from weldstream.server.kserve_service import InferenceServicer
 from weldstream.server.loader import fresh_model, load_version
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
+from weldstream.server.security import BearerAuth, read_tokens, server_credentials
 from weldstream.server.segmenter_service import SegmenterServicer
 from weldstream.server.swapper import Swapper
+from weldstream.signing import read_key
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
 from weldstream.weight_store import WeightStore
 
@@ -36,12 +39,18 @@ SERVICE_NAMES = (
 
 
 def initial_model(store: WeightStore, device: torch.device) -> LoadedModel:
-    """The newest stored version, or a fresh untrained version 0 when the store is empty."""
-    latest = store.latest()
-    if latest is None:
-        log.warning("no model version in %s; serving an untrained version 0", store.root)
-        return fresh_model(ModelConfig(), device)
-    return load_version(store, latest, device)
+    """The newest stored version that loads and checks, or a fresh untrained version 0 when none does.
+
+    A damaged (or, with a signing key, unsigned) newest version is skipped with an error logged; the
+    swapper refuses it again and `inference_model_versions_behind` shows the gap.
+    """
+    for version in reversed(store.versions()):
+        try:
+            return load_version(store, version, device)
+        except CorruptVersion as exc:
+            log.error("not serving version %d: %s", version, exc)
+    log.warning("no usable model version in %s; serving an untrained version 0", store.root)
+    return fresh_model(ModelConfig(), device)
 
 
 class InferenceServer:
@@ -50,7 +59,7 @@ class InferenceServer:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.metrics = ServerMetrics()
-        self.store = WeightStore(cfg.model_dir)
+        self.store = WeightStore(cfg.model_dir, read_key(cfg.signing_key_file) if cfg.signing_key_file else None)
         self.device = resolve_device(cfg.device)
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -73,7 +82,11 @@ class InferenceServer:
 
         options = [("grpc.max_receive_message_length", cfg.max_receive_bytes),
                    ("grpc.max_send_message_length", cfg.max_send_bytes)]
-        self.grpc = grpc.aio.server(options=options, interceptors=[RequestMetrics(self.metrics)])
+        # Metrics outermost, so refused calls are counted UNAUTHENTICATED.
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestMetrics(self.metrics)]
+        if cfg.auth_token_file is not None:
+            interceptors.append(BearerAuth(read_tokens(cfg.auth_token_file)))
+        self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
         segmenter_pb2_grpc.add_SegmenterServicer_to_server(
             SegmenterServicer(cfg, self.slot, self.batcher, self.metrics), self.grpc)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -81,12 +94,17 @@ class InferenceServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        address = f"{cfg.host}:{cfg.grpc_port}"
+        if cfg.tls_cert is not None:
+            self.port = self.grpc.add_secure_port(address, server_credentials(cfg))
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind gRPC to {cfg.host}:{cfg.grpc_port}")
         await self.grpc.start()
         if cfg.metrics_port >= 0:
-            http, _ = start_http_server(cfg.metrics_port, addr=cfg.host, registry=self.metrics.registry)
+            http, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host or cfg.host,
+                                        registry=self.metrics.registry)
             self.metrics_port = http.server_port
             self._stack.callback(http.shutdown)
 
@@ -96,8 +114,10 @@ class InferenceServer:
 
         self.ready.set()
         await self._publish_health()
-        log.info("serving %s v%d on %s:%d (metrics :%s, device %s)", cfg.model_name, self.slot.current().version,
-                 cfg.host, self.port, self.metrics_port, self.device)
+        log.info("serving %s v%d on %s:%d (%s%s; metrics :%s, device %s)", cfg.model_name,
+                 self.slot.current().version, cfg.host, self.port,
+                 "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
+                 ", bearer tokens" if cfg.auth_token_file else "", self.metrics_port, self.device)
 
     def _publish_model_metrics(self) -> None:
         live = self.slot.current()

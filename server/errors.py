@@ -29,6 +29,10 @@ class DeadlineExpired(TimeoutError):
     """The caller's deadline passed while the request waited; it is dropped before its forward pass."""
 
 
+class Unauthenticated(PermissionError):
+    """A call without an accepted bearer token."""
+
+
 class ResponseTooLarge(RuntimeError):
     """A response larger than the server's send limit (it could not reach the client)."""
 
@@ -36,6 +40,7 @@ class ResponseTooLarge(RuntimeError):
 STATUS_FOR[NotFound] = grpc.StatusCode.NOT_FOUND
 STATUS_FOR[DeadlineExpired] = grpc.StatusCode.DEADLINE_EXCEEDED
 STATUS_FOR[ResponseTooLarge] = grpc.StatusCode.RESOURCE_EXHAUSTED
+STATUS_FOR[Unauthenticated] = grpc.StatusCode.UNAUTHENTICATED
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

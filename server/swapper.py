@@ -43,7 +43,8 @@ class Swapper:
             from weldstream.server.announcements import follow_announcements
 
             self._tasks.append(asyncio.create_task(
-                follow_announcements(self._cfg.kafka, self._cfg.models_topic, self.notify), name="follow-models"))
+                follow_announcements(self._cfg.kafka, self._cfg.models_topic, self.notify, self._cfg.kafka_security),
+                name="follow-models"))
         for task in self._tasks:
             task.add_done_callback(self._check_task)
 

@@ -55,21 +55,6 @@ def publish(store: WeightStore, seed: int, config: ModelConfig | None = None) ->
     store.publish(build_model(config, seed=seed).state_dict(), config, parent_version=(store.latest() or 0))
 
 
-@pytest.fixture
-async def started():
-    servers: list[InferenceServer] = []
-
-    async def start(cfg: ServerConfig) -> InferenceServer:
-        server = InferenceServer(cfg)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
 async def test_largest_scan_with_its_confidence_fits_the_send_limit(tmp_path, started):
     server = await started(server_config(tmp_path / "models", max_side=1024))
     image = np.zeros((1024, 1024), np.uint8)
