@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import grpc
@@ -55,7 +56,7 @@ def scans_from_infer(request: kserve.ModelInferRequest, model_name: str, max_sid
         # the answer (mask + confidence of every scan) must fit the send limit, which holds one largest scan
         raise InvalidInput(f"{field}.shape", f"{shape} holds {pixels} pixels; one request carries at most "
                                              f"{max_side * max_side} (one {max_side} x {max_side} scan)")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise InvalidInput("raw_input_contents", "must hold exactly one entry, for the input 'scan'")
