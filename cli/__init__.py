@@ -201,6 +201,12 @@ def _bench_cl_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.set_defaults(run=cl_cli.run)
 
 
+def _bench_faults_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.bench.faults import cli as faults_cli
+
+    faults_cli.add_arguments(p)
+
+
 def _run_bench_serve(args: argparse.Namespace) -> int:
     from weldstream.bench.serving import run_serving_benchmark
 
@@ -234,6 +240,7 @@ BENCHMARKS: dict[str, tuple[str, Filler]] = {
     "serve": ("gRPC Segment latency vs in-process, batching on vs off, swap latency", _bench_serve_arguments),
     "gem-step": ("GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains", _bench_gem_arguments),
     "cl": ("continual-learning strategies on a drifting weld stream (report + plots)", _bench_cl_arguments),
+    "faults": ("kill, damage and attack the running system; a report of what held", _bench_faults_arguments),
 }
 
 

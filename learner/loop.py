@@ -114,6 +114,9 @@ class LearnerLoop:
             self.check_domain(sample.domain)
         except InvalidInput as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one record, never the learner
+            log.exception("decoding %s@%d:%d failed unexpectedly", message.topic, message.partition, message.offset)
+            return InvalidInput("message", f"could not be decoded ({type(exc).__name__}: {exc})")
         use = "holdout" if is_held_out(sample.scan_id, cfg.holdout_share) else "train"
         if use == "holdout":
             self.validation.add(sample.scan_id, sample.domain, sample.x, sample.y)

@@ -201,3 +201,15 @@ def test_liveness_follows_loop_progress_not_the_metrics_thread(tmp_path):
             assert b"learner_loop_progress_timestamp_seconds" in response.read()
     finally:
         http.shutdown()
+
+
+def test_a_decoder_failure_of_any_kind_dead_letters_the_record(tmp_path, monkeypatch):
+    from weldstream.learner import loop as loop_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot reshape array of size 0 into shape (4294967296,4294967296)")
+
+    loop = LearnerLoop(learner_config("unused:9092", tmp_path / "models"), LearnerMetrics())
+    monkeypatch.setattr(loop_module, "decode_record", broken)
+    error = loop.accept(scan_record("ut-pe100-5mhz", 1, offset=0))
+    assert isinstance(error, InvalidInput) and error.field == "message" and "reshape" in error.reason
