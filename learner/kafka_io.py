@@ -51,11 +51,21 @@ class SeekToCheckpoint(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             saved = self._positions.get(tp)
-            if saved is None:
-                continue
             committed = await self._consumer.committed(tp)
-            if committed is None or committed < saved:
-                self._consumer.seek(tp, saved)
+            start = saved if saved is not None and (committed is None or committed < saved) else committed
+            if start is None:
+                continue
+            end = (await self._consumer.end_offsets([tp]))[tp]
+            if end < start:
+                # The log holds fewer records than were already read: the broker lost it (an in-memory
+                # broker restarted). Its records are new ones, so read them all.
+                log.warning("%s has %d records, fewer than the %d already read; the broker lost its log, reading "
+                            "it from the start", tp, end, start)
+                self._positions.pop(tp, None)
+                self._checkpointed.pop(tp, None)
+                await self._consumer.seek_to_beginning(tp)
+            elif start != committed:
+                self._consumer.seek(tp, start)
 
 
 def largest_record(cfg: LearnerConfig) -> int:

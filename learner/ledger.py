@@ -32,13 +32,21 @@ class Ledger:
         self._buffer.append(entry)
 
     def flush(self) -> None:
+        """Append the buffered entries, all or none: a failed write (a full disk) is cut back off the file
+        and the entries stay buffered for the next flush."""
         if not self._buffer:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(asdict(e)) + "\n" for e in self._buffer)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(asdict(e)) + "\n" for e in self._buffer)
-            handle.flush()
-            os.fsync(handle.fileno())
+            size = handle.tell()
+            try:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                handle.truncate(size)
+                raise
         self._buffer.clear()
 
 

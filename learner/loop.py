@@ -209,16 +209,51 @@ class LearnerLoop:
         return True
 
 
+async def take_records(loop: LearnerLoop, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                       records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    """Accept each record, dead-lettering the refused ones. If the dead-letter topic cannot be reached, the
+    consumer goes back to that record, so it and the ones after it are read again later, never skipped."""
+    for tp, messages in records.items():
+        for message in messages:
+            if (error := loop.accept(message)) is None:
+                continue
+            try:
+                outcome = await kafka_io.send_dead_letter(producer, loop.cfg.dead_letter_topic, message, error)
+            except KafkaError as exc:
+                log.warning("cannot dead-letter %s@%d:%d yet (%s); will read it again", tp.topic, tp.partition,
+                            message.offset, exc)
+                consumer.seek(tp, message.offset)
+                break
+            loop.dead_lettered(message, error, outcome)
+
+
 async def publish_and_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
     """Checkpoint, then judge a candidate and announce it if published, then commit the checkpointed offsets.
 
     The checkpoint comes first so that a published version's training state (the parent of the next
     version) is always on disk, whatever moment a crash picks.
     """
-    await loop.checkpoint()
-    manifest = await loop.publish()
+    try:
+        await loop.checkpoint()
+    except OSError as exc:
+        # Without a checkpoint nothing may be committed or published; training goes on in memory and the
+        # next checkpoint (once there is space) covers everything.
+        loop.metrics.checkpoint_failures.inc()
+        loop.last_publish = time.monotonic()  # try again after --publish-every-s, not at every poll
+        log.error("could not write the checkpoint (%s); committing and publishing nothing until one is written",
+                  exc)
+        return
+    try:
+        manifest = await loop.publish()
+    except OSError as exc:
+        log.error("could not publish a version (%s); will try again", exc)
+        manifest = None
     if manifest is not None:
-        await kafka_io.announce(producer, loop.cfg.models_topic, manifest)
+        try:
+            await kafka_io.announce(producer, loop.cfg.models_topic, manifest)
+        except KafkaError as exc:  # the version is in the store; servers find it at their next poll
+            log.warning("could not announce version %d (%s); servers will find it by polling the store",
+                        manifest.version, exc)
     owned = consumer.assignment()
     offsets = {tp: o for tp, o in loop.checkpointed.items() if tp in owned and loop.committed.get(tp) != o}
     if not offsets:
@@ -255,11 +290,7 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
             loop.heartbeat()
             busy = training is not None or loop.learner.has_work()
             records = await consumer.getmany(timeout_ms=TRAINING_POLL_MS if busy else IDLE_POLL_MS)
-            for messages in records.values():
-                for message in messages:
-                    if (error := loop.accept(message)) is not None:
-                        outcome = await kafka_io.send_dead_letter(producer, cfg.dead_letter_topic, message, error)
-                        loop.dead_lettered(message, error, outcome)
+            await take_records(loop, consumer, producer, records)
             if training is not None and training.done():
                 loop.record_steps(training.result())
                 training = None

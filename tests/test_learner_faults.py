@@ -213,3 +213,132 @@ def test_a_decoder_failure_of_any_kind_dead_letters_the_record(tmp_path, monkeyp
     monkeypatch.setattr(loop_module, "decode_record", broken)
     error = loop.accept(scan_record("ut-pe100-5mhz", 1, offset=0))
     assert isinstance(error, InvalidInput) and error.field == "message" and "reshape" in error.reason
+
+
+class Unreachable:
+    """A producer whose broker has gone away."""
+
+    async def send_and_wait(self, *args, **kwargs):
+        from aiokafka.errors import KafkaConnectionError
+
+        raise KafkaConnectionError("broker went away")
+
+
+class SeekingConsumer(FakeConsumer):
+    def __init__(self, assigned):
+        super().__init__(assigned)
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+
+async def test_an_announcement_the_broker_cannot_take_does_not_stop_the_learner(tmp_path):
+    cfg = learner_config("unused:9092", tmp_path / "models", holdout_share=0.5, max_steps_per_scan=2)
+    loop = LearnerLoop(cfg, LearnerMetrics())
+    for seed in range(8):
+        loop.accept(scan_record("ut-pe100-5mhz", seed, offset=seed))
+    loop.record_steps(loop.learner.train_for(4, 30.0))
+    consumer = FakeConsumer({TopicPartition(TOPIC, 0)})
+    await publish_and_commit(loop, consumer, Unreachable())  # servers still find it by polling the store
+    assert loop.store.latest() == 1 and consumer.commits == [{TopicPartition(TOPIC, 0): 8}]
+
+
+async def test_a_dead_letter_the_broker_cannot_take_is_read_again_not_skipped(tmp_path):
+    from weldstream.learner.loop import take_records
+
+    loop = LearnerLoop(learner_config("unused:9092", tmp_path / "models", holdout_share=0.0), LearnerMetrics())
+    tp = TopicPartition(TOPIC, 0)
+    records = {tp: [scan_record("ut-pe100-5mhz", 1, offset=0), record(b"\xff junk", offset=1),
+                    scan_record("ut-pe100-5mhz", 2, offset=2)]}
+    consumer = SeekingConsumer({tp})
+    await take_records(loop, consumer, Unreachable(), records)
+    assert loop.positions[tp] == 1  # the good record before it was taken
+    assert consumer.seeks == [(tp, 1)]  # the refused one and those after it are fetched again
+    assert len(loop.learner.pending) == 1
+
+
+class ForgetfulBroker(FakeConsumer):
+    """What a consumer sees after the broker restarted empty: no committed offsets, short logs."""
+
+    def __init__(self, assigned, ends, committed=None):
+        super().__init__(assigned)
+        self.ends = ends
+        self.committed_offsets = committed or {}
+        self.seeks: list[tuple[TopicPartition, int | str]] = []
+
+    async def committed(self, tp):
+        return self.committed_offsets.get(tp)
+
+    async def end_offsets(self, partitions):
+        return {tp: self.ends[tp] for tp in partitions}
+
+    def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+    async def seek_to_beginning(self, *partitions):
+        self.seeks.extend((tp, "beginning") for tp in partitions)
+
+
+async def test_a_log_shorter_than_the_checkpoint_is_read_from_its_start():
+    shrunk, kept = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    positions = {shrunk: 6, kept: 4}
+    checkpointed = dict(positions)
+    consumer = ForgetfulBroker({shrunk, kept}, ends={shrunk: 2, kept: 9})
+    await kafka_io.SeekToCheckpoint(consumer, positions, checkpointed).on_partitions_assigned({shrunk, kept})
+    assert sorted(consumer.seeks) == sorted([(shrunk, "beginning"), (kept, 4)])
+    assert shrunk not in positions and shrunk not in checkpointed  # never committed against the new log
+    # an offset committed before the restart, and a member that no longer knows its position
+    again = ForgetfulBroker({shrunk}, ends={shrunk: 0}, committed={shrunk: 3})
+    await kafka_io.SeekToCheckpoint(again, {}, {}).on_partitions_assigned({shrunk})
+    assert again.seeks == [(shrunk, "beginning")]
+
+
+async def test_a_full_disk_commits_nothing_and_the_learner_catches_up_when_space_returns(tmp_path, monkeypatch):
+    import errno
+
+    from weldstream.learner import loop as loop_module
+
+    cfg = learner_config("unused:9092", tmp_path / "models", holdout_share=0.5, max_steps_per_scan=2)
+    loop = LearnerLoop(cfg, LearnerMetrics())
+    for seed in range(8):
+        loop.accept(scan_record("ut-pe100-5mhz", seed, offset=seed))
+    loop.record_steps(loop.learner.train_for(4, 30.0))
+    save = loop_module.save_checkpoint
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", disk_full)
+    consumer = FakeConsumer({TopicPartition(TOPIC, 0)})
+    await publish_and_commit(loop, consumer, Announcements())
+    assert consumer.commits == [] and loop.store.latest() is None  # nothing committed, nothing published
+    assert loop.metrics.checkpoint_failures._value.get() == 1
+    monkeypatch.setattr(loop_module, "save_checkpoint", save)
+    await publish_and_commit(loop, consumer, Announcements())
+    assert consumer.commits == [{TopicPartition(TOPIC, 0): 8}] and loop.store.latest() == 1
+
+
+def test_a_ledger_write_that_fails_leaves_no_half_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from weldstream.learner import ledger as ledger_module
+    from weldstream.learner.ledger import Entry, Ledger
+
+    ledger = Ledger(tmp_path)
+    ledger.record(Entry("a", "d", "train", 0, 0))
+    ledger.flush()
+    ledger.record(Entry("b", "d", "train", 0, 1))
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fsync = os.fsync
+    monkeypatch.setattr(ledger_module.os, "fsync", no_space)
+    with pytest.raises(OSError):
+        ledger.flush()
+    monkeypatch.setattr(ledger_module.os, "fsync", fsync)
+    assert [e.scan_id for e in read_ledger(tmp_path)] == ["a"]
+    ledger.flush()  # the entry was kept and goes out once there is space
+    assert [e.scan_id for e in read_ledger(tmp_path)] == ["a", "b"]

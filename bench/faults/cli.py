@@ -27,12 +27,18 @@ class Plan:
     fuzz_examples: int
     server_kills: int
     clients: int
+    restart_scans: int
+    soak_clients: int
+    soak_s: float
+    swap_every_s: float
 
 
 FULL = Plan(learner_kills=10, scans=300, rate=4.0, big_record_bytes=50 << 20, fuzz_examples=5000, server_kills=3,
-            clients=8)
-QUICK = Plan(learner_kills=2, scans=24, rate=3.0, big_record_bytes=3 << 20, fuzz_examples=300, server_kills=1,
-             clients=4)
+            clients=8, restart_scans=40,
+            soak_clients=32, soak_s=300.0, swap_every_s=10.0)
+QUICK = Plan(learner_kills=2, scans=18, rate=6.0, big_record_bytes=3 << 20, fuzz_examples=300, server_kills=1,
+             clients=4, restart_scans=9,
+             soak_clients=4, soak_s=6.0, swap_every_s=2.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def run_faults(plan: Plan, seed: int = 0) -> list[FaultResult]:
+    from weldstream.bench.faults.broker_restart import broker_restart
+    from weldstream.bench.faults.disk_full import disk_full
     from weldstream.bench.faults.hostile import fuzz_decoder
     from weldstream.bench.faults.learner_kills import learner_kills
     from weldstream.bench.faults.server_kill import server_kills
+    from weldstream.bench.faults.soak import soak
     from weldstream.bench.faults.store_damage import damaged_versions
 
     results = []
@@ -64,6 +73,9 @@ async def run_faults(plan: Plan, seed: int = 0) -> list[FaultResult]:
                                                 plan.big_record_bytes, seed)),
             ("store", damaged_versions),
             ("server", lambda d: server_kills(d, plan.server_kills, plan.clients)),
+            ("broker", lambda d: broker_restart(d, plan.restart_scans, plan.rate, seed)),
+            ("disk", lambda d: disk_full(d, plan.restart_scans, plan.rate, seed)),
+            ("soak", lambda d: soak(d, plan.soak_clients, plan.soak_s, plan.swap_every_s)),
         ]
         results.append(await asyncio.to_thread(_fuzz_row, fuzz_decoder, plan.fuzz_examples, seed))
         for name, step in steps:

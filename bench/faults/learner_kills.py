@@ -13,7 +13,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from weldstream.bench.faults.hostile import hostile_records
-from weldstream.bench.faults.processes import FaultTimeout, start_learner, stop, tail, wait_until
+from weldstream.bench.faults.processes import FaultTimeout, is_live, start_learner, stop, tail, wait_until
 from weldstream.bench.faults.report import FaultResult
 from weldstream.dev.broker import EmbeddedBroker, free_port
 from weldstream.dev.rig import labeled_scan
@@ -82,17 +82,19 @@ async def learner_kills(work: Path, kills: int, scans: int, rate: float, big_byt
     with EmbeddedBroker(free_port()) as broker:
         await ensure_topics(broker.bootstrap)
         streaming = asyncio.create_task(produce(broker.bootstrap, scans, rate, hostile, seed))
-        learner = start_learner(broker.bootstrap, model_dir, log)
+        metrics_port = free_port()
+        learner = start_learner(broker.bootstrap, model_dir, log, metrics_port=metrics_port)
         try:
             for _ in range(kills):
                 await asyncio.sleep(rng.uniform(2.0, 6.0))
                 os.kill(learner.pid, signal.SIGKILL)
                 learner.wait(10)
-                learner = start_learner(broker.bootstrap, model_dir, log)
+                learner = start_learner(broker.bootstrap, model_dir, log, metrics_port=metrics_port)
             keys = await streaming
             wanted = set(keys)
             await wait_until(lambda: wanted <= {e.scan_id for e in read_ledger(model_dir)}, 240,
                              "every record in the ledger")
+            await wait_until(lambda: is_live(metrics_port), 120, "the last learner to be up (/healthz)")
         except FaultTimeout as exc:
             result.measured = f"{exc}; learner log: {tail(log, 300)!r}"
             return result

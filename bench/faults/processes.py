@@ -19,9 +19,10 @@ class FaultTimeout(AssertionError):
     pass
 
 
-def start_learner(kafka: str, model_dir: Path, log: Path, *extra: str) -> subprocess.Popen:
+def start_learner(kafka: str, model_dir: Path, log: Path, *extra: str, metrics_port: int = -1) -> subprocess.Popen:
     """A small, fast learner (64-px crops, one thread) that checkpoints and publishes every second."""
-    args = [*CLI, "learn", "--kafka", kafka, "--model-dir", str(model_dir), "--metrics-port", "-1",
+    args = [*CLI, "learn", "--kafka", kafka, "--model-dir", str(model_dir), "--metrics-port", str(metrics_port),
+            "--metrics-host", "127.0.0.1",
             "--crop-size", "64", "--batch-size", "4", "--memory-per-domain", "16", "--memory-batch", "2",
             "--publish-every-steps", "3", "--publish-every-s", "1", "--session-timeout-ms", "2000",
             "--threads", "1", "--regression-tolerance", "1.0", *extra]
@@ -54,6 +55,15 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
             raise FaultTimeout(f"timed out after {timeout_s:.0f} s waiting for {what}")
         await asyncio.sleep(every_s)
     return time.monotonic() - started
+
+
+def is_live(metrics_port: int) -> bool:
+    """The learner's /healthz says its loop is making progress."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
