@@ -246,7 +246,8 @@ async def publish_and_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer, prod
     try:
         manifest = await loop.publish()
     except OSError as exc:
-        log.error("could not publish a version (%s); will try again", exc)
+        loop.last_publish = time.monotonic()
+        log.error("could not publish a version (%s); will try again after --publish-every-s", exc)
         manifest = None
     if manifest is not None:
         try:

@@ -11,7 +11,7 @@ from weldstream.bench.faults.report import write_report
 async def test_quick_fault_suite_passes_every_row(tmp_path):
     results = await run_faults(QUICK, seed=0)
     md, raw = write_report(results, tmp_path, "quick")
-    failed = {r.fault: r.measured for r in results if not r.passed}
+    failed = {r.fault: r.measured for r in results if not r.passed and not r.skipped}
     assert not failed, failed
     assert {r.fault.split(" x")[0] for r in results} >= {"hostile payloads (fuzz)", "learner SIGKILL",
                                                          "damaged versions", "server SIGKILL"}

@@ -342,3 +342,17 @@ def test_a_ledger_write_that_fails_leaves_no_half_line(tmp_path, monkeypatch):
     assert [e.scan_id for e in read_ledger(tmp_path)] == ["a"]
     ledger.flush()  # the entry was kept and goes out once there is space
     assert [e.scan_id for e in read_ledger(tmp_path)] == ["a", "b"]
+
+
+def test_a_half_written_last_line_is_ignored_and_cut_before_the_next_append(tmp_path):
+    from weldstream.learner.ledger import LEDGER_FILE, Entry, Ledger
+
+    ledger = Ledger(tmp_path)
+    ledger.record(Entry("a", "d", "train", 0, 0))
+    ledger.flush()
+    with open(tmp_path / LEDGER_FILE, "a", encoding="utf-8") as handle:
+        handle.write('{"scan_id": "b", "dom')  # a SIGKILL or a full disk in the middle of a write
+    assert [e.scan_id for e in read_ledger(tmp_path)] == ["a"]
+    ledger.record(Entry("c", "d", "train", 0, 2))
+    ledger.flush()
+    assert [e.scan_id for e in read_ledger(tmp_path)] == ["a", "c"]

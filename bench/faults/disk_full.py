@@ -71,7 +71,7 @@ async def disk_full(work: Path, scans: int, rate: float, seed: int) -> FaultResu
     )
     disk = work / "disk"
     if (why := mount_tmpfs(disk, TMPFS_MB)) is not None:
-        result.measured = f"not run: {why}"
+        result.measured = result.skipped = f"not run: {why}"
         return result
     model_dir, log, filler = disk / "models", work / "learner.log", disk / "filler"
     metrics_port = free_port()

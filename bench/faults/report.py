@@ -18,6 +18,7 @@ class FaultResult:
     measured: str = ""
     passed: bool = False
     seconds: float = 0.0
+    skipped: str = ""  # why the fault could not be injected here (then it neither passes nor fails)
     figures: dict[str, Any] = field(default_factory=dict)
 
 
@@ -25,10 +26,11 @@ def markdown(results: list[FaultResult], mode: str) -> str:
     lines = [f"# weldstream fault suite ({mode})", "",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
              f"Python {platform.python_version()}, {len(results)} faults, "
-             f"{sum(r.passed for r in results)} passed.", "",
+             f"{sum(r.passed for r in results)} passed, {sum(bool(r.skipped) for r in results)} not run.", "",
              "| fault | what was done | expected | measured | pass |", "| --- | --- | --- | --- | --- |"]
     for r in results:
-        lines.append(f"| {r.fault} | {r.done} | {r.expected} | {r.measured} | {'yes' if r.passed else '**no**'} |")
+        verdict = "not run" if r.skipped else "yes" if r.passed else "**no**"
+        lines.append(f"| {r.fault} | {r.done} | {r.expected} | {r.measured} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

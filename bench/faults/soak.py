@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,12 +30,19 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-async def soak(work: Path, clients: int, seconds: float, swap_every_s: float) -> FaultResult:
+# A neighbour that wants every cycle, as a learner training on the same cores does.
+BUSY_LOOP = "while True: pass"
+
+
+async def soak(work: Path, clients: int, seconds: float, swap_every_s: float, neighbours: int = 0) -> FaultResult:
+    beside = f" beside {neighbours} CPU-saturating processes (busy loops at the server's priority)" if neighbours \
+        else ""
     result = FaultResult(
-        fault=f"soak {clients} clients x {seconds:g} s",
+        fault=f"soak {clients} clients x {seconds:g} s" + (f", {neighbours} busy neighbours" if neighbours else ""),
         done=f"{clients} concurrent clients call Segment (256 x 256 scans) for {seconds:g} s while a new version "
-             f"is published every {swap_every_s:g} s",
-        expected="0 errors; every published version swapped in; p99 latency and resident-memory growth stated",
+             f"is published every {swap_every_s:g} s{beside}",
+        expected="0 errors; every published version swapped in; p99 latency, swap time and resident-memory growth "
+                 "stated",
     )
     store, config = WeightStore(work / "models"), ModelConfig()
     states = [build_model(config, seed=s).state_dict() for s in (1, 2)]
@@ -68,6 +77,7 @@ async def soak(work: Path, clients: int, seconds: float, swap_every_s: float) ->
         result.measured = f"the server never answered: {err.code().name}; log: {tail(log, 300)!r}"
         return result
     tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(neighbours)]
     try:
         await asyncio.sleep(WARM_UP_S)
         measuring.set()
@@ -80,12 +90,17 @@ async def soak(work: Path, clients: int, seconds: float, swap_every_s: float) ->
             await asyncio.to_thread(store.publish, states[published % 2], config, parent_version=store.latest())
         await asyncio.sleep(2.0)  # the last swap
         rss_end = rss_bytes(server.pid)
-        swapped = scrape(metrics_port)[("inference_model_swaps_total", (("result", "swapped"),))]
-        live = scrape(metrics_port)[("inference_model_version", ())]
+        samples = scrape(metrics_port)
+        swapped = samples[("inference_model_swaps_total", (("result", "swapped"),))]
+        live = samples[("inference_model_version", ())]
+        swap_s = samples[("inference_model_swap_duration_seconds_sum", ())] / max(1.0, swapped)
     except (OSError, KeyError) as exc:
         result.measured = f"{exc!r}; server log: {tail(log, 300)!r}"
         return result
     finally:
+        for process in busy:
+            process.kill()
+            process.wait()
         done.set()
         await asyncio.gather(*tasks)
         code = stop(server)
@@ -94,11 +109,13 @@ async def soak(work: Path, clients: int, seconds: float, swap_every_s: float) ->
     growth = (rss_end - rss_start) / 2**20
     result.figures = {"requests": len(latencies), "errors": len(errors), "first_errors": errors[:5],
                       "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "versions_published": published,
-                      "swaps": swapped, "live_version": live, "newest_version": store.latest(),
+                      "swaps": swapped, "mean_swap_s": round(swap_s, 3), "live_version": live,
+                      "newest_version": store.latest(),
                       "rss_start_mib": round(rss_start / 2**20, 1), "rss_end_mib": round(rss_end / 2**20, 1),
                       "rss_growth_mib": round(growth, 1), "server_exit_code": code}
     result.passed = not errors and live == store.latest() and code == 0
     result.measured = (f"{len(latencies)} requests, {len(errors)} errors; p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
-                       f"{published} versions published, live v{live:.0f} = newest; resident memory "
+                       f"{published} versions published, each loaded in {swap_s:.2f} s on average, live "
+                       f"v{live:.0f}{' = newest' if live == store.latest() else ''}; resident memory "
                        f"{rss_start / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB ({growth:+.0f} MiB)")
     return result
