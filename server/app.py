@@ -32,6 +32,9 @@ from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
 from weldstream.weight_store import WeightStore
 
 log = logging.getLogger(__name__)
+# A health service name that answers SERVING whenever the process runs, for liveness probes: with
+# --ready-when-trained the other names say NOT_SERVING until a trained version is live.
+LIVENESS_SERVICE = "weldstream.liveness"
 SERVICE_NAMES = (
     segmenter_pb2.DESCRIPTOR.services_by_name["Segmenter"].full_name,
     grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -113,6 +116,7 @@ class InferenceServer:
         self._stack.push_async_callback(self.swapper.close)
 
         self.ready.set()
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._publish_health()
         log.info("serving %s v%d on %s:%d (%s%s; metrics :%s, device %s)", cfg.model_name,
                  self.slot.current().version, cfg.host, self.port,

@@ -199,6 +199,8 @@ async def test_ready_when_trained_waits_for_a_trained_version(tmp_path, started)
             return status, model
 
         assert await ready() == (health_pb2.HealthCheckResponse.NOT_SERVING, False)
+        alive = await health.Check(health_pb2.HealthCheckRequest(service="weldstream.liveness"))
+        assert alive.status == health_pb2.HealthCheckResponse.SERVING  # what a liveness probe asks
         publish(store, seed=1)
         assert await server.swapper.swap_to_latest()
         assert await ready() == (health_pb2.HealthCheckResponse.SERVING, True)
