@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +20,21 @@ from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import MANIFEST_FILE, WEIGHTS_FILE, WeightStore
 
 
-def _publish(store: WeightStore, seed: int, nan: bool = False) -> int:
+def _publish(store: WeightStore, seed: int, nan: bool = False, staging: WeightStore | None = None,
+             damage: Callable[[WeightStore, int], None] | None = None) -> int:
+    """A new version; with `staging`, written and damaged there first and then renamed into the store,
+    so the server never sees it undamaged."""
     state = build_model(ModelConfig(), seed=seed).state_dict()
     if nan:
         state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
-    return store.publish(state, ModelConfig(), parent_version=store.latest() or 0).version
+    version = (store.latest() or 0) + 1
+    target = staging or store
+    target.publish(state, ModelConfig(), parent_version=version - 1, version=version)
+    if damage is not None:
+        damage(target, version)
+    if staging is not None:
+        os.rename(staging.path_of(version), store.path_of(version))
+    return version
 
 
 def _truncate(store: WeightStore, version: int) -> None:
@@ -74,7 +85,7 @@ async def damaged_versions(work: Path) -> FaultResult:
         expected="each refused and counted (failed, or retry for a file not there yet); the last good version "
                  "serves throughout; the next good version is swapped in",
     )
-    store = WeightStore(work / "models")
+    store, staging = WeightStore(work / "models"), WeightStore(work / "staging")
     good = _publish(store, seed=1)
     port, metrics_port, log = free_port(), free_port(), work / "server.log"
     server = start_server(store.root, port, metrics_port, log)
@@ -91,9 +102,7 @@ async def damaged_versions(work: Path) -> FaultResult:
             assert await served() == good
             for name, (damage, nan, counter) in DAMAGES.items():
                 before = _swaps(metrics_port)
-                version = _publish(store, seed=version_seed(name), nan=nan)
-                if damage is not None:
-                    damage(store, version)
+                version = _publish(store, seed=version_seed(name), nan=nan, staging=staging, damage=damage)
                 await wait_until(lambda c=counter, b=before: _swaps(metrics_port)[c] > b[c], 60,
                                  f"the server to refuse the {name}")
                 rows[name] = {"version": version, "counted": counter, "serving": await served()}
