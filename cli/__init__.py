@@ -18,10 +18,23 @@ from weldstream.cli_args import parse_size
 from weldstream.settings import add_settings, apply_environment, config_from_args
 
 
+def _kafka_security_arguments(p: argparse.ArgumentParser) -> None:
+    from weldstream.kafka_security import KafkaSecurity
+
+    add_settings(p.add_argument_group("Kafka TLS and SASL"), KafkaSecurity)
+
+
+def kafka_security(args: argparse.Namespace):
+    from weldstream.kafka_security import KafkaSecurity
+
+    return config_from_args(KafkaSecurity, args)
+
+
 def _serve_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     from weldstream.server.config import ServerConfig
 
     add_settings(p, ServerConfig)
+    _kafka_security_arguments(p)
     p.set_defaults(run=_run_serve)
 
 
@@ -29,7 +42,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from weldstream.server.app import serve
     from weldstream.server.config import ServerConfig
 
-    asyncio.run(serve(config_from_args(ServerConfig, args)))
+    asyncio.run(serve(config_from_args(ServerConfig, args, kafka_security=kafka_security(args))))
     return 0
 
 
@@ -38,13 +51,21 @@ def _infer_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--target", default="127.0.0.1:8001", help="server HOST:PORT")
     p.add_argument("--out", type=Path, default=None, help="write the mask overlaid on the scan here (PNG)")
     p.add_argument("--timeout", type=float, default=30.0)
+    secure = p.add_argument_group("TLS and authentication (as the server was started)")
+    secure.add_argument("--tls-ca", type=Path, default=None, help="PEM CA bundle that signed the server's "
+                                                                  "certificate: connect over TLS")
+    secure.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate (mutual TLS)")
+    secure.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    secure.add_argument("--auth-token-file", type=Path, default=None,
+                        help="file holding the bearer token sent as 'authorization: Bearer <token>'")
     p.set_defaults(run=_run_infer)
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    from weldstream.client import infer_file
+    from weldstream.client import Connection, infer_file
 
-    return infer_file(args.image, args.target, args.out, args.timeout)
+    connection = Connection(args.target, args.tls_ca, args.tls_cert, args.tls_key, args.auth_token_file)
+    return infer_file(args.image, connection, args.out, args.timeout)
 
 
 def _simulate_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
@@ -58,6 +79,7 @@ def _simulate_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
                         help="sequential (--count of each domain in turn), gradual (mixes slide from one "
                              "domain to the next) or an explicit list like ut-pe100-5mhz:200,xray-film-steel-x52:50")
     stream.add_argument("--rig-id", default="sim-rig-1")
+    _kafka_security_arguments(p)
     p.set_defaults(run=_run_simulate)
 
 
@@ -71,7 +93,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
     domains = domain_names() if args.domain == "all" else [args.domain]
     schedule = Schedule.parse(args.schedule, domains, args.count)
-    sent = asyncio.run(produce_stream(args.kafka, schedule, args.rate, args.size, args.seed, args.rig_id))
+    sent = asyncio.run(produce_stream(args.kafka, schedule, args.rate, args.size, args.seed, args.rig_id,
+                                      security=kafka_security(args)))
     print(f"produced {sent} labeled scans to {args.kafka}")
     return 0
 
@@ -107,6 +130,7 @@ def _learn_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
 
     add_settings(p, LearnerConfig)
     add_settings(p.add_argument_group("training step"), StepConfig)
+    _kafka_security_arguments(p)
     p.set_defaults(run=_run_learn)
 
 
@@ -114,7 +138,8 @@ def learner_config(args: argparse.Namespace):
     from weldstream.learner.config import LearnerConfig
     from weldstream.replay import StepConfig
 
-    return config_from_args(LearnerConfig, args, step=config_from_args(StepConfig, args))
+    return config_from_args(LearnerConfig, args, step=config_from_args(StepConfig, args),
+                            kafka_security=kafka_security(args))
 
 
 def _run_learn(args: argparse.Namespace) -> int:
@@ -174,6 +199,12 @@ def _bench_cl_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
 
     cl_cli.add_arguments(p)
     p.set_defaults(run=cl_cli.run)
+
+
+def _bench_faults_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.bench.faults import cli as faults_cli
+
+    faults_cli.add_arguments(p)
 
 
 def _run_bench_serve(args: argparse.Namespace) -> int:
@@ -246,6 +277,7 @@ BENCHMARKS: dict[str, tuple[str, Filler]] = {
     "serve": ("gRPC Segment latency vs in-process, batching on vs off, swap latency", _bench_serve_arguments),
     "gem-step": ("GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains", _bench_gem_arguments),
     "cl": ("continual-learning strategies on a drifting weld stream (report + plots)", _bench_cl_arguments),
+    "faults": ("kill, damage and attack the running system; a report of what held", _bench_faults_arguments),
 }
 
 

@@ -13,6 +13,8 @@ from aiokafka import AIOKafkaProducer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from weldstream.codec import array_to_tensor
+from weldstream.kafka_security import KafkaSecurity
+from weldstream.limits import record_bytes
 from weldstream.simulator import ScanSample, domain_names, generate_scan
 from weldstream.topics import LABELED_SCANS, ensure_topics
 from weldstream.v1 import stream_pb2, tensor_pb2
@@ -67,11 +69,14 @@ def labeled_scan(sample: ScanSample, rig_id: str) -> stream_pb2.LabeledScan:
 async def produce_stream(bootstrap: str, schedule: Schedule, rate: float, size: tuple[int, int], seed: int = 0,
                          rig_id: str = "sim-rig-1", topic: str = LABELED_SCANS,
                          stop: asyncio.Event | None = None,
-                         on_scan: Callable[[ScanSample], None] | None = None) -> int:
+                         on_scan: Callable[[ScanSample], None] | None = None,
+                         security: KafkaSecurity | None = None) -> int:
     """Produce the schedule's scans at `rate` per second (0: as fast as possible); returns how many."""
-    await ensure_topics(bootstrap)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
-                                linger_ms=5, max_request_size=64 << 20)
+    security = security or KafkaSecurity()
+    await ensure_topics(bootstrap, security=security)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **security.client_kwargs(), acks="all",
+                                enable_idempotence=False,
+                                linger_ms=5, max_request_size=record_bytes())
     await producer.start()
     sent = 0
     started = time.monotonic()

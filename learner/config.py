@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weldstream.kafka_security import KafkaSecurity
+from weldstream.limits import MAX_SCAN_SIDE
 from weldstream.model import ModelConfig
 from weldstream.registry import REGISTRY_HELP
 from weldstream.replay import StepConfig
-from weldstream.settings import setting
+from weldstream.settings import comma_list, optional_path, setting
 from weldstream.topics import DEAD_LETTER, DEFAULT_KAFKA, LABELED_SCANS, MODELS
 from weldstream.weight_store import DEFAULT_MODEL_DIR
 
@@ -19,11 +21,14 @@ class LearnerConfig:
     model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
     registry: str = setting("", help=REGISTRY_HELP)
     metrics_port: int = setting(8003, help="Prometheus /metrics port (-1: off)")
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = setting("0.0.0.0", help="address /metrics and /healthz listen on")
+    signing_key_file: Path | None = setting(None, parse=optional_path,
+                                            help="HMAC key: sign every published version (servers check it)")
     group_id: str = setting("weldstream-learner", help="Kafka consumer group")
     topic: str = LABELED_SCANS
     dead_letter_topic: str = DEAD_LETTER
     models_topic: str = MODELS
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     model: ModelConfig = field(default_factory=ModelConfig)
     step: StepConfig = field(default_factory=StepConfig)
     # Training crops are cut from scans at their native size (what the server sees); 0 picks by device.
@@ -58,11 +63,20 @@ class LearnerConfig:
                                                      "(0.03 = 3 points) ...")
     regression_confidence: float = setting(0.95, help="... when a paired bootstrap over the held-out scans "
                                                       "finds it in this share of resamples")
-    max_side: int = 4096
+    # Every domain tag becomes a memory block, a GEM constraint and metric label values: new domains are
+    # welcome (a new rig is the point of learning), but only up to a bound, and only listed ones if a list is given.
+    max_domains: int = setting(32, help="most domains the learner accepts; records of further ones are "
+                                        "dead-lettered")
+    domain_allowlist: tuple[str, ...] = setting((), parse=comma_list,
+                                                help="comma-separated domains to accept (empty: any, up to "
+                                                     "--max-domains)")
+    max_side: int = MAX_SCAN_SIDE
     device: str = setting("auto", help="auto, cpu, cuda, cuda:1 ...")
     seed: int = 0
     session_timeout_ms: int = setting(10000, help="Kafka consumer session timeout")
     threads: int = setting(0, help="torch CPU threads (0: torch's default)")
+    # /healthz on the metrics port answers 503 once the loop has made no progress for this long.
+    liveness_timeout_s: float = setting(300.0, help="seconds without loop progress before /healthz fails")
 
     def __post_init__(self) -> None:
         if not 0 <= self.holdout_share < 1:
@@ -79,3 +93,5 @@ class LearnerConfig:
             raise ValueError("publish_every_steps must be >= 1 and publish_every_s > 0")
         if not 0 <= self.regression_confidence <= 1:
             raise ValueError("regression_confidence must be in [0, 1]")
+        if self.max_domains < 1 or self.liveness_timeout_s <= 0:
+            raise ValueError("max_domains must be >= 1 and liveness_timeout_s > 0")

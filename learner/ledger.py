@@ -32,18 +32,47 @@ class Ledger:
         self._buffer.append(entry)
 
     def flush(self) -> None:
+        """Append the buffered entries, all or none: a failed write (a full disk) is cut back off the file
+        and the entries stay buffered for the next flush. A half-written last line (a crash in the middle
+        of a write) is cut off first; its entries were never durable and are recorded again on re-reading."""
         if not self._buffer:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(asdict(e)) + "\n" for e in self._buffer)
-            handle.flush()
-            os.fsync(handle.fileno())
+        data = memoryview("".join(json.dumps(asdict(e)) + "\n" for e in self._buffer).encode())
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            size = _complete_lines(fd)
+            os.ftruncate(fd, size)
+            os.lseek(fd, size, os.SEEK_SET)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
         self._buffer.clear()
 
 
+def _complete_lines(fd: int) -> int:
+    """Bytes of the file up to and including its last newline."""
+    size = os.fstat(fd).st_size
+    position = size
+    while position > 0:
+        chunk = os.pread(fd, min(4096, position), max(0, position - 4096))
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return position - len(chunk) + newline + 1
+        position -= len(chunk)
+    return 0
+
+
 def read_ledger(model_dir: Path) -> list[Entry]:
+    """Every complete entry; a half-written last line is left out."""
     path = Path(model_dir) / LEDGER_FILE
     if not path.exists():
         return []
-    return [Entry(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    return [Entry(**json.loads(line)) for line in lines[:-1] if line]

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import start_http_server
 
 from weldstream.announcements import announce, follow_announcements
 from weldstream.errors import CorruptVersion, InvalidInput
@@ -27,9 +26,11 @@ from weldstream.learner.metrics import LearnerMetrics
 from weldstream.learner.publisher import CONSOLIDATED, Decision, Publisher
 from weldstream.learner.records import decode_record
 from weldstream.learner.trainer import ContinualLearner
+from weldstream.metrics_http import start_metrics_server
 from weldstream.model import resolve_device
 from weldstream.registry import Round, best_effort, open_configured
 from weldstream.replay import StepStats
+from weldstream.signing import read_key
 from weldstream.topics import ensure_topics
 from weldstream.weight_store import Manifest, WeightStore
 
@@ -49,11 +50,15 @@ class LearnerLoop:
         self.cfg = cfg
         self.metrics = metrics
         self.device = resolve_device(cfg.device)
-        self.store = WeightStore(cfg.model_dir)
+        self.store = WeightStore(cfg.model_dir, read_key(cfg.signing_key_file) if cfg.signing_key_file else None)
         self.learner = ContinualLearner(cfg, self.device)
         self.validation = ValidationSets(cfg.validation_per_domain, cfg.validation_mb << 20)
         self.ledger = Ledger(cfg.model_dir)
         self.positions: dict[TopicPartition, int] = {}  # next offset to read, per partition
+        self.checkpointed: dict[TopicPartition, int] = {}  # positions as of the newest checkpoint
+        self.committed: dict[TopicPartition, int] = {}  # positions as of the last successful commit
+        self.known_domains: set[str] = set()
+        self.progress_at = time.monotonic()
         self.steps_at_publish = 0
         self.steps_at_checkpoint = 0
         self.last_publish = time.monotonic()
@@ -78,6 +83,8 @@ class LearnerLoop:
         self.learner.load_state_dict(state["learner"])
         self.validation.load_state_dict(state["validation"])
         self.positions = {TopicPartition(t, p): o for (t, p), o in state["positions"].items()}
+        self.checkpointed = dict(self.positions)
+        self.known_domains = set(state.get("domains", ())) or self._domains_in_use()
         self.steps_at_publish = self.steps_at_checkpoint = self.learner.steps
         self.scans_at_checkpoint = self.learner.scans_learned
         log.info("resumed from checkpoint: step %d, %d steps of budget left, %d scans in the window, memory %s",
@@ -101,14 +108,43 @@ class LearnerLoop:
         log.info("no checkpoint: learning on from version %d (%s)", stored.manifest.version,
                  stored.manifest.strategy or "unnamed strategy")
 
+    def _domains_in_use(self) -> set[str]:
+        learner = self.learner
+        return {*learner.memory.domains(), *learner.window.domains(), *self.validation.domains(),
+                *(sample.domain for sample in learner.pending)}
+
+    def heartbeat(self) -> None:
+        """The loop made progress; /healthz stays 200 while this keeps happening."""
+        self.progress_at = time.monotonic()
+        self.metrics.progress.set_to_current_time()
+
+    def is_live(self) -> bool:
+        return time.monotonic() - self.progress_at < self.cfg.liveness_timeout_s
+
+    def check_domain(self, domain: str) -> None:
+        """New domains are accepted up to cfg.max_domains and, with an allowlist, only those on it."""
+        cfg = self.cfg
+        if domain in self.known_domains:
+            return
+        if cfg.domain_allowlist and domain not in cfg.domain_allowlist:
+            raise InvalidInput("domain", f"{domain!r} is not on the allowlist {list(cfg.domain_allowlist)}")
+        if len(self.known_domains) >= cfg.max_domains:
+            raise InvalidInput("domain", f"{domain!r} would be a new domain beyond the maximum of "
+                                         f"{cfg.max_domains} (known: {sorted(self.known_domains)})")
+        self.known_domains.add(domain)
+
     # -- stage 1: one Kafka record -> training sample, validation sample, or the error that dead-letters it
     def accept(self, message: ConsumerRecord) -> InvalidInput | None:
         """Route one record; an undecodable one returns its error (the caller dead-letters it first)."""
         cfg = self.cfg
         try:
             sample = decode_record(message.value, len(cfg.model.classes), cfg.model.in_channels, cfg.max_side)
+            self.check_domain(sample.domain)
         except InvalidInput as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one record, never the learner
+            log.exception("decoding %s@%d:%d failed unexpectedly", message.topic, message.partition, message.offset)
+            return InvalidInput("message", f"could not be decoded ({type(exc).__name__}: {exc})")
         use = "holdout" if is_held_out(sample.scan_id, cfg.holdout_share) else "train"
         if use == "holdout":
             self.validation.add(sample.scan_id, sample.domain, sample.x, sample.y)
@@ -119,12 +155,13 @@ class LearnerLoop:
         self.advance(message)
         return None
 
-    def dead_lettered(self, message: ConsumerRecord, exc: InvalidInput) -> None:
-        """Account for a record already sent to the dead-letter topic."""
-        self.metrics.consumed.labels("dead_letter").inc()
-        self.metrics.dead_lettered.labels(exc.field.split(".")[0]).inc()
+    def dead_lettered(self, message: ConsumerRecord, exc: InvalidInput, outcome: str = "dead_letter") -> None:
+        """Account for a refused record: sent to the dead-letter topic, or skipped if even that failed."""
+        self.metrics.consumed.labels(outcome).inc()
+        if outcome == "dead_letter":
+            self.metrics.dead_lettered.labels(exc.field.split(".")[0]).inc()
         scan_id = message.key.decode(errors="replace") if message.key else f"offset-{message.offset}"
-        self.ledger.record(Entry(scan_id, "", "dead_letter", message.partition, message.offset))
+        self.ledger.record(Entry(scan_id, "", outcome, message.partition, message.offset))
         self.advance(message)
 
     def advance(self, message: ConsumerRecord) -> None:
@@ -231,26 +268,73 @@ class LearnerLoop:
         """Write everything consumed and learned so far; True if there was anything new to write."""
         if not self.dirty and self.learner.steps == self.steps_at_checkpoint:
             return False
+        positions = dict(self.positions)
         state = {"learner": self.learner.state_dict(), "validation": self.validation.state_dict(),
-                 "positions": {(tp.topic, tp.partition): o for tp, o in self.positions.items()},
-                 "parent_version": self.publisher.parent_version}
+                 "positions": {(tp.topic, tp.partition): o for tp, o in positions.items()},
+                 "domains": sorted(self.known_domains), "parent_version": self.publisher.parent_version}
         await asyncio.to_thread(self.ledger.flush)
         await asyncio.to_thread(save_checkpoint, checkpoint_path(self.cfg.model_dir), state)
+        self.checkpointed.clear()
+        self.checkpointed.update((tp, o) for tp, o in positions.items() if tp in self.positions)
         self.dirty = False
         self.steps_at_checkpoint = self.learner.steps
         self.scans_at_checkpoint = self.learner.scans_learned
         return True
 
 
+async def take_records(loop: LearnerLoop, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                       records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    """Accept each record, dead-lettering the refused ones. If the dead-letter topic cannot be reached, the
+    consumer goes back to that record, so it and the ones after it are read again later, never skipped."""
+    for tp, messages in records.items():
+        for message in messages:
+            if (error := loop.accept(message)) is None:
+                continue
+            try:
+                outcome = await kafka_io.send_dead_letter(producer, loop.cfg.dead_letter_topic, message, error)
+            except KafkaError as exc:
+                log.warning("cannot dead-letter %s@%d:%d yet (%s); will read it again", tp.topic, tp.partition,
+                            message.offset, exc)
+                consumer.seek(tp, message.offset)
+                break
+            loop.dead_lettered(message, error, outcome)
+
+
 async def publish_and_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-    """Judge a candidate, announce it if published, then checkpoint and only then commit offsets."""
-    manifest = await loop.publish()
-    if manifest is not None:
-        await announce(producer, loop.cfg.models_topic, manifest)
-    if not await loop.checkpoint() or not loop.positions:
+    """Checkpoint, then judge a candidate and announce it if published, then commit the checkpointed offsets.
+
+    The checkpoint comes first so that a published version's training state (the parent of the next
+    version) is always on disk, whatever moment a crash picks.
+    """
+    try:
+        await loop.checkpoint()
+    except OSError as exc:
+        # Without a checkpoint nothing may be committed or published; training goes on in memory and the
+        # next checkpoint (once there is space) covers everything.
+        loop.metrics.checkpoint_failures.inc()
+        loop.last_publish = time.monotonic()  # try again after --publish-every-s, not at every poll
+        log.error("could not write the checkpoint (%s); committing and publishing nothing until one is written",
+                  exc)
         return
     try:
-        await consumer.commit(dict(loop.positions))
+        manifest = await loop.publish()
+    except OSError as exc:
+        loop.last_publish = time.monotonic()
+        log.error("could not publish a version (%s); will try again after --publish-every-s", exc)
+        manifest = None
+    if manifest is not None:
+        try:
+            await announce(producer, loop.cfg.models_topic, manifest)
+        except KafkaError as exc:  # the version is in the store; servers find it at their next poll
+            log.warning("could not announce version %d (%s); servers will find it by polling the store",
+                        manifest.version, exc)
+    owned = consumer.assignment()
+    offsets = {tp: o for tp, o in loop.checkpointed.items() if tp in owned and loop.committed.get(tp) != o}
+    if not offsets:
+        return
+    try:
+        await consumer.commit(offsets)
+        loop.committed.update(offsets)
     except (CommitFailedError, KafkaError) as exc:
         # The checkpoint already holds these scans; a restart seeks past them (SeekToCheckpoint).
         log.warning("offset commit failed (%s); will retry at the next checkpoint", exc)
@@ -262,19 +346,18 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     metrics = LearnerMetrics()
-    http = None
-    if cfg.metrics_port >= 0:
-        http, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=metrics.registry)
     Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
     loop = await asyncio.to_thread(LearnerLoop, cfg, metrics)
-    await ensure_topics(cfg.kafka)
+    http = start_probe_server(loop) if cfg.metrics_port >= 0 else None
+    await ensure_topics(cfg.kafka, security=cfg.kafka_security)
     producer = kafka_io.open_producer(cfg)
-    consumer = kafka_io.open_consumer(cfg, loop.positions)
+    consumer = kafka_io.open_consumer(cfg, loop.positions, loop.checkpointed)
     await producer.start()
     # weld.models tells the learner about pins, rollbacks and consolidated versions at once; the store
     # is looked at again before every judgement anyway, so a missed announcement only delays adoption.
     announced = asyncio.Event()
-    follower = asyncio.create_task(follow_announcements(cfg.kafka, cfg.models_topic, lambda _: announced.set()),
+    follower = asyncio.create_task(follow_announcements(cfg.kafka, cfg.models_topic, lambda _: announced.set(),
+                                                        security=cfg.kafka_security),
                                    name="follow-models")
     try:
         await consumer.start()
@@ -284,13 +367,10 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
         # training; checkpoints and publishing happen between chunks, when the training state is still.
         training: asyncio.Task | None = None
         while not stop.is_set():
+            loop.heartbeat()
             busy = training is not None or loop.learner.has_work()
             records = await consumer.getmany(timeout_ms=TRAINING_POLL_MS if busy else IDLE_POLL_MS)
-            for messages in records.values():
-                for message in messages:
-                    if (error := loop.accept(message)) is not None:
-                        await kafka_io.send_dead_letter(producer, cfg.dead_letter_topic, message, error)
-                        loop.dead_lettered(message, error)
+            await take_records(loop, consumer, producer, records)
             if training is not None and training.done():
                 loop.record_steps(training.result())
                 training = None
@@ -321,3 +401,9 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
             if loop.registry is not None:
                 loop.registry.close()
         log.info("learner stopped at step %d", loop.learner.steps)
+
+
+def start_probe_server(loop: LearnerLoop):
+    """/metrics and /healthz (live while the loop makes progress) on the configured metrics port."""
+    cfg = loop.cfg
+    return start_metrics_server(cfg.metrics_port, cfg.metrics_host, loop.metrics.registry, live=loop.is_live)

@@ -45,7 +45,13 @@ class LearnerMetrics:
         self.min_dot = Gauge("learner_gem_min_dot_product",
                              "Smallest <g, G_k> between the applied gradient and a past domain's reference "
                              "gradient (>= 0 means no past domain's loss rises, to first order).", registry=r)
-        for use in ("train", "holdout", "dead_letter"):
+        self.checkpoint_failures = Counter("learner_checkpoint_failures_total",
+                                           "Checkpoints that could not be written (a full disk); nothing is "
+                                           "committed or published until one is.", registry=r)
+        self.progress = Gauge("learner_loop_progress_timestamp_seconds",
+                              "When the learning loop last made progress (unix time); /healthz fails when stale.",
+                              registry=r)
+        for use in ("train", "holdout", "dead_letter", "skipped"):
             self.consumed.labels(use)
         for phase in PHASES:
             self.step_seconds.labels(phase)

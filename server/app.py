@@ -16,21 +16,28 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from weldstream.errors import CorruptVersion
 from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, resolve_device
 from weldstream.registry import best_effort, open_configured
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
+from weldstream.server.interceptors import RequestMetrics
 from weldstream.server.kserve_service import InferenceServicer
 from weldstream.server.loader import fresh_model, load_version
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
+from weldstream.server.security import BearerAuth, read_tokens, server_credentials
 from weldstream.server.segmenter_service import SegmenterServicer
 from weldstream.server.swapper import Swapper
+from weldstream.signing import read_key
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
 from weldstream.weight_store import WeightStore
 
 log = logging.getLogger(__name__)
+# A health service name that answers SERVING whenever the process runs, for liveness probes: with
+# --ready-when-trained the other names say NOT_SERVING until a trained version is live.
+LIVENESS_SERVICE = "weldstream.liveness"
 SERVICE_NAMES = (
     segmenter_pb2.DESCRIPTOR.services_by_name["Segmenter"].full_name,
     grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -38,12 +45,22 @@ SERVICE_NAMES = (
 
 
 def initial_model(store: WeightStore, device: torch.device) -> LoadedModel:
-    """The pinned or newest stored version, or a fresh untrained version 0 when the store is empty."""
+    """The pinned (else newest) stored version, or the newest one below it that loads and checks, or a fresh
+    untrained version 0 when none does.
+
+    A damaged (or, with a signing key, unsigned) version is skipped with an error logged; the swapper
+    refuses it again and `inference_model_versions_behind` shows the gap.
+    """
     served = store.served()
-    if served is None:
-        log.warning("no model version in %s; serving an untrained version 0", store.root)
-        return fresh_model(ModelConfig(), device)
-    return load_version(store, served, device)
+    candidates = [served] if served is not None else []
+    candidates += [v for v in reversed(store.versions()) if v != served and (served is None or v < served)]
+    for version in candidates:
+        try:
+            return load_version(store, version, device)
+        except CorruptVersion as exc:
+            log.error("not serving version %d: %s", version, exc)
+    log.warning("no usable model version in %s; serving an untrained version 0", store.root)
+    return fresh_model(ModelConfig(), device)
 
 
 class InferenceServer:
@@ -52,7 +69,7 @@ class InferenceServer:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.metrics = ServerMetrics()
-        self.store = WeightStore(cfg.model_dir)
+        self.store = WeightStore(cfg.model_dir, read_key(cfg.signing_key_file) if cfg.signing_key_file else None)
         self.device = resolve_device(cfg.device)
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -69,26 +86,35 @@ class InferenceServer:
         self.slot = ModelSlot(live, spare)
         self._publish_model_metrics()
         self.batcher = Batcher(self.slot, self.metrics, cfg.max_batch_size, cfg.max_queue_delay_ms / 1000,
-                               cfg.max_queue)
+                               cfg.max_queue, cfg.max_batch_pixels, cfg.max_queue_pixels)
         self.batcher.start()
         self._stack.push_async_callback(self.batcher.close)
 
-        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                   ("grpc.max_send_message_length", cfg.max_message_bytes)]
-        self.grpc = grpc.aio.server(options=options)
+        options = [("grpc.max_receive_message_length", cfg.max_receive_bytes),
+                   ("grpc.max_send_message_length", cfg.max_send_bytes)]
+        # Metrics outermost, so refused calls are counted UNAUTHENTICATED.
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestMetrics(self.metrics)]
+        if cfg.auth_token_file is not None:
+            interceptors.append(BearerAuth(read_tokens(cfg.auth_token_file)))
+        self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
         segmenter_pb2_grpc.add_SegmenterServicer_to_server(
             SegmenterServicer(cfg, self.slot, self.batcher, self.metrics), self.grpc)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(cfg, self.slot, self.batcher, self.metrics, self.ready), self.grpc)
+            InferenceServicer(cfg, self.slot, self.batcher, self.metrics, self.ready, self.model_ready), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        address = f"{cfg.host}:{cfg.grpc_port}"
+        if cfg.tls_cert is not None:
+            self.port = self.grpc.add_secure_port(address, server_credentials(cfg))
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind gRPC to {cfg.host}:{cfg.grpc_port}")
         await self.grpc.start()
         if cfg.metrics_port >= 0:
-            http, _ = start_http_server(cfg.metrics_port, addr=cfg.host, registry=self.metrics.registry)
+            http, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host or cfg.host,
+                                        registry=self.metrics.registry)
             self.metrics_port = http.server_port
             self._stack.callback(http.shutdown)
 
@@ -104,15 +130,14 @@ class InferenceServer:
         await self.swapper.start()
         self._stack.push_async_callback(self.swapper.close)
 
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.ready.set()
-        log.info("serving %s v%d on %s:%d (metrics :%s, device %s)", cfg.model_name, self.slot.current().version,
-                 cfg.host, self.port, self.metrics_port, self.device)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._publish_health()
+        log.info("serving %s v%d on %s:%d (%s%s; metrics :%s, device %s)", cfg.model_name,
+                 self.slot.current().version, cfg.host, self.port,
+                 "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
+                 ", bearer tokens" if cfg.auth_token_file else "", self.metrics_port, self.device)
 
-    def _swapped(self) -> None:
-        self._publish_model_metrics()
-        self._record_serving()
 
     def _record_serving(self) -> None:
         if self.registry is not None:
@@ -128,6 +153,23 @@ class InferenceServer:
         live = self.slot.current()
         self.metrics.model_version.set(live.version)
         self.metrics.model_untrained.set(1 if live.untrained else 0)
+
+    def model_ready(self) -> bool:
+        """What health, ServerReady and ModelReady report: serving, and (with --ready-when-trained) trained."""
+        trained = not (self.cfg.ready_when_trained and self.slot.current().untrained)
+        return self.ready.is_set() and trained
+
+    async def _publish_health(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.model_ready() else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _swapped(self) -> None:
+        self._publish_model_metrics()
+        self._record_serving()
+        if self.ready.is_set():
+            await self._publish_health()
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls finish within grace."""

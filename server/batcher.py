@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from weldstream.errors import ModelUnavailable, Overloaded
+from weldstream.server.errors import DeadlineExpired
 from weldstream.server.inference import Prediction, predict_batch
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import ModelSlot
@@ -25,21 +27,41 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Pending:
-    scan: np.ndarray
-    future: asyncio.Future[Prediction]
+    """One request's scans: they always run in the same forward pass, so they share one version."""
+
+    scans: list[np.ndarray]
+    future: asyncio.Future[list[Prediction]]
+    deadline: float | None  # time.monotonic() after which nobody waits for the answer
+    pixels: int
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-class Batcher:
-    """Owns the inference worker task and the single thread the model runs on."""
+def pixels_of(scans: list[np.ndarray]) -> int:
+    return sum(int(scan.shape[-2]) * int(scan.shape[-1]) for scan in scans)
 
-    def __init__(self, slot: ModelSlot, metrics: ServerMetrics, max_batch_size: int,
-                 max_queue_delay_s: float, max_queue: int) -> None:
+
+class Batcher:
+    """Owns the inference worker task and the single thread the model runs on.
+
+    Memory is bounded by pixels, not by request count: scans accepted and not yet answered hold at most
+    max_queue_pixels (a request that does not fit is refused at once), and one forward pass takes at most
+    max_batch_pixels (a larger request runs alone). A request whose deadline has passed is dropped before
+    its forward pass.
+    """
+
+    def __init__(self, slot: ModelSlot, metrics: ServerMetrics, max_batch_size: int, max_queue_delay_s: float,
+                 max_queue: int, max_batch_pixels: int, max_queue_pixels: int) -> None:
         self._slot = slot
         self._metrics = metrics
         self._max_batch = max_batch_size
         self._delay = max_queue_delay_s
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
+        self._max_queue = max_queue
+        self._max_batch_pixels = max_batch_pixels
+        self._max_queue_pixels = max_queue_pixels
+        self._waiting: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._held_scans = 0  # accepted and not yet answered (waiting or in the running batch)
+        self._held_pixels = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -47,18 +69,32 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batcher")
 
-    async def submit(self, scan: np.ndarray) -> Prediction:
+    async def submit(self, scan: np.ndarray, deadline: float | None = None) -> Prediction:
         """Queue one scan and wait for its prediction."""
+        return (await self.submit_many([scan], deadline))[0]
+
+    async def submit_many(self, scans: list[np.ndarray], deadline: float | None = None) -> list[Prediction]:
+        """Queue one request's scans; they run in one forward pass, on one version."""
         if self._closing:
             raise ModelUnavailable("server is shutting down")
         self.check_alive()
-        pending = _Pending(scan, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(pending)
-        except asyncio.QueueFull:
-            raise Overloaded(f"inference queue is full ({self._queue.maxsize} scans)") from None
-        self._metrics.queue_depth.set(self._queue.qsize())
+        pixels = pixels_of(scans)
+        if (self._held_scans + len(scans) > self._max_queue
+                or self._held_pixels + pixels > self._max_queue_pixels):
+            raise Overloaded(f"inference queue is full ({self._held_scans} scans, {self._held_pixels} pixels "
+                             f"of at most {self._max_queue} and {self._max_queue_pixels})")
+        pending = _Pending(list(scans), asyncio.get_running_loop().create_future(), deadline, pixels)
+        self._hold(pending, +1)
+        pending.future.add_done_callback(lambda _: self._hold(pending, -1))
+        self._waiting.append(pending)
+        self._arrived.set()
         return await pending.future
+
+    def _hold(self, pending: _Pending, sign: int) -> None:
+        self._held_scans += sign * len(pending.scans)
+        self._held_pixels += sign * pending.pixels
+        self._metrics.queue_depth.set(self._held_scans)
+        self._metrics.queue_pixels.set(self._held_pixels)
 
     def check_alive(self) -> None:
         """Surface a crashed worker to callers instead of letting requests hang."""
@@ -68,7 +104,7 @@ class Batcher:
     async def close(self) -> None:
         """Finish what is queued, then stop the worker and its thread."""
         self._closing = True
-        while not self._queue.empty():
+        while self._held_scans:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -78,23 +114,47 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True)
 
+    def _fits(self, batch_scans: int, batch_pixels: int, pending: _Pending) -> bool:
+        return (batch_scans + len(pending.scans) <= self._max_batch
+                and batch_pixels + pending.pixels <= self._max_batch_pixels)
+
     async def _collect(self, had_company: bool) -> list[_Pending]:
-        batch = [await self._queue.get()]
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = [self._waiting.popleft()]  # the first request always runs, however large
+        scans, pixels = len(batch[0].scans), batch[0].pixels
         deadline = time.perf_counter() + (self._delay if had_company else 0.0)
-        while len(batch) < self._max_batch:
-            try:
-                batch.append(self._queue.get_nowait())
+        while True:
+            if self._waiting:
+                if not self._fits(scans, pixels, self._waiting[0]):
+                    break
+                batch.append(self._waiting.popleft())
+                scans, pixels = scans + len(batch[-1].scans), pixels + batch[-1].pixels
                 continue
-            except asyncio.QueueEmpty:
-                pass
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
+            self._arrived.clear()
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 break
         return batch
+
+    def _drop_expired(self, batch: list[_Pending]) -> list[_Pending]:
+        """Requests still awaited; those past their deadline are answered DEADLINE_EXCEEDED unrun."""
+        now = time.monotonic()
+        live = []
+        for pending in batch:
+            if pending.future.done():  # cancelled by its caller
+                continue
+            if pending.deadline is not None and pending.deadline <= now:
+                self._metrics.expired.inc(len(pending.scans))
+                pending.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
+                continue
+            live.append(pending)
+        return live
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,24 +162,23 @@ class Batcher:
         while True:
             batch = await self._collect(had_company)
             had_company = len(batch) > 1
-            self._metrics.queue_depth.set(self._queue.qsize())
-            live = [p for p in batch if not p.future.cancelled()]
+            live = self._drop_expired(batch)
             if not live:
                 continue
-            self._metrics.batch_size.observe(len(live))
+            scans = [scan for pending in live for scan in pending.scans]
+            self._metrics.batch_size.observe(len(scans))
             started = time.perf_counter()
             try:
                 with self._slot.lease() as loaded:  # the whole batch runs on this version
-                    predictions = await loop.run_in_executor(
-                        self._executor, predict_batch, loaded, [p.scan for p in live]
-                    )
+                    predictions = await loop.run_in_executor(self._executor, predict_batch, loaded, scans)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the worker
-                log.exception("inference failed for a batch of %d", len(live))
+                log.exception("inference failed for a batch of %d", len(scans))
                 for pending in live:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 continue
             self._metrics.inference_seconds.observe(time.perf_counter() - started)
-            for pending, prediction in zip(live, predictions, strict=True):
+            for pending in live:
+                mine, predictions = predictions[:len(pending.scans)], predictions[len(pending.scans):]
                 if not pending.future.done():
-                    pending.future.set_result(prediction)
+                    pending.future.set_result(mine)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from weldstream.kafka_security import KafkaSecurity
+from weldstream.limits import MAX_SCAN_SIDE, request_bytes, response_bytes, scan_pixels
 from weldstream.registry import REGISTRY_HELP
-from weldstream.settings import optional_text, setting
+from weldstream.settings import optional_path, optional_text, setting
 from weldstream.topics import DEFAULT_KAFKA, MODELS
 from weldstream.weight_store import DEFAULT_MODEL_DIR
 
@@ -22,13 +24,29 @@ class ServerConfig:
     host: str = setting("0.0.0.0", help="address the gRPC server listens on")
     grpc_port: int = setting(8001, help="gRPC port (native Segmenter + KServe v2)")
     metrics_port: int = setting(8002, help="Prometheus /metrics port (-1: off)")
+    metrics_host: str | None = setting(None, parse=optional_text,
+                                       help="address /metrics listens on (default: the gRPC --host)")
+    # Security (see the README's "Reliability and security"): TLS, mutual TLS, bearer tokens, signed versions.
+    tls_cert: Path | None = setting(None, parse=optional_path, help="PEM certificate chain: serve gRPC over TLS")
+    tls_key: Path | None = setting(None, parse=optional_path, help="PEM private key of --tls-cert")
+    tls_client_ca: Path | None = setting(None, parse=optional_path,
+                                         help="PEM CA bundle: clients must present a certificate it signed (mTLS)")
+    auth_token_file: Path | None = setting(None, parse=optional_path,
+                                           help="accepted bearer tokens, one a line: calls need metadata "
+                                                "'authorization: Bearer <token>' (health checks exempt)")
+    signing_key_file: Path | None = setting(None, parse=optional_path,
+                                            help="HMAC key: load only versions signed with it")
     model_name: str = MODEL_NAME
     # Dynamic batching: a batch closes when full or, under load, after max_queue_delay_ms.
     max_batch_size: int = setting(8, help="largest micro-batch; 1 turns dynamic batching off")
     max_queue_delay_ms: float = setting(2.0, help="longest a request waits for others to share its batch")
-    max_queue: int = setting(256, help="requests queued before RESOURCE_EXHAUSTED")
-    # Largest accepted scan side; bounds memory per request.
-    max_side: int = setting(4096, help="largest accepted scan height/width")
+    max_queue: int = setting(256, help="scans accepted and not yet answered before RESOURCE_EXHAUSTED ...")
+    # Memory follows pixels, not requests: one 4096 x 4096 scan weighs as much as 256 scans of 256 x 256.
+    max_queue_pixels: int = setting(4 * scan_pixels(), help="... or pixels of them (at least one largest scan)")
+    max_batch_pixels: int = setting(scan_pixels(2048), help="most pixels in one forward pass (a larger "
+                                                            "request runs alone)")
+    # Largest accepted scan side (see weldstream.limits): the gRPC message limits follow from it.
+    max_side: int = setting(MAX_SCAN_SIDE, help="largest accepted scan height/width")
     device: str = setting("auto", help="auto, cpu, cuda, cuda:1 ...")
     threads: int = setting(0, help="torch CPU threads (0: torch's default)")
     grace_s: float = 10.0
@@ -37,7 +55,10 @@ class ServerConfig:
                                 help="follow model announcements on this Kafka bootstrap address "
                                      "('' to only poll the store)")
     models_topic: str = MODELS
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     poll_interval_s: float = setting(5.0, flag="--poll-interval", help="seconds between weight-store polls")
+    ready_when_trained: bool = setting(False, help="health and ModelReady say ready only once a trained "
+                                                   "version is live (not the untrained version 0)")
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -48,8 +69,25 @@ class ServerConfig:
             raise ValueError("max_side must be between 16 and 16384")
         if self.max_queue < self.max_batch_size:
             raise ValueError("max_queue must hold at least one full batch")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.max_queue_pixels < self.max_scan_pixels or self.max_batch_pixels < 1:
+            raise ValueError(f"max_queue_pixels must hold at least one largest scan ({self.max_scan_pixels}) "
+                             "and max_batch_pixels must be >= 1")
 
     @property
-    def max_message_bytes(self) -> int:
-        """Big enough for the largest accepted float32 scan plus framing."""
-        return self.max_side * self.max_side * 4 + (1 << 20)
+    def max_scan_pixels(self) -> int:
+        """Pixels of the largest scan, and of the most scans one request may carry together."""
+        return scan_pixels(self.max_side)
+
+    @property
+    def max_receive_bytes(self) -> int:
+        """The largest request: one largest scan in float32, plus framing."""
+        return request_bytes(self.max_side)
+
+    @property
+    def max_send_bytes(self) -> int:
+        """The largest response: mask and confidence of the largest scan, plus framing."""
+        return response_bytes(self.max_side)

@@ -1,17 +1,15 @@
-"""The one place where exceptions become gRPC status codes, and where requests are counted and timed."""
+"""The one place where exceptions become gRPC status codes (requests are counted by interceptors.py)."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from weldstream.errors import CorruptVersion, InvalidInput, ModelUnavailable, Overloaded
-from weldstream.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +25,22 @@ class NotFound(LookupError):
     """An unknown model name or version."""
 
 
+class DeadlineExpired(TimeoutError):
+    """The caller's deadline passed while the request waited; it is dropped before its forward pass."""
+
+
+class Unauthenticated(PermissionError):
+    """A call without an accepted bearer token."""
+
+
+class ResponseTooLarge(RuntimeError):
+    """A response larger than the server's send limit (it could not reach the client)."""
+
+
 STATUS_FOR[NotFound] = grpc.StatusCode.NOT_FOUND
+STATUS_FOR[DeadlineExpired] = grpc.StatusCode.DEADLINE_EXCEEDED
+STATUS_FOR[ResponseTooLarge] = grpc.StatusCode.RESOURCE_EXHAUSTED
+STATUS_FOR[Unauthenticated] = grpc.StatusCode.UNAUTHENTICATED
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -42,29 +55,23 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
-def unary(method: str) -> Callable[[Handler], Handler]:
-    """Wrap a servicer's unary handler: count it, time it, track in-flight, map its errors to a status.
+def unary(handler: Handler) -> Handler:
+    """Wrap a servicer's unary handler: map its errors to a status, and refuse a response that could not
+    be sent (over the send limit) with RESOURCE_EXHAUSTED instead of letting gRPC fail it after an OK.
 
-    The servicer keeps its ServerMetrics in `self.metrics`.
+    The servicer keeps its send limit in `self.max_send_bytes`.
     """
 
-    def decorate(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            metrics: ServerMetrics = self.metrics
-            started = time.perf_counter()
-            metrics.inflight.inc()
-            code = grpc.StatusCode.OK
-            try:
-                return await handler(self, request, context)
-            except Exception as exc:  # noqa: BLE001 - mapped to a status below
-                code, message = status_for(exc)
-                await context.abort(code, message)
-            finally:
-                metrics.inflight.dec()
-                metrics.requests.labels(method, code.name).inc()
-                metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            response = await handler(self, request, context)
+            if response.ByteSize() > self.max_send_bytes:
+                raise ResponseTooLarge(f"the response has {response.ByteSize()} bytes; the send limit is "
+                                       f"{self.max_send_bytes} (ask for fewer outputs or a smaller scan)")
+            return response
+        except Exception as exc:  # noqa: BLE001 - mapped to a status below
+            code, message = status_for(exc)
+            await context.abort(code, message)
 
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    return wrapper  # type: ignore[return-value]

@@ -21,6 +21,7 @@ class Prediction:
     fractions: np.ndarray  # (K,) share of pixels per class
     regions: list[Region]
     version: int
+    classes: tuple[str, ...]  # the class names of the version that made this mask
 
 
 @torch.inference_mode()
@@ -50,5 +51,6 @@ def predict_batch(loaded: LoadedModel, scans: list[np.ndarray], with_regions: bo
                 fractions=class_fractions(mask, num_classes),
                 regions=defect_regions(mask, conf, num_classes) if with_regions else [],
                 version=loaded.version,
+                classes=tuple(loaded.config.classes),
             )
     return [r for r in results if r is not None]

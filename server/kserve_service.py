@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -15,7 +16,7 @@ from weldstream.server.config import ServerConfig
 from weldstream.server.errors import NotFound, unary
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import ModelSlot
-from weldstream.server.requests import INPUT_NAME, scans_from_infer
+from weldstream.server.requests import INPUT_NAME, deadline_of, scans_from_infer
 
 SERVER_NAME = "weldstream"
 SERVER_VERSION = "0.1.0"
@@ -23,13 +24,18 @@ OUTPUTS = ("mask", "confidence")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """`serving`: started and not draining; `ready()`: what ServerReady and ModelReady report (with
+    --ready-when-trained, only once a trained version is live)."""
+
     def __init__(self, cfg: ServerConfig, slot: ModelSlot, batcher: Batcher, metrics: ServerMetrics,
-                 ready: asyncio.Event) -> None:
+                 serving: asyncio.Event, ready: Callable[[], bool]) -> None:
         self._cfg = cfg
         self._slot = slot
         self._batcher = batcher
+        self._serving = serving
         self._ready = ready
         self.metrics = metrics
+        self.max_send_bytes = cfg.max_send_bytes
 
     def _check_model(self, name: str, version: str) -> None:
         if name != self._cfg.model_name:
@@ -37,24 +43,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if version and version != str(self._slot.current().version):
             raise NotFound(f"version {version} is not live; the live version is {self._slot.current().version}")
 
-    @unary("ServerLive")
+    @unary
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext):
         return pb.ServerLiveResponse(live=True)
 
-    @unary("ServerReady")
+    @unary
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext):
-        return pb.ServerReadyResponse(ready=self._ready.is_set())
+        return pb.ServerReadyResponse(ready=self._ready())
 
-    @unary("ModelReady")
+    @unary
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext):
         self._check_model(request.name, request.version)
-        return pb.ModelReadyResponse(ready=self._ready.is_set())
+        return pb.ModelReadyResponse(ready=self._ready())
 
-    @unary("ServerMetadata")
+    @unary
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
-    @unary("ModelMetadata")
+    @unary
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
         self._check_model(request.name, request.version)
         Tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -67,9 +73,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                      Tensor(name="confidence", datatype="FP32", shape=[-1, -1, -1])],
         )
 
-    @unary("ModelInfer")
+    @unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
-        if not self._ready.is_set():
+        if not self._serving.is_set():
             raise ModelUnavailable("model is not ready")
         if request.model_version and request.model_version != str(self._slot.current().version):
             raise NotFound(f"version {request.model_version} is not live")
@@ -78,7 +84,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if name not in OUTPUTS:
                 raise InvalidInput(f"outputs[{index}].name", f"{name!r} is not one of {list(OUTPUTS)}")
         scans = scans_from_infer(request, self._cfg.model_name, self._cfg.max_side)
-        predictions = await asyncio.gather(*(self._batcher.submit(scan) for scan in scans))
+        # one unit for the batcher: every scan of the request runs on the same version
+        predictions = await self._batcher.submit_many(scans, deadline_of(context))
         version = predictions[0].version
         response = pb.ModelInferResponse(model_name=self._cfg.model_name, model_version=str(version), id=request.id)
         height, width = predictions[0].mask.shape

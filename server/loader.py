@@ -69,7 +69,12 @@ def load_version(store: WeightStore, version: int, device: torch.device,
     else:
         module = prepare(build_model(config, seed=None), device)
     with _side_stream(device), torch.no_grad():
-        module.load_state_dict(stored.state_dict)
+        try:
+            module.load_state_dict(stored.state_dict)
+        except RuntimeError as exc:  # missing, unexpected or misshapen tensors: weights of another model
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            raise CorruptVersion(f"version {version}: its weights do not fit its model ({exc})") from None
         loaded = LoadedModel(version, module, config, device, False, stored.manifest)
         warm_up(loaded)
     return loaded

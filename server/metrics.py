@@ -6,7 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 METHODS = ("Segment", "SegmentStream", "GetModel", "ModelInfer", "ModelMetadata", "ModelReady",
            "ServerLive", "ServerReady", "ServerMetadata")
-CODES = ("OK", "INVALID_ARGUMENT", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL")
+CODES = ("OK", "INVALID_ARGUMENT", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL", "CANCELLED",
+         "DEADLINE_EXCEEDED", "UNAUTHENTICATED")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -27,11 +28,20 @@ class ServerMetrics:
         self.inference_seconds = Histogram("inference_batch_duration_seconds",
                                            "Time of one batched forward pass incl. pre/post-processing.",
                                            buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("inference_queue_depth", "Scans waiting for a batch.", registry=r)
+        self.queue_depth = Gauge("inference_queue_depth", "Scans accepted and not yet answered.", registry=r)
+        self.queue_pixels = Gauge("inference_queue_pixels",
+                                  "Pixels of the scans accepted and not yet answered (bounded by --max-queue-pixels).",
+                                  registry=r)
+        self.expired = Counter("inference_expired_scans_total",
+                               "Scans dropped unrun because their request's deadline passed in the queue.", registry=r)
         self.model_version = Gauge("inference_model_version", "Version of the live model.", registry=r)
         self.model_untrained = Gauge("inference_model_untrained",
                                      "1 while the live model is a fresh, untrained version 0.", registry=r)
-        self.swaps = Counter("inference_model_swaps_total", "Hot swaps by result.", ["result"], registry=r)
+        self.versions_behind = Gauge("inference_model_versions_behind",
+                                     "Newest version in the weight store minus the live version.", registry=r)
+        self.swaps = Counter("inference_model_swaps_total",
+                             "Hot swaps by result: swapped, stale, retry (transient load error) or failed "
+                             "(a damaged version, refused for good).", ["result"], registry=r)
         self.swap_seconds = Histogram("inference_model_swap_duration_seconds",
                                       "Load + verify + warm-up time of a new version.", registry=r)
         self.freshness_seconds = Histogram(
@@ -42,5 +52,5 @@ class ServerMetrics:
             self.request_seconds.labels(method)
             for code in CODES:
                 self.requests.labels(method, code)
-        for result in ("swapped", "stale", "failed"):
+        for result in ("swapped", "stale", "retry", "failed"):
             self.swaps.labels(result)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import time
+
+import grpc
 import numpy as np
 
 from weldstream.codec import check_scan, decode_scan
@@ -15,6 +19,12 @@ KSERVE_DTYPES: dict[str, np.dtype] = {
     "FP32": np.dtype("<f4"),
 }
 INPUT_NAME = "scan"
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on the time.monotonic() clock, or None when the client set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def scan_from_request(request: segmenter_pb2.SegmentRequest, max_side: int, channels: int) -> np.ndarray:
@@ -41,7 +51,12 @@ def scans_from_infer(request: kserve.ModelInferRequest, model_name: str, max_sid
         raise InvalidInput(f"{field}.shape", f"must be [N,1,H,W], [N,H,W] or [1,H,W] with positive dims, got {shape}")
     if len(shape) == 4 and shape[1] != 1:
         raise InvalidInput(f"{field}.shape", f"channel dimension must be 1, got {shape[1]}")
-    count = int(np.prod(shape, dtype=np.int64))
+    pixels = shape[0] * shape[-2] * shape[-1]
+    if pixels > max_side * max_side:
+        # the answer (mask + confidence of every scan) must fit the send limit, which holds one largest scan
+        raise InvalidInput(f"{field}.shape", f"{shape} holds {pixels} pixels; one request carries at most "
+                                             f"{max_side * max_side} (one {max_side} x {max_side} scan)")
+    count = math.prod(shape)
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise InvalidInput("raw_input_contents", "must hold exactly one entry, for the input 'scan'")

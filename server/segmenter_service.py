@@ -15,14 +15,16 @@ from weldstream.server.errors import status_for, unary
 from weldstream.server.inference import Prediction
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
-from weldstream.server.requests import scan_from_request
+from weldstream.server.requests import deadline_of, scan_from_request
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
 
 STREAM_WINDOW = 8
 
 
-def build_response(scan_id: str, prediction: Prediction, classes: tuple[str, ...], started: float,
+def build_response(scan_id: str, prediction: Prediction, started: float,
                    with_confidence: bool) -> segmenter_pb2.SegmentResponse:
+    """The response names the version that made the mask and that version's class names."""
+    classes = prediction.classes
     response = segmenter_pb2.SegmentResponse(
         scan_id=scan_id,
         mask=array_to_tensor(prediction.mask),
@@ -82,17 +84,17 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
         self._slot = slot
         self._batcher = batcher
         self.metrics = metrics
+        self.max_send_bytes = cfg.max_send_bytes
 
-    @unary("Segment")
+    @unary
     async def Segment(self, request: segmenter_pb2.SegmentRequest,
-                       context: grpc.aio.ServicerContext) -> segmenter_pb2.SegmentResponse:
+                      context: grpc.aio.ServicerContext) -> segmenter_pb2.SegmentResponse:
         started = time.perf_counter()
         scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
-        prediction = await self._batcher.submit(scan)
-        classes = self._slot.current().config.classes
-        return build_response(request.scan_id, prediction, classes, started, request.return_confidence)
+        [prediction] = await self._batcher.submit_many([scan], deadline_of(context))
+        return build_response(request.scan_id, prediction, started, request.return_confidence)
 
-    @unary("GetModel")
+    @unary
     async def GetModel(self, request: segmenter_pb2.GetModelRequest,
                          context: grpc.aio.ServicerContext) -> segmenter_pb2.ModelInfo:
         return model_info(self._slot.current(), self._cfg)
@@ -105,8 +107,10 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
         try:
             scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
             prediction = await self._batcher.submit(scan)
-            classes = self._slot.current().config.classes
-            return build_response(request.scan_id, prediction, classes, started, request.return_confidence)
+            return build_response(request.scan_id, prediction, started, request.return_confidence)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
         except Exception as exc:  # noqa: BLE001 - reported in-band for this frame
             status, message = status_for(exc)
             code = status.name

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from weldstream.errors import CorruptVersion
 from weldstream.server.config import ServerConfig
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class Swapper:
     def __init__(self, cfg: ServerConfig, store: WeightStore, slot: ModelSlot, metrics: ServerMetrics,
-                 on_swap: Callable[[], None]) -> None:
+                 on_swap: Callable[[], Awaitable[None]]) -> None:
         self._cfg = cfg
         self._store = store
         self._slot = slot
@@ -44,7 +44,8 @@ class Swapper:
             from weldstream.announcements import follow_announcements
 
             self._tasks.append(asyncio.create_task(
-                follow_announcements(self._cfg.kafka, self._cfg.models_topic, self.notify), name="follow-models"))
+                follow_announcements(self._cfg.kafka, self._cfg.models_topic, self.notify, self._cfg.kafka_security),
+                name="follow-models"))
         for task in self._tasks:
             task.add_done_callback(self._check_task)
 
@@ -79,10 +80,16 @@ class Swapper:
             await self.swap_to_served()
 
     async def swap_to_served(self) -> bool:
-        """Serve what the store says: the pinned version if an operator pinned one, else the newest."""
+        """Serve what the store says (the pinned version if an operator pinned one, else the newest): load it
+        beside the live one and swap to it; True if it went live.
+
+        A damaged version (CorruptVersion) is refused for good. Any other load error (a file not there
+        yet, CUDA out of memory) is transient: the version is tried again at the next poll or announcement.
+        """
         pinned, latest = await asyncio.to_thread(lambda: (self._store.pinned(), self._store.latest()))
         target = pinned if pinned is not None else latest
         live = self._slot.current()
+        self._metrics.versions_behind.set(max(0, (latest or 0) - live.version))
         if target is None or target in self._refused or (target == live.version and not live.untrained):
             return False
         if pinned is None and target < live.version and not live.untrained:
@@ -90,10 +97,14 @@ class Swapper:
         started = time.perf_counter()
         try:
             candidate = await asyncio.get_running_loop().run_in_executor(self._loader, self._load, target, live)
-        except (CorruptVersion, FileNotFoundError, RuntimeError, ValueError) as exc:
+        except CorruptVersion as exc:
             self._refused.add(target)
             self._metrics.swaps.labels("failed").inc()
-            log.error("refusing version %d: %s", target, exc)
+            log.error("refusing version %d for good: %s", target, exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - transient; the next poll tries again
+            self._metrics.swaps.labels("retry").inc()
+            log.warning("could not load version %d yet (%r); will try again", target, exc)
             return False
         self._metrics.swap_seconds.observe(time.perf_counter() - started)
         if not self._slot.swap(candidate, older=pinned is not None):
@@ -101,10 +112,11 @@ class Swapper:
             self._metrics.swaps.labels("stale").inc()
             return False
         self._metrics.swaps.labels("swapped").inc()
+        self._metrics.versions_behind.set(max(0, latest - candidate.version))
         label_time = (candidate.manifest.metrics.get("label_time_median", 0.0) if candidate.manifest else 0.0)
         if label_time > 0:
             self._metrics.freshness_seconds.observe(max(0.0, time.time() - label_time))
-        self._on_swap()
+        await self._on_swap()
         return True
 
     def _load(self, version: int, live: LoadedModel) -> LoadedModel:

@@ -32,6 +32,22 @@ async def server(tmp_path: Path) -> AsyncIterator[InferenceServer]:
 
 
 @pytest.fixture
+async def started():
+    """start(cfg) -> a running InferenceServer; every server started is stopped after the test."""
+    servers: list[InferenceServer] = []
+
+    async def start(cfg: ServerConfig) -> InferenceServer:
+        server = InferenceServer(cfg)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
 def broker():
     """A real Kafka-protocol broker (embedded Tansu) on a free loopback port."""
     from weldstream.dev.broker import EmbeddedBroker, free_port

@@ -87,3 +87,11 @@ def test_check_scan_limits():
         check_scan(bad, "image", max_side=64)
     with pytest.raises(InvalidInput, match="H x W"):
         check_scan(np.zeros((1, 2, 3, 4), np.uint8), "image", max_side=64)
+
+
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**62, 4], [2**31, 2**31, 4]])
+def test_shapes_whose_size_overflows_int64_are_refused_as_bad_input(shape):
+    # numpy's int64 product wraps to 0 for these, which matched an empty data field
+    with pytest.raises(InvalidInput) as err:
+        tensor_to_array(tensor_pb2.Tensor(dtype=tensor_pb2.UINT8, shape=shape, data=b""), "image")
+    assert err.value.field == "image.data"

@@ -1,4 +1,6 @@
-"""Hot swap under load: 20+ new versions while a client keeps calling; no request may fail."""
+"""Hot swap under load: 20+ new versions while a client keeps calling; no request may fail, and every
+response must be what the version it names computes for that scan (a module served while its weights
+were half copied would answer with a mask no version computes)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from weldstream.codec import array_to_tensor
 from weldstream.errors import CorruptVersion
 from weldstream.model import ModelConfig, build_model
 from weldstream.server.app import InferenceServer
+from weldstream.server.inference import predict_batch
+from weldstream.server.loader import load_version
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WEIGHTS_FILE, WeightStore
 
@@ -28,7 +32,8 @@ async def test_no_request_fails_across_many_swaps(tmp_path):
     await server.start()
     image = (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)
     request = segmenter_pb2.SegmentRequest(scan_id="s", image=tensor_pb2.Image(tensor=array_to_tensor(image)))
-    versions_seen: list[int] = []
+    expected = {0: predict_batch(server.slot.current(), [image])[0].mask.tobytes()}  # before any swap reuses it
+    answers: list[tuple[int, bytes]] = []
     modules_served: set[int] = set()
     failures: list[BaseException] = []
     done = asyncio.Event()
@@ -38,7 +43,8 @@ async def test_no_request_fails_across_many_swaps(tmp_path):
             stub = segmenter_pb2_grpc.SegmenterStub(channel)
             while not done.is_set():
                 try:
-                    versions_seen.append((await stub.Segment(request)).model_version)
+                    response = await stub.Segment(request)
+                    answers.append((response.model_version, response.mask.data))
                 except grpc.aio.AioRpcError as err:
                     failures.append(err)
 
@@ -56,8 +62,15 @@ async def test_no_request_fails_across_many_swaps(tmp_path):
         await asyncio.gather(*clients)
         await server.stop()
     assert not failures
-    assert len(set(versions_seen)) >= SWAPS // 2  # responses really came from many versions
+    versions_seen = {version for version, _ in answers}
+    assert len(versions_seen) >= SWAPS // 2  # responses really came from many versions
     assert max(versions_seen) == SWAPS
+    for version in versions_seen - {0}:
+        loaded = load_version(store, version, torch.device("cpu"))
+        expected[version] = predict_batch(loaded, [image])[0].mask.tobytes()
+    assert len(set(expected.values())) == len(expected)  # the versions really disagree on this scan
+    wrong = [(version, i) for i, (version, mask) in enumerate(answers) if mask != expected[version]]
+    assert not wrong, f"{len(wrong)} of {len(answers)} responses differ from their named version's mask"
     swapped = server.metrics.swaps.labels("swapped")._value.get()
     assert swapped == SWAPS
     assert len(modules_served) == 2  # every version went into the module the previous swap retired

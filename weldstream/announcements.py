@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from weldstream.kafka_security import KafkaSecurity
 from weldstream.v1 import stream_pb2
 from weldstream.weight_store import Manifest
 
@@ -46,9 +47,11 @@ async def announce(producer: AIOKafkaProducer, topic: str, manifest: Manifest, a
     await producer.send_and_wait(topic, announcement(manifest, action).SerializeToString(), key=MODEL_NAME.encode())
 
 
-async def announce_once(bootstrap: str, topic: str, manifest: Manifest, action: str) -> None:
+async def announce_once(bootstrap: str, topic: str, manifest: Manifest, action: str,
+                        security: KafkaSecurity | None = None) -> None:
     """Announce with a producer of its own (the command line's pin, rollback and consolidation)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **(security or KafkaSecurity()).client_kwargs(),
+                                acks="all", enable_idempotence=False)
     await producer.start()
     try:
         await announce(producer, topic, manifest, action)
@@ -57,7 +60,8 @@ async def announce_once(bootstrap: str, topic: str, manifest: Manifest, action: 
 
 
 async def follow_announcements(bootstrap: str, topic: str,
-                               notify: Callable[[stream_pb2.ModelAnnouncement], None]) -> None:
+                               notify: Callable[[stream_pb2.ModelAnnouncement], None],
+                               security: KafkaSecurity | None = None) -> None:
     """Read new announcements (no consumer group: every replica hears every one) until cancelled.
 
     While Kafka is unreachable the owner keeps working and polling the weight store; reconnects back
@@ -65,8 +69,8 @@ async def follow_announcements(bootstrap: str, topic: str,
     """
     retry_s = 1.0
     while True:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest",
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **(security or KafkaSecurity()).client_kwargs(),
+                                    group_id=None, auto_offset_reset="latest", enable_auto_commit=False)
         try:
             await consumer.start()
             log.info("following model announcements on %s (%s)", topic, bootstrap)

@@ -7,6 +7,7 @@ learner reject bad input with one vocabulary.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import tifffile
@@ -36,7 +37,7 @@ def tensor_to_array(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:
         raise InvalidInput(f"{field}.shape", "is empty; give H x W or C x H x W")
     if any(d <= 0 for d in shape):
         raise InvalidInput(f"{field}.shape", f"has a non-positive dimension: {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a product of huge dims must not wrap
     if len(tensor.data) != expected:
         raise InvalidInput(
             f"{field}.data",

@@ -38,6 +38,16 @@ def optional_text(text: str) -> str | None:
     return text or None
 
 
+def optional_path(text: str) -> Path | None:
+    """'' -> None, so an empty flag or variable leaves an optional file unset."""
+    return Path(text) if text else None
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'); '' -> ()."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def env_name(flag: str) -> str:
     """'--grpc-port' -> 'WELDSTREAM_GRPC_PORT'."""
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()

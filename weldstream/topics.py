@@ -7,6 +7,8 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from weldstream.kafka_security import KafkaSecurity
+
 log = logging.getLogger(__name__)
 
 # The Kafka bootstrap address every command uses unless told otherwise (the embedded broker's).
@@ -20,10 +22,10 @@ DEFAULT_PARTITIONS = {LABELED_SCANS: 3, DEAD_LETTER: 1, MODELS: 1}
 
 
 async def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None,
-                        replication_factor: int = 1) -> None:
+                        replication_factor: int = 1, security: KafkaSecurity | None = None) -> None:
     """Create each topic with an explicit partition count if it does not exist yet."""
     wanted = partitions or DEFAULT_PARTITIONS
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or KafkaSecurity()).client_kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -1,10 +1,11 @@
 """Directory-backed store of model versions: integer versions, immutable once written, checksummed.
 
-Layout: ``<root>/versions/<version:08d>/{weights.safetensors,manifest.json}``. Weights are safetensors:
+Layout: ``<root>/versions/<version:08d>/{weights.safetensors,manifest.json[,manifest.sig]}``. Weights are safetensors:
 no pickle to trust, and a load takes milliseconds without holding the GIL long, so a server loading a
 new version beside the live one does not stall its requests. A version is written into a
 temporary directory, fsynced and renamed into place, so a reader never sees half a version and a crash
-leaves at most a stray ``.tmp-*`` directory that is ignored.
+leaves at most a stray ``.tmp-*`` directory that is ignored. With a signing key, every version
+written carries ``manifest.sig`` and every version read must carry a matching one (see signing.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from weldstream.errors import CorruptVersion
 from weldstream.model import ModelConfig
+from weldstream.signing import sign, verify
 
 # Where every command keeps versions unless told otherwise (relative to its working directory).
 DEFAULT_MODEL_DIR = Path("runs/models")
@@ -32,6 +34,7 @@ WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 # An operator's pin: the version every server serves until it is removed, whatever is newer.
 PIN_FILE = "pin.json"
+SIGNATURE_FILE = "manifest.sig"
 _VERSION_DIR = re.compile(r"^\d{8}$")
 
 
@@ -72,8 +75,9 @@ class StoredVersion:
 class WeightStore:
     """Versions of one model in one directory; safe for one writer and many readers."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, signing_key: bytes | None = None) -> None:
         self.root = Path(root)
+        self._key = signing_key
         self.versions_dir = self.root / "versions"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
 
@@ -134,7 +138,10 @@ class WeightStore:
             staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
             try:
                 _write_synced(staging / WEIGHTS_FILE, payload)
-                _write_synced(staging / MANIFEST_FILE, manifest.to_json().encode())
+                text = manifest.to_json().encode()
+                _write_synced(staging / MANIFEST_FILE, text)
+                if self._key is not None:
+                    _write_synced(staging / SIGNATURE_FILE, sign(text, self._key).encode())
                 staging.chmod(0o755)  # mkdtemp makes 0700; servers may run as another user
                 os.rename(staging, target)
             except OSError:
@@ -149,10 +156,25 @@ class WeightStore:
             return manifest
 
     def manifest(self, version: int) -> Manifest:
-        return Manifest.from_json((self.path_of(version) / MANIFEST_FILE).read_text())
+        """A version's manifest; a missing file raises FileNotFoundError, an unreadable one CorruptVersion."""
+        data = (self.path_of(version) / MANIFEST_FILE).read_bytes()
+        if self._key is not None:
+            self._check_signature(version, data)
+        try:
+            return Manifest.from_json(data.decode(errors="replace"))
+        except (ValueError, TypeError) as exc:
+            raise CorruptVersion(f"version {version}: unreadable manifest ({exc})") from None
+
+    def _check_signature(self, version: int, manifest: bytes) -> None:
+        path = self.path_of(version) / SIGNATURE_FILE
+        if not path.exists():
+            raise CorruptVersion(f"version {version} is unsigned; this store requires signed versions")
+        if not verify(manifest, path.read_text(errors="replace"), self._key):
+            raise CorruptVersion(f"version {version}: its signature does not match (another key, or an altered "
+                                 "manifest)")
 
     def load(self, version: int, map_location: str | torch.device = "cpu") -> StoredVersion:
-        """Read a version and verify its checksum; a mismatch raises CorruptVersion."""
+        """Read a version and verify its checksum; damage raises CorruptVersion, a missing file OSError."""
         manifest = self.manifest(version)
         payload = (self.path_of(version) / WEIGHTS_FILE).read_bytes()
         digest = hashlib.sha256(payload).hexdigest()
@@ -160,7 +182,12 @@ class WeightStore:
             raise CorruptVersion(
                 f"version {version}: weights sha256 {digest[:12]}… does not match manifest {manifest.sha256[:12]}…"
             )
-        state = {k: v.to(map_location) for k, v in safetensors.torch.load(payload).items()}
+        try:
+            ModelConfig.from_dict(manifest.model_config)  # a model this code can build
+            tensors = safetensors.torch.load(payload)
+        except Exception as exc:  # noqa: BLE001 - checksummed yet unreadable: damaged at the source
+            raise CorruptVersion(f"version {version}: unreadable weights or model config ({exc})") from None
+        state = {k: v.to(map_location) for k, v in tensors.items()}
         return StoredVersion(manifest, state)
 
 
