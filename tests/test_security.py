@@ -137,8 +137,7 @@ async def test_kafka_tls_and_sasl_options_reach_every_aiokafka_client(tmp_path, 
         assert isinstance(client._ssl_context, ssl.SSLContext)
         assert client._ssl_context.verify_mode == ssl.CERT_REQUIRED
 
-    from weldstream import topics
-    from weldstream.server import announcements
+    from weldstream import announcements, topics
 
     built: list[dict] = []
 
