@@ -230,13 +230,14 @@ def _import_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
 
     p.add_argument("folder", type=Path, help="images and masks: an index CSV, images/ + masks/, or series folders")
     add_settings(p, ImportConfig)
+    _kafka_security_arguments(p)
     p.set_defaults(run=_run_import)
 
 
 def _run_import(args: argparse.Namespace) -> int:
     from weldstream.learner.importer import ImportConfig, import_folder
 
-    cfg = config_from_args(ImportConfig, args)
+    cfg = config_from_args(ImportConfig, args, kafka_security=kafka_security(args))
     report = asyncio.run(import_folder(args.folder, cfg))
     print(report.summary("would send" if cfg.dry_run else f"sent to {cfg.topic} on {cfg.kafka}:"))
     return 0 if report.sent else 1

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import threading
 
+from weldstream.cli import _kafka_security_arguments, kafka_security
 from weldstream.learner.consolidate_config import ConsolidateConfig
 from weldstream.learner.consolidation import PROGRESS_FILE, Outcome, Stopped, consolidate
 from weldstream.settings import add_settings, config_from_args
@@ -16,10 +17,11 @@ STOPPED = 3
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings(p, ConsolidateConfig)
+    _kafka_security_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(ConsolidateConfig, args)
+    cfg = config_from_args(ConsolidateConfig, args, kafka_security=kafka_security(args))
     stop = threading.Event()
 
     async def main() -> Outcome:

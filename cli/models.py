@@ -8,6 +8,7 @@ import getpass
 import time
 from collections.abc import Callable
 
+from weldstream.cli import _kafka_security_arguments, kafka_security
 from weldstream.errors import CorruptVersion
 from weldstream.pinning import Operator, OperatorConfig
 from weldstream.registry import Registry, VersionRow, open_registry
@@ -17,6 +18,7 @@ from weldstream.weight_store import WeightStore
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings(p, OperatorConfig)
+    _kafka_security_arguments(p)
     sub = p.add_subparsers(dest="models_command", required=True)
     sub.add_parser("list", help="every version: parent, strategy, per-domain mIoU; * marks the served one")
     show = sub.add_parser("show", help="one version: manifest, scores, lineage, checksum, rounds, who served it")
@@ -34,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(OperatorConfig, args)
+    cfg = config_from_args(OperatorConfig, args, kafka_security=kafka_security(args))
     store = WeightStore(cfg.model_dir)
     registry = open_registry(cfg.registry, cfg.model_dir)
     try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from weldstream.kafka_security import KafkaSecurity
 from weldstream.registry import REGISTRY_HELP
 from weldstream.settings import optional_text, setting
 from weldstream.topics import DEFAULT_KAFKA, LABELED_SCANS, MODELS
@@ -54,6 +55,7 @@ class ConsolidateConfig:
     seed: int = setting(0, help="seed of crops, shuffling and fresh weights")
     threads: int = setting(0, help="torch CPU threads (0: torch's default)")
     progress: bool = setting(True, help="show a progress bar")
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
         if not self.kafka and not self.data:

@@ -258,7 +258,8 @@ async def consolidate(cfg: ConsolidateConfig, stop: threading.Event | None = Non
     else:
         assert cfg.kafka is not None  # the config checks that one of the two is given
         corpus = await read_labeled_topic(cfg.kafka, cfg.topic, ModelConfig(), cfg.holdout_share,
-                                          until=await asyncio.to_thread(_saved_offsets, cfg))
+                                          until=await asyncio.to_thread(_saved_offsets, cfg),
+                                          security=cfg.kafka_security)
     if cfg.domains:
         corpus.only(cfg.domains)
     if not corpus.train:
@@ -281,7 +282,7 @@ async def consolidate(cfg: ConsolidateConfig, stop: threading.Event | None = Non
         if registry is not None:
             registry.close()
     if decision.manifest is not None and cfg.kafka:
-        await announce_once(cfg.kafka, cfg.models_topic, decision.manifest, "publish")
+        await announce_once(cfg.kafka, cfg.models_topic, decision.manifest, "publish", security=cfg.kafka_security)
     return outcome
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from weldstream.errors import InvalidInput
+from weldstream.kafka_security import KafkaSecurity
 from weldstream.learner.holdout import ValidationSets, is_held_out
 from weldstream.learner.records import LabeledSample, decode_record
 from weldstream.learner.scan_folder import FolderOptions, find_pairs, read_pair
@@ -66,10 +67,11 @@ class Corpus:
 
 async def read_labeled_topic(bootstrap: str, topic: str, model: ModelConfig, holdout_share: float,
                              max_side: int = 4096, until: dict[int, int] | None = None,
-                             validation_per_domain: int = 48) -> Corpus:
+                             validation_per_domain: int = 48, security: KafkaSecurity | None = None) -> Corpus:
     """Every record of ``topic`` from offset 0 up to its end now (or up to ``until``, per partition)."""
     corpus = Corpus(validation=ValidationSets(validation_per_domain, 128 << 20))
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **(security or KafkaSecurity()).client_kwargs(),
+                                group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=64 << 20,
                                 fetch_max_bytes=128 << 20)
     await consumer.start()

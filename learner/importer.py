@@ -17,6 +17,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from weldstream.errors import InvalidInput
+from weldstream.kafka_security import KafkaSecurity
 from weldstream.learner.scan_folder import FolderOptions, Pair, find_pairs, read_pair
 from weldstream.settings import optional_text, setting
 from weldstream.topics import DEFAULT_KAFKA, LABELED_SCANS, ensure_topics
@@ -45,6 +46,7 @@ class ImportConfig:
                                           help="GDXray-style series whose masks are another series: W0001=W0002,...")
     dry_run: bool = setting(False, help="check every pair and report; send nothing")
     report: str | None = setting("", parse=optional_text, help="also write the report (JSON) to this file")
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
         if self.rate < 0:
@@ -78,8 +80,9 @@ async def import_folder(root: Path, cfg: ImportConfig, options: FolderOptions | 
     report = ImportReport()
     producer = None
     if not cfg.dry_run:
-        await ensure_topics(cfg.kafka)
-        producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka, acks="all", enable_idempotence=False,
+        await ensure_topics(cfg.kafka, security=cfg.kafka_security)
+        producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka, **cfg.kafka_security.client_kwargs(),
+                                    acks="all", enable_idempotence=False,
                                     linger_ms=5, max_request_size=64 << 20)
         await producer.start()
     seen: dict[str, Path] = {}

@@ -158,6 +158,53 @@ async def test_kafka_tls_and_sasl_options_reach_every_aiokafka_client(tmp_path, 
     await producer.stop()
 
 
+def test_import_consolidate_and_models_commands_take_kafka_tls_and_sasl_options(tmp_path, pki, caplog, monkeypatch):
+    from weldstream import announcements
+    from weldstream.learner import corpus, importer
+
+    password_file = tmp_path / "kafka-password"
+    password_file.write_text("hunter2-but-longer\n")
+    secured = ["--kafka", "broker:9093", "--kafka-security-protocol", "SASL_SSL", "--kafka-ssl-cafile",
+               str(pki["ca.crt"]), "--kafka-sasl-mechanism", "SCRAM-SHA-256", "--kafka-sasl-username", "ops",
+               "--kafka-sasl-password-file", str(password_file)]
+    model_dir = tmp_path / "models"
+    WeightStore(model_dir).publish(build_model(ModelConfig(), seed=1).state_dict(), ModelConfig(), parent_version=0)
+    (tmp_path / "scans").mkdir()
+    built: dict[str, dict] = {}
+
+    def recorder(name: str) -> type:
+        class Recorder:
+            def __init__(self, *args, **kwargs) -> None:
+                built[name] = kwargs
+                raise asyncio.CancelledError  # stop right after construction
+        return Recorder
+
+    async def no_topics(bootstrap: str, *args, security: KafkaSecurity | None = None, **kwargs) -> None:
+        built["import ensure_topics"] = (security or KafkaSecurity()).client_kwargs()
+
+    monkeypatch.setattr(importer, "ensure_topics", no_topics)
+    monkeypatch.setattr(importer, "AIOKafkaProducer", recorder("import producer"))
+    monkeypatch.setattr(corpus, "AIOKafkaConsumer", recorder("consolidate corpus reader"))
+    monkeypatch.setattr(announcements, "AIOKafkaProducer", recorder("models announcement"))
+    caplog.set_level(logging.DEBUG)
+
+    for argv in (["import", str(tmp_path / "scans"), "--rate", "0", *secured],
+                 ["consolidate", "--model-dir", str(model_dir), "--no-progress", "--threads", "1", *secured],
+                 ["models", "--model-dir", str(model_dir), *secured, "pin", "1"]):
+        args = build_parser(argv).parse_args(argv)
+        assert args.security_protocol == "SASL_SSL"
+        with pytest.raises(asyncio.CancelledError):
+            args.run(args)
+
+    assert set(built) == {"import ensure_topics", "import producer", "consolidate corpus reader",
+                          "models announcement"}
+    for name, kwargs in built.items():
+        assert kwargs["security_protocol"] == "SASL_SSL", name
+        assert kwargs["sasl_mechanism"] == "SCRAM-SHA-256", name
+        assert kwargs["sasl_plain_username"] == "ops", name
+        assert isinstance(kwargs["ssl_context"], ssl.SSLContext), name
+    assert "hunter2" not in caplog.text
+
 def test_kafka_security_settings_are_checked():
     with pytest.raises(ValueError, match="password-file"):
         KafkaSecurity(security_protocol="SASL_PLAINTEXT", sasl_username="u")

@@ -7,10 +7,11 @@ promotion guard compares with what is served) look at the store at once instead 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from weldstream.announcements import announce_once
+from weldstream.kafka_security import KafkaSecurity
 from weldstream.registry import REGISTRY_HELP, Registry
 from weldstream.settings import optional_text, setting
 from weldstream.topics import DEFAULT_KAFKA, MODELS
@@ -28,6 +29,7 @@ class OperatorConfig:
                                      "then follow at their next store poll)")
     models_topic: str = MODELS
     actor: str = setting("", help="who is acting, for the registry ('' : $USER)")
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 @dataclass(frozen=True)
@@ -76,5 +78,5 @@ class Operator:
         self.registry.record_action(change.action, version, change.served_before, self.actor, reason)
         if self.cfg.kafka and change.served_now is not None:
             await announce_once(self.cfg.kafka, self.cfg.models_topic, self.store.manifest(change.served_now),
-                                change.action)
+                                change.action, security=self.cfg.kafka_security)
         return change
