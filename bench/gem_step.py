@@ -28,6 +28,9 @@ VARIANTS: dict[str, StepConfig] = {
     # replay-gem with replay to see what the projection machinery costs on top of rehearsal.
     "replay": StepConfig(strategy="replay"),
     "replay-gem": StepConfig(strategy="replay-gem"),
+    # Its worst case: every past domain counts as forgotten, so every step splits the gradient into its
+    # current and rehearsal parts (one more backward) and projects the current part.
+    "replay-gem/guard": StepConfig(strategy="replay-gem", forgetting_tolerance=-1.0),
 }
 
 
