@@ -5,7 +5,7 @@ readable top to bottom.
   0. rehearsal (``replay-gem``, ``replay``): memory scans of the past domains join the current batch,
      and the batch is augmented if a transform is given;
   1. memory gradients for the past domains (the domains in memory that the batch does not come from);
-  2. zero_grad, so no memory gradient can leak into this step;
+  2. zero_grad, so nothing from an earlier step leaks into this one (memory gradients never enter p.grad);
   3. forward and backward on the (rehearsed) batch;
   4. dot products of the current gradient with the memory gradients;
   5. projection if a constraint is violated, written back into ``p.grad``;
@@ -237,7 +237,7 @@ def gem_step(
         rows = [0]
     t_memory = _clock(device)
 
-    # (2) Clear every parameter's gradient (not only the optimizer's): memory gradients end here.
+    # (2) Clear every parameter's gradient (not only the optimizer's): the last step's are still there.
     model.zero_grad(set_to_none=True)
 
     # (3) Forward and backward on the batch. replay-gem balances its loss between the current crops and
@@ -249,14 +249,13 @@ def gem_step(
         b = len(x) - rehearsed
         current_loss, rehearsal_loss = loss_fn(logits[:b], y[:b]), loss_fn(logits[b:], y[b:])
         loss = 0.5 * (current_loss + rehearsal_loss)
-        if rows:
-            rehearsal_grad = _flat_grad(0.5 * rehearsal_loss, params, retain_graph=True)
-            loss = 0.5 * current_loss
     else:
         loss = loss_fn(logits, y)
-    loss.backward()
-    if rehearsal_grad is not None:
-        loss = loss + 0.5 * rehearsal_loss.detach()  # the step's whole loss, for the stats
+    if cfg.strategy == "replay-gem" and rehearsed and rows:
+        rehearsal_grad = _flat_grad(0.5 * rehearsal_loss, params, retain_graph=True)
+        (0.5 * current_loss).backward()
+    else:
+        loss.backward()
     t_backward = _clock(device)
 
     # (4) Dot products <g, G_k>; a negative one means this step would raise that memory's loss.
@@ -313,8 +312,7 @@ def _flat_grad(loss: Tensor, params: list[nn.Parameter], retain_graph: bool = Fa
 def _loss_gradient(
     model: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor, loss_fn: LossFn
 ) -> tuple[Tensor, float]:
-    """Flattened gradient (P,) and value of the loss on one memory batch; leaves the gradient in p.grad for
-    step 2 to clear.
+    """Flattened gradient (P,) and value of the loss on one memory batch, without touching p.grad.
 
     The pass runs in train mode (batch statistics, like the training batch) but leaves BatchNorm's
     running statistics alone: a pure past-domain batch every step would otherwise drag the statistics
@@ -322,11 +320,9 @@ def _loss_gradient(
     it were barely learned.
     """
     device = params[0].device  # a no-op when the memory lives on the model's device, as it should
-    model.zero_grad(set_to_none=True)
     with frozen_batch_statistics(model):
         loss = loss_fn(model(x.to(device)), y.to(device))
-        loss.backward()
-    return flatten_grads(params), float(loss.detach())
+        return _flat_grad(loss, params), float(loss.detach())
 
 
 @contextmanager
