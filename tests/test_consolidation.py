@@ -44,7 +44,7 @@ async def test_an_ewc_consolidation_is_published_and_the_learner_adopts_it(broke
         await produce_stream(broker.bootstrap, Schedule.parse(",".join(f"{d}:16" for d in DOMAINS)), rate=0,
                              size=(64, 64), seed=3)
         await wait_for(lambda: (store.latest() or 0) >= 1, 120, "the learner's first version")
-        outcome = await consolidate(_quick(model_dir, strategy="ewc", kafka=broker.bootstrap))
+        outcome = await consolidate(_quick(model_dir, strategy="ewc", kafka=broker.bootstrap, learning_rate=1e-4))
         decision = outcome.decision
         assert decision.promoted, decision.reason
         version = decision.manifest.version
