@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import struct
 from collections.abc import Callable
 
 import grpc
@@ -21,6 +24,10 @@ from weldstream.server.requests import INPUT_NAME, deadline_of, scans_from_infer
 SERVER_NAME = "weldstream"
 SERVER_VERSION = "0.1.0"
 OUTPUTS = ("mask", "confidence")
+# An extension output (BYTES, one JSON list of regions per scan), returned only when a request names it or
+# sets the parameter regions=true; left out of ModelMetadata so clients that ask for every listed output
+# pay for no region extraction.
+REGIONS = "regions"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -81,11 +88,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise NotFound(f"version {request.model_version} is not live")
         wanted = [o.name for o in request.outputs] or list(OUTPUTS)
         for index, name in enumerate(wanted):
-            if name not in OUTPUTS:
-                raise InvalidInput(f"outputs[{index}].name", f"{name!r} is not one of {list(OUTPUTS)}")
+            if name not in (*OUTPUTS, REGIONS):
+                raise InvalidInput(f"outputs[{index}].name", f"{name!r} is not one of {[*OUTPUTS, REGIONS]}")
+        if regions_parameter(request) and REGIONS not in wanted:
+            wanted.append(REGIONS)
         scans = scans_from_infer(request, self._cfg.model_name, self._cfg.max_side)
         # one unit for the batcher: every scan of the request runs on the same version
-        predictions = await self._batcher.submit_many(scans, deadline_of(context))
+        predictions = await self._batcher.submit_many(scans, deadline_of(context), REGIONS in wanted)
         version = predictions[0].version
         response = pb.ModelInferResponse(model_name=self._cfg.model_name, model_version=str(version), id=request.id)
         height, width = predictions[0].mask.shape
@@ -93,12 +102,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not same_size:  # cannot happen for one input tensor; guards the stacking below
             raise InvalidInput("inputs", "scans in one request must share H and W")
         for name in wanted:
-            if name == "mask":
-                data = np.stack([p.mask for p in predictions]).astype(np.uint8)
-                datatype = "UINT8"
-            else:
-                data = np.stack([p.confidence for p in predictions]).astype("<f4")
-                datatype = "FP32"
-            response.outputs.add(name=name, datatype=datatype, shape=list(data.shape))
-            response.raw_output_contents.append(data.tobytes())
+            if name == REGIONS:
+                elements = [json.dumps([dataclasses.asdict(r) for r in p.regions]).encode() for p in predictions]
+                response.outputs.add(name=name, datatype="BYTES", shape=[len(elements)])
+                # KServe's BYTES layout: each element is a 4-byte little-endian length, then its bytes
+                response.raw_output_contents.append(b"".join(struct.pack("<I", len(e)) + e for e in elements))
+                continue
+            arrays = [p.mask if name == "mask" else p.confidence for p in predictions]
+            datatype = "UINT8" if name == "mask" else "FP32"
+            response.outputs.add(name=name, datatype=datatype, shape=[len(arrays), height, width])
+            # one copy of each scan's pixels, straight into the response
+            response.raw_output_contents.append(b"".join(a.astype(np.uint8 if name == "mask" else "<f4", copy=False)
+                                                         .tobytes() for a in arrays))
         return response
+
+
+def regions_parameter(request: pb.ModelInferRequest) -> bool:
+    """The request parameter ``regions`` (bool, or a string such as "true") asks for the regions output."""
+    if "regions" not in request.parameters:
+        return False
+    parameter = request.parameters["regions"]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind == "string_param":
+        return parameter.string_param.strip().lower() in ("1", "true", "yes", "on")
+    return bool(getattr(parameter, kind)) if kind else False

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from weldstream.codec import DTYPES, ENCODINGS, array_to_tensor
+from weldstream.codec import DTYPES, ENCODINGS, fill_tensor
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.errors import status_for, unary
@@ -25,11 +25,8 @@ def build_response(scan_id: str, prediction: Prediction, started: float,
                    with_confidence: bool) -> segmenter_pb2.SegmentResponse:
     """The response names the version that made the mask and that version's class names."""
     classes = prediction.classes
-    response = segmenter_pb2.SegmentResponse(
-        scan_id=scan_id,
-        mask=array_to_tensor(prediction.mask),
-        model_version=prediction.version,
-    )
+    response = segmenter_pb2.SegmentResponse(scan_id=scan_id, model_version=prediction.version)
+    fill_tensor(response.mask, prediction.mask)
     for class_id, fraction in enumerate(prediction.fractions):
         response.class_fractions.add(class_id=class_id, class_name=classes[class_id], fraction=float(fraction))
     for region in prediction.regions:
@@ -41,9 +38,14 @@ def build_response(scan_id: str, prediction: Prediction, started: float,
             mean_confidence=region.mean_confidence,
         )
     if with_confidence:
-        response.confidence.CopyFrom(array_to_tensor(prediction.confidence))
+        fill_tensor(response.confidence, prediction.confidence)
     response.server_latency_ms = (time.perf_counter() - started) * 1000
     return response
+
+
+def wants_regions(request: segmenter_pb2.SegmentRequest) -> bool:
+    """return_regions, which clients that predate it leave unset: regions, as they always had."""
+    return request.return_regions if request.HasField("return_regions") else True
 
 
 def model_info(loaded: LoadedModel, cfg: ServerConfig) -> segmenter_pb2.ModelInfo:
@@ -91,7 +93,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
                       context: grpc.aio.ServicerContext) -> segmenter_pb2.SegmentResponse:
         started = time.perf_counter()
         scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
-        [prediction] = await self._batcher.submit_many([scan], deadline_of(context))
+        [prediction] = await self._batcher.submit_many([scan], deadline_of(context), wants_regions(request))
         return build_response(request.scan_id, prediction, started, request.return_confidence)
 
     @unary
@@ -106,7 +108,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
         code = "OK"
         try:
             scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
-            prediction = await self._batcher.submit(scan)
+            prediction = await self._batcher.submit(scan, regions=wants_regions(request))
             return build_response(request.scan_id, prediction, started, request.return_confidence)
         except asyncio.CancelledError:
             code = "CANCELLED"

@@ -10,6 +10,8 @@ score of the masks a rig receives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +19,20 @@ from weldstream.preprocess import pad_to_multiple
 
 TILE = 1024  # tile side in pixels; scans with no side above it run whole
 MARGIN = 64  # context kept around every pixel taken from a tile
+
+# padded images (N, C, H, W) -> classes (N, H, W) uint8 and confidence (N, H, W) float32 at the same size
+Predictor = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def classes_and_confidence(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """logits (N, K, H, W) -> the winning class (uint8) and its softmax probability (float32), per pixel."""
+    confidence, classes = logits.float().softmax(dim=1).max(dim=1)
+    return classes.to(torch.uint8), confidence
+
+
+def predictor_of(module: nn.Module) -> Predictor:
+    """An eager module (eval mode) as a Predictor."""
+    return lambda padded: classes_and_confidence(module(padded))
 
 
 def tile_spans(length: int, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
@@ -37,27 +53,28 @@ def tile_spans(length: int, tile: int, margin: int) -> list[tuple[int, int, int,
 
 
 @torch.inference_mode()
-def segment(module: nn.Module, images: Tensor, stride: int, tile: int = TILE, margin: int = MARGIN
+def segment(model: nn.Module | Predictor, images: Tensor, stride: int, tile: int = TILE, margin: int = MARGIN
             ) -> tuple[Tensor, Tensor]:
     """images (N, C, H, W) normalised -> classes (N, H, W) uint8 and confidence (N, H, W) float32 of the
-    winning class, on the images' device. The module must be in eval mode (the caller's choice)."""
+    winning class, on the images' device. ``model`` is an eval-mode module or a serving backend's
+    Predictor (the server's ONNX Runtime or CUDA-graph forward), so both run the same tiling."""
+    predict = predictor_of(model) if isinstance(model, nn.Module) else model
     height, width = images.shape[-2:]
     tile = max(stride, tile - tile % stride)
     if max(height, width) <= tile:
-        return _classes_and_confidence(module, pad_to_multiple(images, stride), height, width)
+        return _crop(predict(pad_to_multiple(images, stride)), height, width)
     classes = torch.empty((len(images), height, width), dtype=torch.uint8, device=images.device)
     confidence = torch.empty((len(images), height, width), dtype=torch.float32, device=images.device)
     for top, bottom, keep_top, keep_bottom in tile_spans(height, tile, margin):
         for left, right, keep_left, keep_right in tile_spans(width, tile, margin):
             part = images[..., top:bottom, left:right]
-            c, p = _classes_and_confidence(module, pad_to_multiple(part, stride), bottom - top, right - left)
+            c, p = _crop(predict(pad_to_multiple(part, stride)), bottom - top, right - left)
             rows, cols = slice(keep_top - top, keep_bottom - top), slice(keep_left - left, keep_right - left)
             classes[:, keep_top:keep_bottom, keep_left:keep_right] = c[:, rows, cols]
             confidence[:, keep_top:keep_bottom, keep_left:keep_right] = p[:, rows, cols]
     return classes, confidence
 
 
-def _classes_and_confidence(module: nn.Module, padded: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    logits = module(padded)[..., :height, :width]
-    confidence, classes = logits.softmax(dim=1).max(dim=1)
-    return classes.to(torch.uint8), confidence.float()
+def _crop(predicted: tuple[Tensor, Tensor], height: int, width: int) -> tuple[Tensor, Tensor]:
+    classes, confidence = predicted
+    return classes[..., :height, :width], confidence[..., :height, :width]

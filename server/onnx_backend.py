@@ -1,0 +1,81 @@
+"""The ``onnxruntime`` backend: a version's weights exported to ONNX and run by ONNX Runtime on the CPU.
+
+The export includes the argmax and the winning class's softmax probability, so ONNX Runtime returns
+what the server sends (a uint8 class map and a float32 confidence) and no logits cross into torch.
+Batch, height and width are dynamic axes: native-size scans and tiles of large ones share one session.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from weldstream.model import ModelConfig
+from weldstream.server.backends import Backend
+from weldstream.tiles import classes_and_confidence
+
+OPSET = 17
+INPUT, OUTPUTS = "scan", ("classes", "confidence")
+EXPORT_SIZE = 64  # the traced example's side; every axis but channels is dynamic
+
+
+class _WithHead(nn.Module):
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return classes_and_confidence(self.module(x))  # (N, H, W) uint8, (N, H, W) float32
+
+
+def export_onnx(module: nn.Module, config: ModelConfig) -> bytes:
+    """The module (eval mode, on the CPU) and its head as an ONNX model, weights included.
+
+    A copy is exported: the TorchScript exporter leaves the module it traces changed (its outputs differ
+    afterwards), and the module is the one that serves if the export is refused.
+    """
+    module = copy.deepcopy(module)
+    example = torch.zeros(1, config.in_channels, EXPORT_SIZE, EXPORT_SIZE)
+    dynamic = {0: "batch", 1: "height", 2: "width"}
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation on every call
+        torch.onnx.export(_WithHead(module), (example,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT], output_names=list(OUTPUTS),
+                          dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"},
+                                        OUTPUTS[0]: dynamic, OUTPUTS[1]: dynamic})
+    return buffer.getvalue()
+
+
+def open_session(model: bytes, threads: int) -> Any:
+    """An ONNX Runtime session on the CPU: ``threads`` intra-op threads, one inter-op, full graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_backend(module: nn.Module, config: ModelConfig, threads: int,
+                 run_normal: Callable[[Callable[[], Any]], Any] = lambda build: build()) -> Backend:
+    """Export and open a session. ``run_normal`` runs the session's construction on a thread of normal
+    priority: the session's worker threads inherit the priority of the thread that builds it, and the
+    loader thread that calls this runs at the lowest."""
+    model = export_onnx(module, config)
+    session = run_normal(lambda: open_session(model, threads))
+
+    def predict(padded: Tensor) -> tuple[Tensor, Tensor]:
+        classes, confidence = session.run(None, {INPUT: padded.contiguous().numpy()})
+        return torch.from_numpy(classes), torch.from_numpy(confidence)
+
+    return Backend("onnxruntime", predict)
