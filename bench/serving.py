@@ -33,6 +33,7 @@ from weldstream.preprocess import pad_to_multiple, window_intensities
 from weldstream.server.backends import BackendSettings
 from weldstream.server.inference import predict_batch
 from weldstream.server.loader import fresh_model, with_backend
+from weldstream.threads import one_thread
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WeightStore
 
@@ -103,6 +104,11 @@ def latency_calls(cfg: ServeBench, stub: segmenter_pb2_grpc.SegmenterStub) -> tu
         by_hand(x)
 
     @torch.inference_mode()
+    def eager_fp32_one_thread() -> None:
+        with one_thread():
+            by_hand(x)
+
+    @torch.inference_mode()
     def eager_bf16() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             by_hand(x)
@@ -115,6 +121,8 @@ def latency_calls(cfg: ServeBench, stub: segmenter_pb2_grpc.SegmenterStub) -> tu
     calls: dict[str, Callable[[], object]] = {"eager_fp32_forward": eager_fp32}
     if device.type == "cuda":
         calls["eager_bf16_forward"] = eager_bf16
+    elif torch.get_num_threads() > 1:  # shows what thread contention on shared cores costs the baseline
+        calls["eager_fp32_forward_one_thread"] = eager_fp32_one_thread
     calls.update({
         "backend_forward": backend_forward,
         "pipeline_mask_only": lambda: predict_batch(loaded, [scan], False),
@@ -262,6 +270,8 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
         "around_forward_share_with_regions": 1 - p50["backend_forward"] / p50["pipeline_with_regions"],
         "batching_gain": batched / unbatched,
     }
+    if "eager_fp32_forward_one_thread" in p50:
+        ratios["grpc_over_eager_fp32_forward_one_thread"] = p50["grpc_segment"] / p50["eager_fp32_forward_one_thread"]
     if "eager_bf16_forward" in p50:
         ratios["grpc_over_eager_bf16_forward"] = p50["grpc_segment"] / p50["eager_bf16_forward"]
     result: dict[str, Any] = {
@@ -281,6 +291,7 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
 
 ROWS = (
     ("eager_fp32_forward", "eager fp32 forward, by hand (build_model, eval, inference_mode)"),
+    ("eager_fp32_forward_one_thread", "eager fp32 forward, by hand, on one thread"),
     ("eager_bf16_forward", "eager bf16-autocast forward, by hand"),
     ("backend_forward", "the server's backend forward alone"),
     ("pipeline_mask_only", "in-process pipeline, mask only"),
@@ -318,6 +329,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"| work around the forward, share of the pipeline (with regions) | "
         f"{ratios['around_forward_share_with_regions']:.1%} | |",
     ]
+    if "grpc_over_eager_fp32_forward_one_thread" in ratios:
+        lines.append(f"| gRPC Segment ÷ eager fp32 forward on one thread | "
+                     f"{ratios['grpc_over_eager_fp32_forward_one_thread']:.2f}× | |")
     if "grpc_over_eager_bf16_forward" in ratios:
         lines.append(f"| gRPC Segment ÷ eager bf16 forward | {ratios['grpc_over_eager_bf16_forward']:.2f}× "
                      "| ≤ 2 on GPU |")

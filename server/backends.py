@@ -38,6 +38,7 @@ class Backend:
     name: str  # what /metrics and the logs call it: torch, torch-bf16, torch-bf16-graphs, onnxruntime
     predict: Predictor
     pads_batches: bool = False  # batches are padded to bucket sizes (shape-specialised kernels or graphs)
+    torch_threads: bool = True  # its forward runs on torch's CPU threads (else torch work around it takes one)
 
 
 class BackendRefused(Exception):

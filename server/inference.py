@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,8 @@ def predict_batch(loaded: LoadedModel, scans: list[np.ndarray],
             images = window_intensities(stage([scans[i] for i in indices], device))
             if runner.pads_batches:
                 images = _pad_batch(images, bucket_size(len(indices), max(BUCKET_LIMIT, len(indices))))
-        classes, confidence = segment(runner.predict, images, loaded.config.stride)
+        with nullcontext() if runner.torch_threads else host_threads(device):  # padding and tiling copies
+            classes, confidence = segment(runner.predict, images, loaded.config.stride)
         with host_threads(device):
             masks, confidences = fetch(classes[:len(indices)], confidence[:len(indices)])
             for row, i in enumerate(indices):

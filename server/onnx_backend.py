@@ -82,4 +82,4 @@ def onnx_backend(module: nn.Module, config: ModelConfig, threads: int,
         classes, confidence = session.run(None, {INPUT: padded.contiguous().numpy()})
         return torch.from_numpy(classes), torch.from_numpy(confidence)
 
-    return Backend("onnxruntime", predict)
+    return Backend("onnxruntime", predict, torch_threads=False)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from weldstream.preprocess import as_channels
+from weldstream.threads import one_thread
 
 TORCH_DTYPES: dict[np.dtype, torch.dtype] = {
     np.dtype(np.uint8): torch.uint8,
@@ -55,14 +56,9 @@ def fetch(*tensors: torch.Tensor) -> list[np.ndarray]:
 
 @contextmanager
 def host_threads(device: torch.device) -> Iterator[None]:
-    """On the CPU, element-wise work around the forward runs on one thread: on a few shared cores, splitting
-    a few megabytes of work across threads costs more in waiting for each other than it saves."""
+    """Work around the forward on a CPU device runs on one thread (see ``weldstream.threads``)."""
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)

@@ -181,3 +181,15 @@ def test_regions_are_only_extracted_for_scans_that_ask():
     (alone,) = predict_batch(loaded, scans[1:], True)
     np.testing.assert_array_equal(without.mask, alone.mask)
     assert without.regions == [] and alone.regions
+
+
+def test_one_thread_lowers_and_restores_the_callers_thread_count():
+    from weldstream.threads import one_thread
+
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

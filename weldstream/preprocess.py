@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weldstream.threads import one_thread
+
 # Percentiles that bound the intensity window; robust to hot pixels and saturated back-wall echoes.
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
@@ -48,12 +50,12 @@ def window_intensities(batch: torch.Tensor) -> torch.Tensor:
     """
     x = batch.float()
     bounds = percentiles(x.reshape(len(x), -1), (LOW_PERCENTILE, HIGH_PERCENTILE))
-    low, high = bounds[:, 0].view(-1, 1, 1, 1), bounds[:, 1].view(-1, 1, 1, 1)
+    low, high = bounds[:, :1, None, None], bounds[:, 1:, None, None]  # (N, 1, 1, 1) each
     scale = high - low
-    flat = scale <= 0
-    x = (torch.minimum(torch.maximum(x, low), high) - low) / torch.where(flat, torch.ones_like(scale), scale)
-    x = (x - 0.5) * 4.0
-    return torch.where(flat, torch.zeros_like(x), x)
+    live = scale > 0  # a constant scan maps to zeros
+    gain = torch.where(live, 4.0 / torch.where(live, scale, torch.ones_like(scale)), torch.zeros_like(scale))
+    # clip(x, low, high) - low, scaled to [0, 4], then shifted to [-2, 2]: four passes over the pixels
+    return (x - low).mul_(gain).clamp_(0.0, 4.0).sub_(live.float() * 2.0)
 
 
 def as_channels(image: np.ndarray) -> np.ndarray:
@@ -67,9 +69,11 @@ def as_channels(image: np.ndarray) -> np.ndarray:
 
 
 def normalise_scan(image: np.ndarray) -> np.ndarray:
-    """Any H x W or C x H x W scan (uint8, uint16, float) -> float32 C x H x W, by ``window_intensities``."""
+    """Any H x W or C x H x W scan (uint8, uint16, float) -> float32 C x H x W, by ``window_intensities``
+    (on one CPU thread, see ``weldstream.threads``)."""
     array = np.ascontiguousarray(as_channels(image), dtype=np.float32)
-    return window_intensities(torch.from_numpy(array)[None])[0].numpy()
+    with one_thread():
+        return window_intensities(torch.from_numpy(array)[None])[0].numpy()
 
 
 def pad_to_multiple(batch: torch.Tensor, stride: int) -> torch.Tensor:
