@@ -67,7 +67,8 @@ def capture_graph(predict: Predictor, example: Tensor) -> Predictor:
     if _POOL is None:
         _POOL = torch.cuda.graph_pool_handle()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=_POOL):
+    # thread_local: the loader thread may copy and warm up the next version on the GPU meanwhile
+    with torch.cuda.graph(graph, pool=_POOL, capture_error_mode="thread_local"):
         static_classes, static_confidence = predict(static_input)
 
     def replay(padded: Tensor) -> tuple[Tensor, Tensor]:

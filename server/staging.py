@@ -30,7 +30,7 @@ def torch_dtype(array: np.ndarray) -> torch.dtype:
 
 
 def stage(scans: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """Scans of one shape and dtype -> (N, C, H, W) on ``device`` in their own dtype.
+    """Scans of one shape and dtype -> (N, C, H, W) on ``device`` in their own dtype (uint16 arrives as int32).
 
     Each scan is copied once, straight from the request's bytes into the batch buffer (which also
     fixes byte order); the buffer goes to the device with one non-blocking copy.
@@ -40,6 +40,9 @@ def stage(scans: list[np.ndarray], device: torch.device) -> torch.Tensor:
     host = buffer.numpy()
     for row, scan in enumerate(scans):
         host[row] = as_channels(scan)
+    if buffer.dtype == torch.uint16 and device.type != "cpu":
+        # torch's uint16 has few device kernels: the same bits cross as int16 and are widened there
+        return buffer.view(torch.int16).to(device, non_blocking=True).to(torch.int32).bitwise_and_(0xFFFF)
     return buffer.to(device, non_blocking=True)
 
 
