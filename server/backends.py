@@ -31,6 +31,12 @@ BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIN_AGREEMENT = 0.999  # share of pixels whose class must match fp32 eager
 CHECK_SIZES = ((128, 128), (96, 160), (128, 128))  # one scan per size; an odd size exercises dynamic axes
+# Runs a build step on a thread of normal priority (see Swapper); by default on the calling thread.
+RunNormal = Callable[[Callable[[], object]], object]
+
+
+def on_this_thread(build: Callable[[], object]) -> object:
+    return build()
 
 
 @dataclass(frozen=True)
@@ -140,8 +146,7 @@ class BackendSettings:
 
 
 def build_backend(module: nn.Module, config: ModelConfig, device: torch.device, settings: BackendSettings,
-                  run_normal: Callable[[Callable[[], object]], object] = lambda build: build(),
-                  ) -> tuple[Backend, BackendRefused | None]:
+                  run_normal: RunNormal = on_this_thread) -> tuple[Backend, BackendRefused | None]:
     """The backend a version is served by, and why it is not the one asked for (None when it is)."""
     reference = eager(module)
     try:
@@ -158,7 +163,7 @@ def build_backend(module: nn.Module, config: ModelConfig, device: torch.device, 
 
 
 def _candidate(module: nn.Module, config: ModelConfig, device: torch.device, settings: BackendSettings,
-               run_normal: Callable[[Callable[[], object]], object]) -> Backend | None:
+               run_normal: RunNormal) -> Backend | None:
     if settings.name == "onnxruntime":
         if device.type != "cpu":
             raise BackendRefused("failed", f"onnxruntime serves on the CPU only, not on {device}")

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -22,7 +22,7 @@ from torch import nn
 from weldstream.errors import CorruptVersion
 from weldstream.model import ModelConfig, build_model
 from weldstream.preprocess import pad_to_multiple
-from weldstream.server.backends import BackendSettings, build_backend
+from weldstream.server.backends import BackendSettings, RunNormal, build_backend, on_this_thread
 from weldstream.server.model_slot import LoadedModel
 from weldstream.weight_store import WeightStore
 
@@ -57,7 +57,7 @@ def fresh_model(config: ModelConfig, device: torch.device) -> LoadedModel:
 
 
 def with_backend(loaded: LoadedModel, settings: BackendSettings,
-                 run_normal: Callable[[Callable[[], object]], object] = lambda build: build()) -> LoadedModel:
+                 run_normal: RunNormal = on_this_thread) -> LoadedModel:
     """The version with the backend asked for, built and checked against fp32 eager (see ``backends``);
     fp32 eager, with the reason recorded in ``backend_refused``, when that backend is refused."""
     backend, refused = build_backend(loaded.module, loaded.config, loaded.device, settings, run_normal)
@@ -69,7 +69,7 @@ def with_backend(loaded: LoadedModel, settings: BackendSettings,
 
 def load_version(store: WeightStore, version: int, device: torch.device,
                  reuse: LoadedModel | None = None, backend: BackendSettings | None = None,
-                 run_normal: Callable[[Callable[[], object]], object] = lambda build: build()) -> LoadedModel:
+                 run_normal: RunNormal = on_this_thread) -> LoadedModel:
     """Load a stored version (checksum verified by the store), check it, warm it up and build its backend.
 
     With `reuse` (a retired model of the same configuration) the weights are copied into its module,

@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from weldstream.model import ModelConfig
-from weldstream.server.backends import Backend
+from weldstream.server.backends import Backend, RunNormal, on_this_thread
 from weldstream.tiles import classes_and_confidence
 
 OPSET = 17
@@ -70,8 +69,8 @@ def open_session(model: bytes, threads: int) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def onnx_backend(module: nn.Module, config: ModelConfig, threads: int,
-                 run_normal: Callable[[Callable[[], Any]], Any] = lambda build: build()) -> Backend:
+def onnx_backend(module: nn.Module, config: ModelConfig, threads: int, run_normal: RunNormal = on_this_thread
+                 ) -> Backend:
     """Export and open a session. ``run_normal`` runs the session's construction on a thread of normal
     priority: the session's worker threads inherit the priority of the thread that builds it, and the
     loader thread that calls this runs at the lowest."""

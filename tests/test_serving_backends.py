@@ -200,3 +200,37 @@ def test_bf16_autocast_with_cuda_graphs_agrees_with_fp32_eager_on_cuda() -> None
 def test_padded_check_images_run_on_cuda() -> None:
     image = pad_to_multiple(torch.rand(1, 1, 40, 40, device="cuda"), 32)
     assert image.shape[-2:] == (64, 64)
+
+
+async def test_a_swapped_in_version_gets_its_own_checked_onnx_session(tmp_path, started) -> None:
+    import grpc
+
+    from weldstream.codec import array_to_tensor
+    from weldstream.model import build_model
+    from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
+    from weldstream.weight_store import WeightStore
+
+    from .conftest import server_config
+
+    server = await started(server_config(tmp_path / "models", backend="onnxruntime", poll_interval_s=60))
+    assert server.slot.current().runner.name == "onnxruntime"
+    WeightStore(tmp_path / "models").publish(build_model(ModelConfig(), seed=3).state_dict(), ModelConfig(),
+                                             parent_version=0)
+    assert await server.swapper.swap_to_served()
+    live = server.slot.current()
+    assert live.version == 1 and live.runner.name == "onnxruntime" and live.backend_refused == ""
+    assert server.metrics.registry.get_sample_value("inference_backend_info", {"backend": "onnxruntime"}) == 1
+    scan = simulated(1)[0]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        response = await segmenter_pb2_grpc.SegmenterStub(channel).Segment(segmenter_pb2.SegmentRequest(
+            image=tensor_pb2.Image(tensor=array_to_tensor(scan))))
+    (expected,) = predict_batch(eager_of(live), [scan])
+    mask = np.frombuffer(response.mask.data, np.uint8).reshape(scan.shape)
+    assert response.model_version == 1 and np.mean(mask == expected.mask) >= MIN_AGREEMENT
+
+
+def eager_of(loaded):
+    """The same version served by fp32 eager torch."""
+    import dataclasses
+
+    return dataclasses.replace(loaded, backend=None)
