@@ -24,7 +24,7 @@ from weldstream.server.regions import Region, class_fractions, defect_regions
 from weldstream.server.staging import fetch, host_threads, stage, torch_dtype
 from weldstream.tiles import segment
 
-BUCKET_LIMIT = 64  # batches beyond this run at their own size
+BUCKET_LIMIT = 64  # the largest bucket; a larger batch runs at its own size
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def predict_batch(loaded: LoadedModel, scans: list[np.ndarray],
         with host_threads(device):
             images = window_intensities(stage([scans[i] for i in indices], device))
             if runner.pads_batches:
-                images = _pad_batch(images, bucket_size(len(indices), max(BUCKET_LIMIT, len(indices))))
+                images = _pad_batch(images, bucket_size(len(indices), BUCKET_LIMIT))
         with nullcontext() if runner.torch_threads else host_threads(device):  # padding and tiling copies
             classes, confidence = segment(runner.predict, images, loaded.config.stride)
         with host_threads(device):
