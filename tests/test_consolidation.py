@@ -52,7 +52,7 @@ async def test_an_ewc_consolidation_is_published_and_the_learner_adopts_it(broke
         assert manifest.strategy == "consolidate-ewc" and manifest.parent_version == outcome.started_from >= 1
         assert set(manifest.scores) <= set(DOMAINS) and manifest.metrics["domains"] == DOMAINS
         assert sum(o["offset"] for o in manifest.offsets) == 32  # the whole topic, replayed from the start
-        await wait_for(lambda: any(a.action == "adopt" and a.version == version for a in registry.actions()), 30,
+        await wait_for(lambda: any(a.action == "adopt" and a.version == version for a in registry.actions()), 120,
                        "the online learner to adopt the consolidated version")
     finally:
         stop.set()
