@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from weldstream.features import merge_tiles, pooled_features
 from weldstream.preprocess import normalise_scan
+from weldstream.server.doubt import scan_doubt
 from weldstream.server.model_slot import LoadedModel
 from weldstream.server.regions import Region, class_fractions, defect_regions
-from weldstream.tiles import segment
+from weldstream.tiles import segment_with_entropy
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class Prediction:
     regions: list[Region]
     version: int
     classes: tuple[str, ...]  # the class names of the version that made this mask
+    doubt: float = 0.0  # 0..1, see server/doubt.py
+    features: np.ndarray | None = None  # (C,) pooled deepest encoder features, for drift (weldstream/features.py)
 
 
 @torch.inference_mode()
@@ -40,17 +44,24 @@ def predict_batch(loaded: LoadedModel, scans: list[np.ndarray], with_regions: bo
     num_classes = len(loaded.config.classes)
     for indices in groups.values():
         batch = torch.stack([torch.from_numpy(inputs[i]) for i in indices]).to(loaded.device)
-        classes, confidence = segment(loaded.module, batch.contiguous(memory_format=torch.channels_last),
-                                      loaded.config.stride)
-        classes, confidence = classes.cpu().numpy(), confidence.cpu().numpy()
+        with pooled_features(loaded.module) as captured:
+            classes, confidence, entropy = segment_with_entropy(
+                loaded.module, batch.contiguous(memory_format=torch.channels_last), loaded.config.stride)
+        assert entropy is not None
+        doubts = scan_doubt(classes, entropy).cpu().numpy()
+        features = merge_tiles(captured)
+        features = features.cpu().numpy() if features is not None else None
+        classes, confidence, entropy = classes.cpu().numpy(), confidence.cpu().numpy(), entropy.cpu().numpy()
         for row, i in enumerate(indices):
             mask, conf = classes[row], confidence[row]
             results[i] = Prediction(
                 mask=mask,
                 confidence=conf,
                 fractions=class_fractions(mask, num_classes),
-                regions=defect_regions(mask, conf, num_classes) if with_regions else [],
+                regions=defect_regions(mask, conf, num_classes, entropy=entropy[row]) if with_regions else [],
                 version=loaded.version,
                 classes=tuple(loaded.config.classes),
+                doubt=float(doubts[row]),
+                features=features[row] if features is not None else None,
             )
     return [r for r in results if r is not None]

@@ -16,11 +16,14 @@ from weldstream.server.config import ServerConfig
 from weldstream.server.errors import NotFound, unary
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import ModelSlot
-from weldstream.server.requests import INPUT_NAME, deadline_of, scans_from_infer
+from weldstream.server.requests import INPUT_NAME, deadline_of, infer_rig, rig_of, scans_from_infer
+from weldstream.server.watch import ScanWatch
 
 SERVER_NAME = "weldstream"
 SERVER_VERSION = "0.1.0"
-OUTPUTS = ("mask", "confidence")
+# "doubt" (FP32 [N], one score per scan, see server/doubt.py) comes last: clients that read outputs by
+# name (tritonclient's as_numpy) ignore it.
+OUTPUTS = ("mask", "confidence", "doubt")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -28,8 +31,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     --ready-when-trained, only once a trained version is live)."""
 
     def __init__(self, cfg: ServerConfig, slot: ModelSlot, batcher: Batcher, metrics: ServerMetrics,
-                 serving: asyncio.Event, ready: Callable[[], bool]) -> None:
+                 serving: asyncio.Event, ready: Callable[[], bool], watch: ScanWatch) -> None:
         self._cfg = cfg
+        self._watch = watch
         self._slot = slot
         self._batcher = batcher
         self._serving = serving
@@ -70,7 +74,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             platform="pytorch",
             inputs=[Tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, 1, -1, -1])],
             outputs=[Tensor(name="mask", datatype="UINT8", shape=[-1, -1, -1]),
-                     Tensor(name="confidence", datatype="FP32", shape=[-1, -1, -1])],
+                     Tensor(name="confidence", datatype="FP32", shape=[-1, -1, -1]),
+                     Tensor(name="doubt", datatype="FP32", shape=[-1])],
         )
 
     @unary
@@ -83,9 +88,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for index, name in enumerate(wanted):
             if name not in OUTPUTS:
                 raise InvalidInput(f"outputs[{index}].name", f"{name!r} is not one of {list(OUTPUTS)}")
+        rig = rig_of(infer_rig(request), context)
         scans = scans_from_infer(request, self._cfg.model_name, self._cfg.max_side)
         # one unit for the batcher: every scan of the request runs on the same version
         predictions = await self._batcher.submit_many(scans, deadline_of(context))
+        for index, (scan, prediction) in enumerate(zip(scans, predictions, strict=True)):
+            scan_id = f"{request.id}/{index}" if request.id else ""
+            self._watch.observe(scan_id, rig, scan, prediction)
         version = predictions[0].version
         response = pb.ModelInferResponse(model_name=self._cfg.model_name, model_version=str(version), id=request.id)
         height, width = predictions[0].mask.shape
@@ -96,6 +105,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if name == "mask":
                 data = np.stack([p.mask for p in predictions]).astype(np.uint8)
                 datatype = "UINT8"
+            elif name == "doubt":
+                data = np.array([p.doubt for p in predictions], dtype="<f4")
+                datatype = "FP32"
             else:
                 data = np.stack([p.confidence for p in predictions]).astype("<f4")
                 datatype = "FP32"

@@ -23,6 +23,7 @@ class Region:
     height: int
     area_px: int
     mean_confidence: float
+    doubt: float = 0.0  # mean normalised entropy over the region's pixels (server/doubt.py)
 
 
 def class_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -31,7 +32,7 @@ def class_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def defect_regions(mask: np.ndarray, confidence: np.ndarray, num_classes: int, min_area_px: int = MIN_AREA_PX,
-                   max_regions: int = MAX_REGIONS) -> list[Region]:
+                   max_regions: int = MAX_REGIONS, entropy: np.ndarray | None = None) -> list[Region]:
     """8-connected components of every defect class (background, class 0, skipped), largest first.
 
     Bounding boxes, areas and confidences are computed for all components at once (no Python loop
@@ -47,6 +48,8 @@ def defect_regions(mask: np.ndarray, confidence: np.ndarray, num_classes: int, m
         label = labels[rows, cols]  # component of every defect pixel
         areas = np.bincount(label, minlength=count + 1)
         sums = np.bincount(label, weights=confidence[rows, cols], minlength=count + 1)
+        doubts = (np.bincount(label, weights=entropy[rows, cols], minlength=count + 1) if entropy is not None
+                  else np.zeros(count + 1))
         top = np.full(count + 1, mask.shape[0]); np.minimum.at(top, label, rows)  # noqa: E702
         left = np.full(count + 1, mask.shape[1]); np.minimum.at(left, label, cols)  # noqa: E702
         bottom = np.zeros(count + 1, np.int64); np.maximum.at(bottom, label, rows)  # noqa: E702
@@ -58,6 +61,7 @@ def defect_regions(mask: np.ndarray, confidence: np.ndarray, num_classes: int, m
                 class_id=class_id, x=int(left[index]), y=int(top[index]),
                 width=int(right[index] - left[index] + 1), height=int(bottom[index] - top[index] + 1),
                 area_px=int(areas[index]), mean_confidence=float(sums[index] / areas[index]),
+                doubt=float(doubts[index] / areas[index]),
             ))
     regions.sort(key=lambda r: r.area_px, reverse=True)
     return regions[:max_regions]

@@ -10,6 +10,8 @@ score of the masks a rig receives.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -41,23 +43,42 @@ def segment(module: nn.Module, images: Tensor, stride: int, tile: int = TILE, ma
             ) -> tuple[Tensor, Tensor]:
     """images (N, C, H, W) normalised -> classes (N, H, W) uint8 and confidence (N, H, W) float32 of the
     winning class, on the images' device. The module must be in eval mode (the caller's choice)."""
-    height, width = images.shape[-2:]
-    tile = max(stride, tile - tile % stride)
-    if max(height, width) <= tile:
-        return _classes_and_confidence(module, pad_to_multiple(images, stride), height, width)
-    classes = torch.empty((len(images), height, width), dtype=torch.uint8, device=images.device)
-    confidence = torch.empty((len(images), height, width), dtype=torch.float32, device=images.device)
-    for top, bottom, keep_top, keep_bottom in tile_spans(height, tile, margin):
-        for left, right, keep_left, keep_right in tile_spans(width, tile, margin):
-            part = images[..., top:bottom, left:right]
-            c, p = _classes_and_confidence(module, pad_to_multiple(part, stride), bottom - top, right - left)
-            rows, cols = slice(keep_top - top, keep_bottom - top), slice(keep_left - left, keep_right - left)
-            classes[:, keep_top:keep_bottom, keep_left:keep_right] = c[:, rows, cols]
-            confidence[:, keep_top:keep_bottom, keep_left:keep_right] = p[:, rows, cols]
+    classes, confidence, _ = segment_with_entropy(module, images, stride, tile, margin, with_entropy=False)
     return classes, confidence
 
 
-def _classes_and_confidence(module: nn.Module, padded: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    logits = module(padded)[..., :height, :width]
-    confidence, classes = logits.softmax(dim=1).max(dim=1)
-    return classes.to(torch.uint8), confidence.float()
+@torch.inference_mode()
+def segment_with_entropy(module: nn.Module, images: Tensor, stride: int, tile: int = TILE, margin: int = MARGIN,
+                         with_entropy: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+    """As ``segment``, plus each pixel's predictive entropy (N, H, W) float32 divided by log(classes), so
+    0 is certain and 1 is a uniform guess (None when ``with_entropy`` is False)."""
+    height, width = images.shape[-2:]
+    tile = max(stride, tile - tile % stride)
+    if max(height, width) <= tile:
+        return _pixel_maps(module, pad_to_multiple(images, stride), height, width, with_entropy)
+    classes = torch.empty((len(images), height, width), dtype=torch.uint8, device=images.device)
+    confidence = torch.empty((len(images), height, width), dtype=torch.float32, device=images.device)
+    entropy = torch.empty_like(confidence) if with_entropy else None
+    for top, bottom, keep_top, keep_bottom in tile_spans(height, tile, margin):
+        for left, right, keep_left, keep_right in tile_spans(width, tile, margin):
+            part = images[..., top:bottom, left:right]
+            c, p, e = _pixel_maps(module, pad_to_multiple(part, stride), bottom - top, right - left, with_entropy)
+            rows, cols = slice(keep_top - top, keep_bottom - top), slice(keep_left - left, keep_right - left)
+            classes[:, keep_top:keep_bottom, keep_left:keep_right] = c[:, rows, cols]
+            confidence[:, keep_top:keep_bottom, keep_left:keep_right] = p[:, rows, cols]
+            if entropy is not None and e is not None:
+                entropy[:, keep_top:keep_bottom, keep_left:keep_right] = e[:, rows, cols]
+    return classes, confidence, entropy
+
+
+def _pixel_maps(module: nn.Module, padded: Tensor, height: int, width: int, with_entropy: bool
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+    logits = module(padded)[..., :height, :width].float()
+    probabilities = logits.softmax(dim=1)
+    confidence, classes = probabilities.max(dim=1)
+    entropy = None
+    if with_entropy:
+        # -sum p log p from log_softmax (exact where p underflows to 0), over log K so it lies in [0, 1]
+        entropy = -(probabilities * logits.log_softmax(dim=1)).sum(dim=1) / math.log(logits.shape[1])
+        entropy = entropy.clamp_(0.0, 1.0)
+    return classes.to(torch.uint8), confidence, entropy

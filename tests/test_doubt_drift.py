@@ -1,0 +1,138 @@
+"""Doubt, drift and the change detector, without a server: fast unit tests plus one tiny trained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from weldstream.features import encoder_summary, reference_of
+from weldstream.model import ModelConfig, build_model
+from weldstream.preprocess import training_pair
+from weldstream.server.doubt import scan_doubt
+from weldstream.server.drift import DriftConfig, DriftMonitor, References
+from weldstream.server.inference import predict_batch
+from weldstream.server.loader import fresh_model
+from weldstream.server.metrics import OTHER_RIG, UNNAMED_RIG, RigLabels
+from weldstream.server.page_hinkley import PageHinkley
+from weldstream.simulator import generate_scan
+from weldstream.tiles import segment_with_entropy
+from weldstream.weight_store import Manifest
+
+TRAINED, UNSEEN = "ut-pe100-5mhz", "xray-film-steel-x52"
+TINY = ModelConfig(encoder_depth=3, decoder_channels=(32, 16, 8))  # a few steps on 2 CPU cores take seconds
+
+
+def scans_of(domain: str, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [training_pair(s.image, s.mask) for s in (generate_scan(domain, first + i, (64, 64)) for i in range(count))]
+    return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+
+
+@pytest.fixture(scope="module")
+def trained() -> torch.nn.Module:
+    """A tiny U-Net trained for a few steps on one ultrasonic domain only."""
+    x, y = scans_of(TRAINED, 0, 48)
+    model = build_model(TINY, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(25):
+        index = torch.randint(0, len(x), (8,), generator=generator)
+        loss = F.cross_entropy(model(x[index]), y[index].long())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_doubt_is_higher_on_an_unseen_domain_than_on_the_trained_one(trained):
+    known, _ = scans_of(TRAINED, 5000, 12)
+    unseen, _ = scans_of(UNSEEN, 5000, 12)
+    doubts = {}
+    for name, images in (("known", known), ("unseen", unseen)):
+        classes, _, entropy = segment_with_entropy(trained, images, TINY.stride)
+        doubts[name] = scan_doubt(classes, entropy)
+    assert float(doubts["unseen"].mean()) > float(doubts["known"].mean())
+    assert float(doubts["unseen"].min()) > float(doubts["known"].median())
+
+
+def test_drift_distance_is_near_one_on_the_reference_domain_and_far_off_it(trained):
+    reference, _ = scans_of(TRAINED, 0, 48)
+    references = References.from_stats({TRAINED: reference_of(encoder_summary(trained, reference, TINY.stride))})
+    known, _ = scans_of(TRAINED, 5000, 12)
+    unseen, _ = scans_of(UNSEEN, 5000, 12)
+    near = [references.distance(f.numpy())[0] for f in encoder_summary(trained, known, TINY.stride)]
+    far = [references.distance(f.numpy())[0] for f in encoder_summary(trained, unseen, TINY.stride)]
+    assert np.median(near) < 2 and min(far) > 2 * np.median(near)
+    assert references.distance(encoder_summary(trained, unseen[:1], TINY.stride)[0].numpy())[1] == TRAINED
+
+
+def test_an_untrained_version_doubts_everything():
+    loaded = fresh_model(ModelConfig(), torch.device("cpu"))
+    scans = [np.random.default_rng(i).random((64, 80)).astype(np.float32) for i in range(3)]
+    for prediction in predict_batch(loaded, scans):
+        assert prediction.doubt > 0.9
+        assert prediction.features is not None and prediction.features.ndim == 1
+        assert all(0.9 < region.doubt <= 1 for region in prediction.regions)
+
+
+def test_scan_doubt_without_defects_is_the_mean_of_the_most_uncertain_pixels():
+    classes = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    entropy = torch.zeros(1, 64, 64)
+    entropy[0, 0, :20] = 0.9  # 20 uncertain pixels; the top 1 % of 4096 pixels is 40
+    assert float(scan_doubt(classes, entropy)) == pytest.approx(0.45)
+
+
+def test_scan_doubt_covers_predicted_defects_and_their_neighbourhood():
+    classes = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    classes[0, 30:34, 30:34] = 1
+    entropy = torch.zeros(1, 64, 64)
+    entropy[0, 30:34, 30:34] = 0.8  # doubt on the defect itself ...
+    near = scan_doubt(classes, entropy, dilation=0, min_top=1, top_share=0.0)
+    wide = scan_doubt(classes, entropy, dilation=3, min_top=1, top_share=0.0)
+    assert float(near) == pytest.approx(0.8)
+    assert float(wide) == pytest.approx(0.8 * 16 / 100)  # ... diluted by the certain 10 x 10 neighbourhood
+
+
+def test_page_hinkley_stays_quiet_on_a_stable_stream_and_flags_a_rise():
+    rng = np.random.default_rng(0)
+    detector = PageHinkley(delta=0.25, threshold=10.0, min_samples=30)
+    assert not any(detector.update(v) for v in rng.normal(1.0, 0.3, 5000))
+    flagged_at = next(i for i, v in enumerate(rng.normal(3.0, 0.3, 200)) if detector.update(v))
+    assert flagged_at < 10
+    assert detector.count == 0  # it starts afresh after an alarm
+
+
+def test_page_hinkley_waits_for_min_samples_and_checks_its_settings():
+    detector = PageHinkley(delta=0.0, threshold=0.5, min_samples=20)
+    assert not any(detector.update(v) for v in [0.0] * 5 + [100.0] * 14)
+    with pytest.raises(ValueError):
+        PageHinkley(threshold=0)
+
+
+def test_drift_monitor_bootstraps_without_references_and_flags_a_changed_rig():
+    rng = np.random.default_rng(1)
+    monitor = DriftMonitor(DriftConfig(bootstrap_scans=50, threshold=3.0))
+    monitor.follow(0, None)
+    readings = [monitor.observe("rig-a", rng.normal(0, 1, 32)) for _ in range(300)]
+    assert readings[10].score == 0 and monitor.references is not None
+    assert not any(r.event or r.drifting for r in readings)
+    shifted = [monitor.observe("rig-a", rng.normal(4, 1, 32)) for _ in range(50)]
+    assert any(r.event for r in shifted[:10]) and shifted[-1].drifting
+    assert not monitor.observe("rig-b", rng.normal(0, 1, 32)).drifting  # rigs are watched apart
+
+
+def test_drift_monitor_reads_references_from_the_live_versions_manifest():
+    stats = {"a": {"mean": [0.0] * 8, "std": [1.0] * 8, "n": 10}, "b": {"mean": [5.0] * 8, "std": [1.0] * 8, "n": 10}}
+    manifest = Manifest(version=3, parent_version=2, sha256="", created_at=0.0, model_config={}, classes=[],
+                        metrics={"feature_reference": stats})
+    monitor = DriftMonitor()
+    monitor.follow(3, manifest)
+    reading = monitor.observe("rig", np.full(8, 5.0))
+    assert reading.distance == pytest.approx(0.0) and not reading.drifting
+    assert monitor.references is not None and monitor.references.distance(np.zeros(8))[1] == "a"
+
+
+def test_rig_labels_are_bounded():
+    labels = RigLabels(limit=2)
+    assert [labels(r) for r in ("a", "b", "c", "a", "")] == ["a", "b", OTHER_RIG, "a", UNNAMED_RIG]
