@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from weldstream.features import encoder_summary, reference_of
+from weldstream.features import encoder_summary, reference_of, stage_channels
 from weldstream.scoring import scan_confusions
 
 
@@ -73,7 +73,7 @@ class ValidationSets:
                 by_shape.setdefault(tuple(x.shape), []).append(x)
             device = next(model.parameters()).device
             summaries = [encoder_summary(model, torch.stack(xs).to(device), stride) for xs in by_shape.values()]
-            references[domain] = reference_of(torch.cat(summaries))
+            references[domain] = reference_of(torch.cat(summaries), stage_channels(model))
         return references
 
     def scan_confusions(self, model: nn.Module, device: torch.device, domains: list[str] | None = None,

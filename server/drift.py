@@ -1,9 +1,10 @@
 """Drift per rig: how far each rig's scans are from the domains the live version learned, and when that changes.
 
-Each served scan's summary (its pooled deepest encoder features, see weldstream/features.py) is
-compared with every reference domain of the live version: the distance to a domain is the RMS over
-channels of the z-score ``(feature - domain mean) / domain std``, so a scan like the domain's held-out
-scans sits near 1, and the scan's distance is the one to its nearest domain. Per rig the server keeps
+Each served scan's summary (its encoder stages' features pooled, see weldstream/features.py) is
+compared with every reference domain of the live version: the distance to a domain is the RMS of the
+z-scores ``(feature - domain mean) / domain std``, every encoder stage weighing the same whatever its
+channel count, so a scan like the domain's held-out scans sits near 1; the scan's distance is the one
+to its nearest domain. Per rig the server keeps
 
 - a drift score: an exponentially weighted mean of those distances (the ``inference_drift_score``
   gauge; a rig counts as drifting while it is above ``threshold``), and
@@ -48,36 +49,42 @@ class DriftConfig:
 
 @dataclass(frozen=True)
 class References:
-    """Per reference domain, the mean (D, C) and floored std (D, C) of the scan summary."""
+    """Per reference domain, the mean (D, C) and floored std (D, C) of the scan summary; each channel's
+    weight (C,) gives every encoder stage the same share of the distance."""
 
     names: tuple[str, ...]
     mean: np.ndarray
     std: np.ndarray
+    weights: np.ndarray
 
     @classmethod
-    def from_stats(cls, stats: dict[str, dict]) -> References | None:
+    def from_stats(cls, stats: dict[str, dict], stages: tuple[int, ...] = ()) -> References | None:
         names = tuple(sorted(stats))
         if not names:
             return None
         mean = np.array([stats[n]["mean"] for n in names], dtype=np.float64)
         std = np.array([stats[n]["std"] for n in names], dtype=np.float64)
         floor = STD_FLOOR_SHARE * np.median(std, axis=1, keepdims=True) + 1e-6
-        return cls(names, mean, np.maximum(std, floor))
+        stages = tuple(stats[names[0]].get("stages") or stages)
+        if sum(stages) != mean.shape[1]:
+            stages = (mean.shape[1],)  # unknown stages: every channel weighs the same
+        weights = np.concatenate([np.full(n, 1.0 / (n * len(stages))) for n in stages])
+        return cls(names, mean, np.maximum(std, floor), weights)
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest | None) -> References | None:
+    def from_manifest(cls, manifest: Manifest | None, stages: tuple[int, ...] = ()) -> References | None:
         if manifest is None:
             return None
-        return cls.from_stats(manifest.metrics.get(REFERENCE_KEY) or {})
+        return cls.from_stats(manifest.metrics.get(REFERENCE_KEY) or {}, stages)
 
     @classmethod
-    def from_samples(cls, name: str, samples: np.ndarray) -> References:
-        return cls.from_stats({name: {"mean": samples.mean(axis=0), "std": samples.std(axis=0)}})
+    def from_samples(cls, name: str, samples: np.ndarray, stages: tuple[int, ...] = ()) -> References:
+        return cls.from_stats({name: {"mean": samples.mean(axis=0), "std": samples.std(axis=0)}}, stages)
 
     def distance(self, features: np.ndarray) -> tuple[float, str]:
         """(distance to the nearest domain, its name) of one (C,) summary."""
         z = (features[None, :].astype(np.float64) - self.mean) / self.std
-        rms = np.sqrt((z * z).mean(axis=1))
+        rms = np.sqrt((z * z) @ self.weights)
         nearest = int(rms.argmin())
         return float(rms[nearest]), self.names[nearest]
 
@@ -103,16 +110,18 @@ class DriftMonitor:
     def __init__(self, cfg: DriftConfig | None = None) -> None:
         self.cfg = cfg or DriftConfig()
         self.version: int | None = None
+        self.stages: tuple[int, ...] = ()
         self.references: References | None = None
         self._bootstrap: list[np.ndarray] = []
         self._rigs: dict[str, RigDrift] = {}
 
-    def follow(self, version: int, manifest: Manifest | None) -> None:
-        """A new live version: new references, and every rig starts afresh against them."""
+    def follow(self, version: int, manifest: Manifest | None, stages: tuple[int, ...] = ()) -> None:
+        """A new live version: new references, and every rig starts afresh against them. ``stages``: the
+        channels of each encoder stage in the summary (weldstream.features.stage_channels)."""
         if version == self.version:
             return
-        self.version = version
-        self.references = References.from_manifest(manifest)
+        self.version, self.stages = version, stages
+        self.references = References.from_manifest(manifest, stages)
         self._bootstrap = []
         self._rigs = {}
 
@@ -122,7 +131,7 @@ class DriftMonitor:
             self._bootstrap.append(features.astype(np.float64))
             if len(self._bootstrap) < self.cfg.bootstrap_scans:
                 return DriftReading(0.0, 0.0, False, False)
-            self.references = References.from_samples("served", np.stack(self._bootstrap))
+            self.references = References.from_samples("served", np.stack(self._bootstrap), self.stages)
             self._bootstrap = []
         cfg = self.cfg
         state = self._rigs.get(rig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from weldstream.features import stage_channels
 from weldstream.server.drift import DriftConfig, DriftMonitor, DriftReading
 from weldstream.server.inference import Prediction
 from weldstream.server.metrics import RigLabels, ServerMetrics
@@ -41,7 +42,7 @@ class ScanWatch:
         live = self._slot.current()
         if prediction.features is None or prediction.version != live.version:
             return NO_DRIFT  # made by a version just swapped out: its features mean nothing to the new references
-        self.drift.follow(live.version, live.manifest)
+        self.drift.follow(live.version, live.manifest, stage_channels(live.module))
         reading = self.drift.observe(rig, prediction.features)
         self._metrics.drift_score.labels(rig).set(reading.score)
         if reading.event:

@@ -136,3 +136,26 @@ def test_drift_monitor_reads_references_from_the_live_versions_manifest():
 def test_rig_labels_are_bounded():
     labels = RigLabels(limit=2)
     assert [labels(r) for r in ("a", "b", "c", "a", "")] == ["a", "b", OTHER_RIG, "a", UNNAMED_RIG]
+
+
+def test_every_encoder_stage_weighs_the_same_in_the_distance():
+    stats = {"a": {"mean": [0.0] * 4, "std": [1.0] * 4, "n": 10, "stages": [1, 3]}}
+    references = References.from_stats(stats)
+    assert references is not None
+    assert references.distance(np.array([2.0, 0, 0, 0]))[0] == pytest.approx(np.sqrt(2))  # one channel: half
+    assert references.distance(np.array([0.0, 2, 2, 2]))[0] == pytest.approx(np.sqrt(2))  # three channels: half
+
+
+def test_held_out_scans_give_each_domain_a_feature_reference(trained):
+    from weldstream.learner.holdout import ValidationSets
+
+    validation = ValidationSets(cap=8)
+    for domain in (TRAINED, UNSEEN):
+        x, y = scans_of(domain, 7000, 4)
+        for i in range(4):
+            validation.add(f"{domain}-{i}", domain, x[i], y[i])
+    references = validation.feature_reference(trained, TINY.stride)
+    assert set(references) == {TRAINED, UNSEEN}
+    stages = references[TRAINED]["stages"]
+    assert stages == list(trained.encoder.out_channels[1:]) and len(references[TRAINED]["mean"]) == sum(stages)
+    assert trained.training is False

@@ -1,10 +1,13 @@
-"""A cheap summary of what a scan looks like to the model, for drift: its deepest encoder features pooled.
+"""A cheap summary of what a scan looks like to the model, for drift: every encoder stage's features pooled.
 
-Why this summary: the deepest feature map of the U-Net's encoder (320 channels for mobilenet_v2) is what
-the decoder reads to find defects, so a shift in it is a shift the model will feel, while a shift
-that the encoder maps away (a gain change it learned to ignore) does not alarm anyone. Averaged over
-the scan's positions it costs nothing beyond the forward pass that serving runs anyway (the server
-reads it with a hook on that pass), and it does not depend on the scan's size.
+Why this summary: the U-Net's encoder stages are what the decoder reads to find defects (its skip
+connections take every stage, not only the deepest), so a shift in them is a shift the model feels.
+The shallow stages describe texture, gain and noise (what changes with a new probe, rig or film), the
+deep ones the content; each stage is averaged over the scan's positions, so the summary costs nothing
+beyond the forward pass that serving runs anyway (the server reads it with a hook on that pass) and
+does not depend on the scan's size. Measured on the simulator, the deepest stage alone hardly tells
+the domains apart, while the shallow stages do by a factor of 5 to 30 (docs/benchmarks/review/), so
+the distance in server/drift.py weighs every stage the same, whatever its channel count.
 
 The learner stores, per domain it has learned, the per-channel mean and standard deviation of this
 summary over the domain's held-out scans in each version's manifest (``metrics["feature_reference"]``);
@@ -26,9 +29,9 @@ REFERENCE_KEY = "feature_reference"
 
 @contextmanager
 def pooled_features(module: nn.Module) -> Iterator[list[Tensor]]:
-    """While open, every forward pass of ``module`` appends its deepest encoder features averaged over
-    positions, (N, C) float32, to the yielded list (several entries when a scan runs in tiles). Models
-    without an ``encoder`` yield nothing."""
+    """While open, every forward pass of ``module`` appends its encoder stages' features averaged over
+    positions and concatenated, (N, C) float32, to the yielded list (several entries when a scan runs in
+    tiles). Models without an ``encoder`` yield nothing."""
     captured: list[Tensor] = []
     encoder = getattr(module, "encoder", None)
     if encoder is None:
@@ -36,13 +39,23 @@ def pooled_features(module: nn.Module) -> Iterator[list[Tensor]]:
         return
 
     def keep(_module: nn.Module, _inputs: object, features: list[Tensor]) -> None:
-        captured.append(features[-1].float().mean(dim=(2, 3)))
+        captured.append(_pooled(features))
 
     handle = encoder.register_forward_hook(keep)
     try:
         yield captured
     finally:
         handle.remove()
+
+
+def _pooled(features: list[Tensor]) -> Tensor:
+    """Stage 0 is the input itself; every later stage's channels averaged over positions, concatenated."""
+    return torch.cat([f.float().mean(dim=(2, 3)) for f in features[1:]], dim=1)
+
+
+def stage_channels(module: nn.Module) -> tuple[int, ...]:
+    """Channels of each stage in the summary (smp encoders list them in ``out_channels``)."""
+    return tuple(getattr(getattr(module, "encoder", None), "out_channels", (0,))[1:])
 
 
 def merge_tiles(captured: list[Tensor]) -> Tensor | None:
@@ -61,13 +74,14 @@ def encoder_summary(module: nn.Module, images: Tensor, stride: int, batch_size: 
     rows = []
     for start in range(0, len(images), batch_size):
         padded = pad_to_multiple(images[start:start + batch_size], stride)
-        rows.append(module.encoder(padded)[-1].float().mean(dim=(2, 3)))
+        rows.append(_pooled(module.encoder(padded)))
     module.train(was_training)
     return torch.cat(rows)
 
 
-def reference_of(summaries: Tensor) -> dict[str, list[float] | int]:
-    """The statistics a manifest keeps for one domain: per-channel mean and standard deviation."""
+def reference_of(summaries: Tensor, stages: tuple[int, ...] = ()) -> dict[str, list[float] | list[int] | int]:
+    """The statistics a manifest keeps for one domain: per-channel mean and standard deviation, and the
+    channels of each stage."""
     return {"mean": summaries.mean(dim=0).tolist(),
             "std": summaries.std(dim=0, unbiased=len(summaries) > 1).tolist(),
-            "n": len(summaries)}
+            "n": len(summaries), "stages": list(stages)}
