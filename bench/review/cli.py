@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a few minutes' pipeline check: one new domain, one seed")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
     p.add_argument("--labels-per-domain", type=int, default=None, help="labelling budget per new domain (default 30)")
-    p.add_argument("--steps-per-label", type=int, default=None, help="learner steps each label earns")
+    p.add_argument("--steps-per-round", type=int, default=None, help="learner steps after each round of labels")
     p.add_argument("--size", type=parse_size, default=None, help="scan size (default 64x64)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from(args: argparse.Namespace) -> ReviewBenchConfig:
     cfg = ReviewBenchConfig.quick_preset() if args.quick else ReviewBenchConfig()
-    given = {"labels_per_domain": args.labels_per_domain, "steps_per_label": args.steps_per_label,
+    given = {"labels_per_domain": args.labels_per_domain, "steps_per_round": args.steps_per_round,
              "size": args.size, "threads": args.threads, "device": args.device}
     changes = {k: v for k, v in given.items() if v is not None}
     if args.seeds is not None:

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 STRATEGIES = ("review-first", "random")
-# One ultrasonic domain learned before the stream starts, then an ultrasonic variant and an X-ray domain
-# the served model has never seen: the drift an inspector would meet.
-DOMAINS = ("ut-pe100-5mhz", "ut-pe80-2mhz-highgain", "xray-film-steel-x52")
+# One ultrasonic domain learned before the stream starts, then two rigs the served model has never seen:
+# another probe frequency with a high gain, and a 7 MHz probe with a gain curve. (The X-ray domains need
+# several hundred steps before any defect is found at all, so at this budget both strategies stay at 0
+# there and the comparison says nothing; the drift detector is measured on them too.)
+DOMAINS = ("ut-pe100-5mhz", "ut-pe80-2mhz-highgain", "ut-pe100-7mhz-tgc")
 
 
 @dataclass(frozen=True)
@@ -22,12 +24,14 @@ class ReviewBenchConfig:
     labels_per_domain: int = 30  # the inspectors' budget on each new domain
     round_labels: int = 6  # labels per round: the served model is updated after each round
     served_per_round: int = 30  # scans a rig sends (and the server answers) per round; labels come from these
-    steps_per_label: int = 3  # learner steps each label earns
+    # After each round the learner trains this many steps on what is labeled (the same for both strategies,
+    # and enough to learn the round's labels, so the comparison is about which scans, not how many steps).
+    steps_per_round: int = 36
     test_per_domain: int = 32
     batch_size: int = 8
     rehearsal: int = 4
     learning_rate: float = 2e-3
-    crop_size: int = 64
+    crop_size: int = 32  # training crops (most centred on a defect); scoring is on whole scans
     # Drift detector measurement: a stable stream of the first domain, and switches to each unseen one.
     stable_scans: int = 1000
     switch_after: int = 100  # scans of the first domain before a switch
@@ -52,7 +56,7 @@ class ReviewBenchConfig:
     def quick_preset(cls, **overrides: Any) -> ReviewBenchConfig:
         """A pipeline check in a few minutes: one new domain, one seed, few steps."""
         base: dict[str, Any] = dict(domains=DOMAINS[:2], seeds=(0,), base_scans=32, base_steps=20,
-                                    labels_per_domain=12, round_labels=6, served_per_round=18, steps_per_label=1,
+                                    labels_per_domain=12, round_labels=6, served_per_round=18, steps_per_round=6,
                                     test_per_domain=8, stable_scans=200, switch_after=60, quick=True)
         base.update(overrides)
         return cls(**base)

@@ -7,9 +7,9 @@ as it does for a rig, server/doubt.py), and inspectors label ``round_labels`` of
 - ``review-first``: the most doubted scans, which is what ``weld.scans.review`` surfaces first;
 - ``random``: a random choice among the served scans.
 
-The labels go to the learner as decoded records, it takes ``steps_per_label`` steps per label, and the
-served mIoU on the domain's held-out test scans (whole scans, the server's preprocessing) is recorded
-after every round. Both strategies start each seed from the same trained model and see the same
+The labels go to the learner as decoded records, it takes ``steps_per_round`` steps, and the served
+mIoU on the domain's held-out test scans (whole scans, the server's preprocessing) is recorded after
+every round. Both strategies start each seed from the same trained model and see the same
 served scans in the same order, so the only difference is which scans were labeled.
 """
 
@@ -67,8 +67,8 @@ def learner_config(cfg: ReviewBenchConfig, seed: int) -> LearnerConfig:
     return LearnerConfig(
         model_dir=Path("unused"), seed=seed, device=cfg.device, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, crop_size=cfg.crop_size, memory_per_domain=64,
-        window_scans=max(cfg.base_scans, cfg.labels_per_domain), max_steps_per_scan=cfg.steps_per_label,
-        warmup_steps=10, decay_steps=max(1, cfg.round_labels * cfg.steps_per_label),
+        window_scans=max(cfg.base_scans, cfg.labels_per_domain), warmup_steps=10,
+        decay_steps=max(1, cfg.steps_per_round),
         step=StepConfig(strategy="replay", rehearsal=cfg.rehearsal, memory_batch=4, clip_norm=1.0),
     )
 
@@ -121,6 +121,7 @@ def run_strategy(strategy: str, learner: ContinualLearner, cfg: ReviewBenchConfi
             for i in chosen:
                 learner.add(LabeledSample(f"{domain}-{r}-{i}", domain, served.x[i], served.y[i], 0.0))
             learner.absorb()
+            learner.budget = learner.steps + cfg.steps_per_round
             while learner.remaining() > 0:
                 learner.train_for(16, max_seconds=1e9)
             curve.labels.append((r + 1) * cfg.round_labels)
