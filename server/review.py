@@ -144,13 +144,13 @@ class ReviewPublisher:
         self._bucket.take()
         if scan_id:
             self._ids.add(scan_id)
+        scan_id = scan_id or f"sha256-{digest[:32]}"  # a labelling tool answers under the scan's id: give it one
         self._hashes.add(digest)
         self._queue.put_nowait((scan_id, rig_id, scan, prediction, drift, reasons, digest, time.time()))
         return "queued"
 
     async def _run(self) -> None:
         from aiokafka import AIOKafkaProducer
-        from aiokafka.errors import KafkaError
 
         from weldstream.topics import ensure_topics
 
@@ -172,7 +172,7 @@ class ReviewPublisher:
                                                  key=message.scan_id.encode())
                     self._metrics.review_scans.labels("sent").inc()
                     retry_s = 1.0
-                except (KafkaError, OSError) as exc:
+                except Exception as exc:  # noqa: BLE001 - Kafka trouble never stops the publisher, nor serving
                     self._metrics.review_scans.labels("failed").inc()
                     log.warning("could not publish a scan for review (%r); retrying in %.0f s", exc, retry_s)
                     if producer is not None:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from weldstream.bench.review.drift import measure_drift
-    from weldstream.bench.review.labelling import run_seed
+    from weldstream.bench.review.labelling import TEST_SEED, render, run_seed, served_doubt
     from weldstream.bench.review.report import summarise, table, write_report
 
     cfg = config_from(args)
@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         bases.append(base)
     progress("drift detector, on the first seed's base model")
     drift = measure_drift(bases[0].model, cfg)
-    summary = summarise(cfg, curves, drift)
+    learned = render(cfg.domains[0], TEST_SEED, cfg.test_per_domain, cfg.size)
+    summary = summarise(cfg, curves, drift, float(served_doubt(bases[0].model, learned.x).mean()))
     environment = {"machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                               f"{cfg.threads} threads, {cfg.device}",
                    "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),

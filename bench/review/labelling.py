@@ -61,6 +61,7 @@ class Curve:
     labels: list[int] = field(default_factory=list)
     miou: list[float] = field(default_factory=list)
     mean_doubt_labeled: list[float] = field(default_factory=list)
+    test_doubt: list[float] = field(default_factory=list)  # mean doubt of the test scans after each round
 
 
 def learner_config(cfg: ReviewBenchConfig, seed: int) -> LearnerConfig:
@@ -113,6 +114,7 @@ def run_strategy(strategy: str, learner: ContinualLearner, cfg: ReviewBenchConfi
         curve = Curve(strategy, seed, domain)
         curve.labels.append(0)
         curve.miou.append(evaluate(learner.model, test.x, test.y).miou)
+        curve.test_doubt.append(float(served_doubt(learner.model, test.x).mean()))
         for r in range(cfg.rounds):
             first = STREAM_SEED + seed * 100_000 + d * 10_000 + r * cfg.served_per_round
             served = render(domain, first, cfg.served_per_round, cfg.size)
@@ -126,6 +128,7 @@ def run_strategy(strategy: str, learner: ContinualLearner, cfg: ReviewBenchConfi
                 learner.train_for(16, max_seconds=1e9)
             curve.labels.append((r + 1) * cfg.round_labels)
             curve.miou.append(evaluate(learner.model, test.x, test.y).miou)
+            curve.test_doubt.append(float(served_doubt(learner.model, test.x).mean()))
             curve.mean_doubt_labeled.append(float(doubts[chosen].mean()))
             progress(f"{strategy} seed {seed} {domain}: {curve.labels[-1]} labels, mIoU {curve.miou[-1]:.3f}")
         curves.append(curve)

@@ -28,7 +28,8 @@ def labels_to_reach(labels: list[int], miou: list[float], target: float) -> int 
     return next((n for n, m in zip(labels, miou, strict=True) if n > 0 and m >= target), None)
 
 
-def summarise(cfg: ReviewBenchConfig, curves: list[Curve], drift: DriftResult) -> dict[str, Any]:
+def summarise(cfg: ReviewBenchConfig, curves: list[Curve], drift: DriftResult,
+              learned_doubt: float | None = None) -> dict[str, Any]:
     domains: dict[str, Any] = {}
     for domain in cfg.domains[1:]:
         mine = {s: [c for c in curves if c.domain == domain and c.strategy == s] for s in ("review-first", "random")}
@@ -50,12 +51,16 @@ def summarise(cfg: ReviewBenchConfig, curves: list[Curve], drift: DriftResult) -
             "per_seed_share": per_seed,
             "mean_doubt_labeled": {s: round(statistics.fmean(d for c in cs for d in c.mean_doubt_labeled), 4)
                                    for s, cs in mine.items()},
+            "test_doubt_mean": {s: [round(statistics.fmean(v), 4) for v in zip(*(c.test_doubt for c in cs),
+                                                                                 strict=True)]
+                                for s, cs in mine.items() if all(c.test_doubt for c in cs)},
         }
     shares = [d["review_first_share_to_random_final"] for d in domains.values()]
     return {
         "config": cfg.to_dict(),
         "domains": domains,
         "target_met": all(s is not None and s <= TARGET_SHARE for s in shares),
+        "learned_domain_doubt": learned_doubt,
         "drift": {
             "stable_scans": drift.stable_scans,
             "false_alarms": drift.false_alarms,
@@ -86,6 +91,13 @@ def table(summary: dict[str, Any]) -> str:
                       f"{_share(d['review_first_share_to_random_final'])} of the labels (per seed: {seeds}); "
                       f"mean doubt of the labeled scans: review-first {d['mean_doubt_labeled']['review-first']:.3f}, "
                       f"random {d['mean_doubt_labeled']['random']:.3f}.", ""]
+    if summary.get("learned_domain_doubt") is not None:
+        doubts = "; ".join(f"{domain} {d['test_doubt_mean']['random'][0]:.2f} before its labels, "
+                           f"{d['test_doubt_mean']['review-first'][-1]:.2f} / {d['test_doubt_mean']['random'][-1]:.2f} "
+                           "after them (review-first / random)"
+                           for domain, d in summary["domains"].items() if d.get("test_doubt_mean"))
+        lines += [f"Mean doubt of held-out scans: the learned domain {summary['learned_domain_doubt']:.2f}; "
+                  f"{doubts}.", ""]
     drift = summary["drift"]
     lines += ["**Drift detector** (Page-Hinkley on the distance of pooled encoder features to the learned domain)", "",
               f"- stable rig, {drift['stable_scans']} scans of the learned domain: {drift['false_alarms']} false "
