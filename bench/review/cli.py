@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=parse_size, default=None, help="scan size (default 64x64)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--with-mass", action="store_true",
+                   help="also rank by total uncertainty (review-mass), beside review-first and random")
+    p.add_argument("--served-per-round", type=int, default=None, help="scans served per round (default 30)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.set_defaults(run=run)
 
@@ -35,8 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> ReviewBenchConfig:
     cfg = ReviewBenchConfig.quick_preset() if args.quick else ReviewBenchConfig()
     given = {"labels_per_domain": args.labels_per_domain, "steps_per_round": args.steps_per_round,
-             "size": args.size, "threads": args.threads, "device": args.device}
+             "size": args.size, "threads": args.threads, "device": args.device,
+             "served_per_round": args.served_per_round}
     changes = {k: v for k, v in given.items() if v is not None}
+    if args.with_mass:
+        changes["strategies"] = ("review-first", "random", "review-mass")
     if args.seeds is not None:
         changes["seeds"] = tuple(range(args.seeds))
     return replace(cfg, **changes)
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     learned = render(cfg.domains[0], TEST_SEED, cfg.test_per_domain, cfg.size)
     summary = summarise(cfg, curves, drift, float(served_doubt(bases[0].model, learned.x).mean()))
     environment = {"machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                              f"{cfg.threads} threads, {cfg.device}",
+                              f"{cfg.threads} torch thread(s), {cfg.device}",
                    "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
                    "wall_s": round(time.monotonic() - started, 1)}
     command = "weldstream bench review " + shlex.join(sys.argv[sys.argv.index("review") + 1:]

@@ -5,7 +5,9 @@ round the rig sends ``served_per_round`` scans, the server answers them (computi
 as it does for a rig, server/doubt.py), and inspectors label ``round_labels`` of them:
 
 - ``review-first``: the most doubted scans, which is what ``weld.scans.review`` surfaces first;
-- ``random``: a random choice among the served scans.
+- ``random``: a random choice among the served scans;
+- ``review-mass`` (optional): the scans with the most uncertainty in total (mean entropy over the
+  whole scan), a ranking a labelling tool could use instead of the published doubt.
 
 The labels go to the learner as decoded records, it takes ``steps_per_round`` steps, and the served
 mIoU on the domain's held-out test scans (whole scans, the server's preprocessing) is recorded after
@@ -88,18 +90,18 @@ def train_base(cfg: ReviewBenchConfig, seed: int) -> ContinualLearner:
 
 
 @torch.inference_mode()
-def served_doubt(model: torch.nn.Module, x: torch.Tensor, stride: int = 32) -> torch.Tensor:
-    """Each scan's doubt as the server computes it for a rig."""
+def served_doubt(model: torch.nn.Module, x: torch.Tensor, stride: int = 32, mass: bool = False) -> torch.Tensor:
+    """Each scan's doubt as the server computes it for a rig (``mass``: its mean entropy over all pixels)."""
     was_training = model.training
     model.eval()
     classes, _, entropy = segment_with_entropy(model, x, stride)
     model.train(was_training)
     assert entropy is not None
-    return scan_doubt(classes, entropy)
+    return entropy.mean(dim=(1, 2)) if mass else scan_doubt(classes, entropy)
 
 
 def pick(strategy: str, doubts: torch.Tensor, count: int, rng: random.Random) -> list[int]:
-    if strategy == "review-first":
+    if strategy in ("review-first", "review-mass"):
         return doubts.argsort(descending=True)[:count].tolist()
     return rng.sample(range(len(doubts)), count)
 
@@ -118,7 +120,7 @@ def run_strategy(strategy: str, learner: ContinualLearner, cfg: ReviewBenchConfi
         for r in range(cfg.rounds):
             first = STREAM_SEED + seed * 100_000 + d * 10_000 + r * cfg.served_per_round
             served = render(domain, first, cfg.served_per_round, cfg.size)
-            doubts = served_doubt(learner.model, served.x)
+            doubts = served_doubt(learner.model, served.x, mass=strategy == "review-mass")
             chosen = pick(strategy, doubts, cfg.round_labels, rng)
             for i in chosen:
                 learner.add(LabeledSample(f"{domain}-{r}-{i}", domain, served.x[i], served.y[i], 0.0))
@@ -141,6 +143,6 @@ def run_seed(cfg: ReviewBenchConfig, seed: int, progress: Callable[[str], None] 
     base = train_base(cfg, seed)
     progress(f"seed {seed}: base model trained on {cfg.domains[0]} ({base.steps} steps)")
     curves = []
-    for strategy in ("review-first", "random"):
+    for strategy in cfg.strategies:
         curves += run_strategy(strategy, copy.deepcopy(base), cfg, seed, progress)
     return curves, base
