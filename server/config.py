@@ -62,7 +62,7 @@ class ServerConfig:
     # The review loop (README "The review loop"): doubtful scans, and scans of drifting rigs, go to
     # inspectors first. Published only with --kafka.
     review_topic: str = setting(REVIEW, help="Kafka topic for scans worth an inspector's time ('' : none)")
-    review_doubt: float = setting(0.3, help="scans whose doubt (0..1) reaches this go to review")
+    review_doubt: float = setting(0.1, help="scans whose doubt (0..1) reaches this go to review")
     drift_threshold: float = setting(3.0, help="a rig whose drift score exceeds this has its scans go to review")
     review_rate: float = setting(1.0, help="most scans a second published for review (token bucket)")
     review_burst: int = setting(10, help="scans the review token bucket holds")

@@ -48,7 +48,7 @@ def predict_batch(loaded: LoadedModel, scans: list[np.ndarray], with_regions: bo
             classes, confidence, entropy = segment_with_entropy(
                 loaded.module, batch.contiguous(memory_format=torch.channels_last), loaded.config.stride)
         assert entropy is not None
-        doubts = scan_doubt(classes, entropy).cpu().numpy()
+        doubts = scan_doubt(entropy).cpu().numpy()
         features = merge_tiles(captured)
         features = features.cpu().numpy() if features is not None else None
         classes, confidence, entropy = classes.cpu().numpy(), confidence.cpu().numpy(), entropy.cpu().numpy()

@@ -8,7 +8,7 @@ METHODS = ("Segment", "SegmentStream", "GetModel", "ModelInfer", "ModelMetadata"
            "ServerLive", "ServerReady", "ServerMetadata")
 CODES = ("OK", "INVALID_ARGUMENT", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL", "CANCELLED",
          "DEADLINE_EXCEEDED", "UNAUTHENTICATED")
-DOUBT_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DOUBT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 # Rig labels stay bounded: the first MAX_RIG_LABELS rigs seen get their own, later ones share "other".
 MAX_RIG_LABELS = 32
 OTHER_RIG = "other"

@@ -16,6 +16,7 @@ from weldstream.server.inference import predict_batch
 from weldstream.server.loader import fresh_model
 from weldstream.server.metrics import OTHER_RIG, UNNAMED_RIG, RigLabels
 from weldstream.server.page_hinkley import PageHinkley
+from weldstream.server.regions import defect_regions
 from weldstream.simulator import generate_scan
 from weldstream.tiles import segment_with_entropy
 from weldstream.weight_store import Manifest
@@ -50,8 +51,8 @@ def test_doubt_is_higher_on_an_unseen_domain_than_on_the_trained_one(trained):
     unseen, _ = scans_of(UNSEEN, 5000, 12)
     doubts = {}
     for name, images in (("known", known), ("unseen", unseen)):
-        classes, _, entropy = segment_with_entropy(trained, images, TINY.stride)
-        doubts[name] = scan_doubt(classes, entropy)
+        _, _, entropy = segment_with_entropy(trained, images, TINY.stride)
+        doubts[name] = scan_doubt(entropy)
     assert float(doubts["unseen"].mean()) > float(doubts["known"].mean())
     assert float(doubts["unseen"].min()) > float(doubts["known"].median())
 
@@ -76,22 +77,14 @@ def test_an_untrained_version_doubts_everything():
         assert all(0.9 < region.doubt <= 1 for region in prediction.regions)
 
 
-def test_scan_doubt_without_defects_is_the_mean_of_the_most_uncertain_pixels():
-    classes = torch.zeros(1, 64, 64, dtype=torch.uint8)
+def test_scan_doubt_is_the_mean_normalised_entropy_and_regions_keep_their_own():
     entropy = torch.zeros(1, 64, 64)
-    entropy[0, 0, :20] = 0.9  # 20 uncertain pixels; the top 1 % of 4096 pixels is 40
-    assert float(scan_doubt(classes, entropy)) == pytest.approx(0.45)
-
-
-def test_scan_doubt_covers_predicted_defects_and_their_neighbourhood():
-    classes = torch.zeros(1, 64, 64, dtype=torch.uint8)
-    classes[0, 30:34, 30:34] = 1
-    entropy = torch.zeros(1, 64, 64)
-    entropy[0, 30:34, 30:34] = 0.8  # doubt on the defect itself ...
-    near = scan_doubt(classes, entropy, dilation=0, min_top=1, top_share=0.0)
-    wide = scan_doubt(classes, entropy, dilation=3, min_top=1, top_share=0.0)
-    assert float(near) == pytest.approx(0.8)
-    assert float(wide) == pytest.approx(0.8 * 16 / 100)  # ... diluted by the certain 10 x 10 neighbourhood
+    entropy[0, 30:34, 30:34] = 0.8  # one doubtful 4 x 4 defect in a clear scan
+    assert float(scan_doubt(entropy)) == pytest.approx(0.8 * 16 / 4096)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[30:34, 30:34] = 1
+    [region] = defect_regions(mask, np.ones((64, 64), np.float32), 5, entropy=entropy[0].numpy())
+    assert region.doubt == pytest.approx(0.8)
 
 
 def test_page_hinkley_stays_quiet_on_a_stable_stream_and_flags_a_rise():

@@ -82,6 +82,8 @@ def encoder_summary(module: nn.Module, images: Tensor, stride: int, batch_size: 
 def reference_of(summaries: Tensor, stages: tuple[int, ...] = ()) -> dict[str, list[float] | list[int] | int]:
     """The statistics a manifest keeps for one domain: per-channel mean and standard deviation, and the
     channels of each stage."""
-    return {"mean": summaries.mean(dim=0).tolist(),
-            "std": summaries.std(dim=0, unbiased=len(summaries) > 1).tolist(),
+    def short(values: Tensor) -> list[float]:  # 5 significant digits keep manifests small
+        return [float(f"{v:.5g}") for v in values.tolist()]
+
+    return {"mean": short(summaries.mean(dim=0)), "std": short(summaries.std(dim=0, unbiased=len(summaries) > 1)),
             "n": len(summaries), "stages": list(stages)}

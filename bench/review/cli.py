@@ -28,8 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=parse_size, default=None, help="scan size (default 64x64)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
-    p.add_argument("--with-mass", action="store_true",
-                   help="also rank by total uncertainty (review-mass), beside review-first and random")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     p.add_argument("--served-per-round", type=int, default=None, help="scans served per round (default 30)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.set_defaults(run=run)
@@ -41,10 +40,9 @@ def config_from(args: argparse.Namespace) -> ReviewBenchConfig:
              "size": args.size, "threads": args.threads, "device": args.device,
              "served_per_round": args.served_per_round}
     changes = {k: v for k, v in given.items() if v is not None}
-    if args.with_mass:
-        changes["strategies"] = ("review-first", "random", "review-mass")
-    if args.seeds is not None:
-        changes["seeds"] = tuple(range(args.seeds))
+    if args.seeds is not None or args.first_seed:
+        count = args.seeds if args.seeds is not None else len(cfg.seeds)
+        changes["seeds"] = tuple(range(args.first_seed, args.first_seed + count))
     return replace(cfg, **changes)
 
 

@@ -5,9 +5,7 @@ round the rig sends ``served_per_round`` scans, the server answers them (computi
 as it does for a rig, server/doubt.py), and inspectors label ``round_labels`` of them:
 
 - ``review-first``: the most doubted scans, which is what ``weld.scans.review`` surfaces first;
-- ``random``: a random choice among the served scans;
-- ``review-mass`` (optional): the scans with the most uncertainty in total (mean entropy over the
-  whole scan), a ranking a labelling tool could use instead of the published doubt.
+- ``random``: a random choice among the served scans.
 
 The labels go to the learner as decoded records, it takes ``steps_per_round`` steps, and the served
 mIoU on the domain's held-out test scans (whole scans, the server's preprocessing) is recorded after
@@ -90,18 +88,18 @@ def train_base(cfg: ReviewBenchConfig, seed: int) -> ContinualLearner:
 
 
 @torch.inference_mode()
-def served_doubt(model: torch.nn.Module, x: torch.Tensor, stride: int = 32, mass: bool = False) -> torch.Tensor:
-    """Each scan's doubt as the server computes it for a rig (``mass``: its mean entropy over all pixels)."""
+def served_doubt(model: torch.nn.Module, x: torch.Tensor, stride: int = 32) -> torch.Tensor:
+    """Each scan's doubt as the server computes it for a rig."""
     was_training = model.training
     model.eval()
-    classes, _, entropy = segment_with_entropy(model, x, stride)
+    _, _, entropy = segment_with_entropy(model, x, stride)
     model.train(was_training)
     assert entropy is not None
-    return entropy.mean(dim=(1, 2)) if mass else scan_doubt(classes, entropy)
+    return scan_doubt(entropy)
 
 
 def pick(strategy: str, doubts: torch.Tensor, count: int, rng: random.Random) -> list[int]:
-    if strategy in ("review-first", "review-mass"):
+    if strategy == "review-first":
         return doubts.argsort(descending=True)[:count].tolist()
     return rng.sample(range(len(doubts)), count)
 
@@ -120,7 +118,7 @@ def run_strategy(strategy: str, learner: ContinualLearner, cfg: ReviewBenchConfi
         for r in range(cfg.rounds):
             first = STREAM_SEED + seed * 100_000 + d * 10_000 + r * cfg.served_per_round
             served = render(domain, first, cfg.served_per_round, cfg.size)
-            doubts = served_doubt(learner.model, served.x, mass=strategy == "review-mass")
+            doubts = served_doubt(learner.model, served.x)
             chosen = pick(strategy, doubts, cfg.round_labels, rng)
             for i in chosen:
                 learner.add(LabeledSample(f"{domain}-{r}-{i}", domain, served.x[i], served.y[i], 0.0))

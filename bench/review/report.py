@@ -28,10 +28,6 @@ def labels_to_reach(labels: list[int], miou: list[float], target: float) -> int 
     return next((n for n, m in zip(labels, miou, strict=True) if n > 0 and m >= target), None)
 
 
-def _share_of(labels: int | None, cfg: ReviewBenchConfig) -> float | None:
-    return None if labels is None else labels / cfg.labels_per_domain
-
-
 def summarise(cfg: ReviewBenchConfig, curves: list[Curve], drift: DriftResult,
               learned_doubt: float | None = None) -> dict[str, Any]:
     domains: dict[str, Any] = {}
@@ -52,8 +48,6 @@ def summarise(cfg: ReviewBenchConfig, curves: list[Curve], drift: DriftResult,
             "random_final": round(target, 4),
             "review_first_labels_to_random_final": needed,
             "review_first_share_to_random_final": None if needed is None else needed / cfg.labels_per_domain,
-            "share_to_random_final": {s: _share_of(labels_to_reach(labels, m, target), cfg)
-                                      for s, m in mean.items() if s != "random"},
             "per_seed_share": per_seed,
             "mean_doubt_labeled": {s: round(statistics.fmean(d for c in cs for d in c.mean_doubt_labeled), 4)
                                    for s, cs in mine.items()},
@@ -97,9 +91,6 @@ def table(summary: dict[str, Any]) -> str:
                       f"{_share(d['review_first_share_to_random_final'])} (per seed: {seeds}); "
                       f"mean doubt of the labeled scans: review-first {d['mean_doubt_labeled']['review-first']:.3f}, "
                       f"random {d['mean_doubt_labeled']['random']:.3f}."]
-        if "review-mass" in d.get("share_to_random_final", {}):
-            lines.append(f"Labels review-mass (ranked by total uncertainty) needs to reach it: "
-                         f"{_share(d['share_to_random_final']['review-mass'])}.")
         lines.append("")
     if summary.get("learned_domain_doubt") is not None:
         doubts = "; ".join(f"{domain} {d['test_doubt_mean']['random'][0]:.2f} before its labels, "
