@@ -127,3 +127,22 @@ async def test_sampling_lets_a_share_through():
                for i in range(400)]
     assert 60 < results.count("queued") < 140
     assert results.count("sampled_out") == 400 - results.count("queued")
+
+
+async def test_segment_stream_takes_the_rig_from_each_frame_or_the_calls_metadata(server):
+    async def frames():
+        yield raw_request(scan((32, 32), np.uint8, seed=1), "f1")
+        named = raw_request(scan((32, 32), np.uint8, seed=2), "f2")
+        named.rig_id = "rig-frame"
+        yield named
+        too_long = raw_request(scan((32, 32), np.uint8, seed=3), "f3")
+        too_long.rig_id = "x" * 200
+        yield too_long
+
+    async with channel_for(server) as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        answers = [a async for a in stub.SegmentStream(frames(), metadata=(("x-rig-id", "rig-stream"),))]
+    assert [a.scan_id for a in answers] == ["f1", "f2", "f3"]
+    assert answers[0].doubt > 0.9 and answers[2].error.code == "INVALID_ARGUMENT"
+    assert counted(server.metrics, "inference_scan_doubt_count", rig="rig-stream") == 1
+    assert counted(server.metrics, "inference_scan_doubt_count", rig="rig-frame") == 1

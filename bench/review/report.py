@@ -123,8 +123,9 @@ def write_report(out: Path, summary: dict[str, Any], command: str, environment: 
         f"The served model learned `{cfg['domains'][0]}` ({cfg['base_scans']} labeled scans, {cfg['base_steps']} "
         f"steps of the learner). Each new domain then arrives in {cfg['labels_per_domain'] // cfg['round_labels']} "
         f"rounds: the rig sends {cfg['served_per_round']} scans, the server answers them with their doubt, and "
-        f"inspectors label {cfg['round_labels']}: the most doubted (review-first, what `weld.scans.review` shows "
-        f"first) or a random choice. The learner then takes {cfg['steps_per_round']} steps (crops of "
+        f"inspectors label {cfg['round_labels']}: the most doubted (review-first: every scan of a new rig is over "
+        f"the review thresholds, and the labelling tool shows what `weld.scans.review` brought most doubted first) "
+        f"or a random choice. The learner then takes {cfg['steps_per_round']} steps (crops of "
         f"{cfg['crop_size']} px, replay of the learned domain); the served "
         f"model's mIoU on {cfg['test_per_domain']} held-out scans of the domain is measured after each round. "
         f"Scans {cfg['size'][0]}x{cfg['size'][1]}, seeds {cfg['seeds']}.", "",
