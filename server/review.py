@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from weldstream.codec import array_to_tensor
 from weldstream.kafka_security import KafkaSecurity
-from weldstream.limits import record_bytes
+from weldstream.limits import record_bytes, scan_pixels
 from weldstream.server.inference import Prediction
 from weldstream.server.metrics import ServerMetrics
 from weldstream.v1 import segmenter_pb2, stream_pb2, tensor_pb2
@@ -39,7 +39,8 @@ class ReviewPolicy:
     rate: float = 1.0  # tokens a second
     burst: int = 10
     sample: float = 1.0
-    queue: int = 64
+    queue: int = 64  # scans waiting for the producer ...
+    queue_pixels: int = 4 * scan_pixels()  # ... and at most this many pixels of them (memory follows pixels)
 
 
 class TokenBucket:
@@ -110,6 +111,7 @@ class ReviewPublisher:
         self._ids, self._hashes = Remembered(), Remembered()
         self._random = random.Random(seed)
         self._queue: asyncio.Queue[tuple] = asyncio.Queue(policy.queue)  # review_message's arguments
+        self._queued_pixels = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -139,13 +141,14 @@ class ReviewPublisher:
         digest = content_hash(scan)
         if digest in self._hashes:
             return "duplicate"
-        if self._queue.full():
+        if self._queue.full() or self._queued_pixels + scan.size > self._policy.queue_pixels:
             return "queue_full"
         self._bucket.take()
         if scan_id:
             self._ids.add(scan_id)
         scan_id = scan_id or f"sha256-{digest[:32]}"  # a labelling tool answers under the scan's id: give it one
         self._hashes.add(digest)
+        self._queued_pixels += scan.size
         self._queue.put_nowait((scan_id, rig_id, scan, prediction, drift, reasons, digest, time.time()))
         return "queued"
 
@@ -159,6 +162,7 @@ class ReviewPublisher:
         try:
             while True:
                 item = await self._queue.get()
+                self._queued_pixels -= item[2].size
                 try:
                     if producer is None:
                         await ensure_topics(self._kafka, {self._topic: 1}, security=self._security)

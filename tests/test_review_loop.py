@@ -146,3 +146,14 @@ async def test_segment_stream_takes_the_rig_from_each_frame_or_the_calls_metadat
     assert answers[0].doubt > 0.9 and answers[2].error.code == "INVALID_ARGUMENT"
     assert counted(server.metrics, "inference_scan_doubt_count", rig="rig-stream") == 1
     assert counted(server.metrics, "inference_scan_doubt_count", rig="rig-frame") == 1
+
+
+async def test_the_review_queue_is_bounded_by_pixels_too():
+    metrics = ServerMetrics()
+    publisher = ReviewPublisher("127.0.0.1:1", REVIEW, ReviewPolicy(rate=100, burst=100, queue=10, queue_pixels=100),
+                                metrics)
+    prediction = Prediction(mask=np.zeros((8, 8), np.uint8), confidence=np.ones((8, 8), np.float32),
+                            fractions=np.ones(5) / 5, regions=[], version=0, classes=("a",) * 5, doubt=1.0)
+    results = [publisher.offer(f"s{i}", "rig", np.full((8, 8), i, np.uint8), prediction, 0.0, ("doubt",))
+               for i in range(2)]
+    assert results == ["queued", "queue_full"]  # 64 pixels wait; 64 more would pass 100
