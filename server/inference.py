@@ -25,7 +25,7 @@ class Prediction:
     version: int
     classes: tuple[str, ...]  # the class names of the version that made this mask
     doubt: float = 0.0  # 0..1, see server/doubt.py
-    features: np.ndarray | None = None  # (C,) pooled deepest encoder features, for drift (weldstream/features.py)
+    features: np.ndarray | None = None  # (C,) every encoder stage pooled, for drift (weldstream/features.py)
 
 
 @torch.inference_mode()
