@@ -1,19 +1,25 @@
 """`weldstream bench serve`: serving overhead, batching gain and swap latency, measured side by side.
 
-Every number comes from one run on one machine: the in-process baseline and the gRPC server run the
-same model, image size and thread count, and the server runs as its own process (as in production).
+Every number comes from one run on one machine and one device: the baselines and the gRPC server run
+the same model, image size, thread count and device, and the server runs as its own process (as in
+production). The first baseline is what a user writes by hand: the fp32 eager forward of the same
+model (``build_model``, eval, ``torch.inference_mode``, a contiguous float32 batch of one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
 import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,10 +29,27 @@ from weldstream.codec import array_to_tensor
 from weldstream.dev.broker import free_port, wait_for_port
 from weldstream.dev.stack import Service
 from weldstream.model import ModelConfig, build_model
+from weldstream.preprocess import pad_to_multiple, window_intensities
+from weldstream.server.backends import BackendSettings
 from weldstream.server.inference import predict_batch
-from weldstream.server.loader import fresh_model
+from weldstream.server.loader import fresh_model, with_backend
+from weldstream.threads import one_thread
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WeightStore
+
+WARM_UP_CALLS = 5
+BLOCK = 10  # calls of one row before the next row's turn
+
+
+@dataclass(frozen=True)
+class ServeBench:
+    size: tuple[int, int] = (256, 256)
+    requests: int = 200
+    clients: int = 16
+    threads: int = 0  # 0: torch's default
+    device: str = "cpu"
+    backend: str = "onnxruntime"
+    swap_requests: int = 600
 
 
 def _percentiles(values: list[float]) -> tuple[float, float]:
@@ -38,30 +61,84 @@ def _scan(size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random(size) * 4095).astype(np.uint16)
 
 
-def in_process_latency(size: tuple[int, int], requests: int) -> tuple[list[float], list[float]]:
-    """(full pipeline ms, bare forward ms) per call for the model the server would load."""
-    loaded = fresh_model(ModelConfig(), torch.device("cpu"))
-    scan = _scan(size)
-    for _ in range(5):
-        predict_batch(loaded, [scan])
-    pipeline, forward = [], []
-    x = torch.zeros(1, 1, *size).contiguous(memory_format=torch.channels_last)
-    for _ in range(requests):
+def interleaved(calls: dict[str, Callable[[], object]], count: int, device: torch.device,
+                block: int = BLOCK) -> dict[str, list[float]]:
+    """ms per call of each named call, ``count`` times each, taken in turns of ``block`` calls so that
+    every row sees the same machine (a shared machine's load moves within a run); on CUDA each call is
+    waited for. Every call is warmed up first."""
+    def once(call: Callable[[], object]) -> float:
         started = time.perf_counter()
-        predict_batch(loaded, [scan])
-        pipeline.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            loaded.module(x)
-        forward.append((time.perf_counter() - started) * 1000)
-    return pipeline, forward
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) * 1000
+
+    for call in calls.values():
+        for _ in range(WARM_UP_CALLS):
+            once(call)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    while any(len(values) < count for values in times.values()):
+        for name, call in calls.items():
+            for _ in range(min(block, count - len(times[name]))):
+                times[name].append(once(call))
+    return times
+
+
+def latency_calls(cfg: ServeBench, stub: segmenter_pb2_grpc.SegmenterStub) -> tuple[dict[str, Callable[[], object]],
+                                                                                     str]:
+    """The calls timed at batch 1, on cfg.device, and the name of the backend the pipeline runs on:
+
+    the hand-written fp32 eager forward; on CUDA the same under bf16 autocast; the server's backend
+    alone; the server's pipeline in this process with and without regions (staging, windowing, forward,
+    argmax, fractions, regions); and gRPC Segment on the server process, with and without regions.
+    """
+    device = torch.device(cfg.device)
+    by_hand = build_model(ModelConfig()).to(device).eval()
+    x = torch.randn(1, 1, *cfg.size, device=device)
+    loaded = with_backend(fresh_model(ModelConfig(), device), BackendSettings(cfg.backend, threads=cfg.threads))
+    scan = _scan(cfg.size)
+    padded = pad_to_multiple(window_intensities(torch.from_numpy(scan)[None, None].to(device)), loaded.config.stride)
+
+    @torch.inference_mode()
+    def eager_fp32() -> None:
+        by_hand(x)
+
+    @torch.inference_mode()
+    def eager_fp32_one_thread() -> None:
+        with one_thread():
+            by_hand(x)
+
+    @torch.inference_mode()
+    def eager_bf16() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            by_hand(x)
+
+    @torch.inference_mode()
+    def backend_forward() -> None:
+        loaded.runner.predict(padded)
+
+    with_regions, mask_only = _request(cfg.size), _request(cfg.size, regions=False)
+    calls: dict[str, Callable[[], object]] = {"eager_fp32_forward": eager_fp32}
+    if device.type == "cuda":
+        calls["eager_bf16_forward"] = eager_bf16
+    elif torch.get_num_threads() > 1:  # shows what thread contention on shared cores costs the baseline
+        calls["eager_fp32_forward_one_thread"] = eager_fp32_one_thread
+    calls.update({
+        "backend_forward": backend_forward,
+        "pipeline_mask_only": lambda: predict_batch(loaded, [scan], False),
+        "pipeline_with_regions": lambda: predict_batch(loaded, [scan], True),
+        "grpc_segment": lambda: stub.Segment(with_regions),
+        "grpc_segment_mask_only": lambda: stub.Segment(mask_only),
+    })
+    return calls, loaded.runner.name
 
 
 class ServerProcess:
-    def __init__(self, model_dir: Path, threads: int, *extra: str) -> None:
+    def __init__(self, model_dir: Path, cfg: ServeBench, *extra: str) -> None:
         self.port = free_port()
         args = ["--log-level", "WARNING", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-                "--grpc-port", str(self.port), "--metrics-port", "-1", "--threads", str(threads), *extra]
+                "--grpc-port", str(self.port), "--metrics-port", "-1", "--threads", str(cfg.threads),
+                "--device", cfg.device, "--backend", cfg.backend, *extra]
         self.service = Service("server", args, model_dir.parent / f"server-{self.port}.log")
 
     def __enter__(self) -> ServerProcess:
@@ -73,23 +150,10 @@ class ServerProcess:
         self.service.stop()
 
 
-def _request(size: tuple[int, int], seed: int = 0) -> segmenter_pb2.SegmentRequest:
+def _request(size: tuple[int, int], seed: int = 0, regions: bool | None = None) -> segmenter_pb2.SegmentRequest:
+    """A request as a rig sends it; ``regions`` None leaves return_regions unset (regions, as by default)."""
     image = tensor_pb2.Image(tensor=array_to_tensor(_scan(size, seed)))
-    return segmenter_pb2.SegmentRequest(scan_id="bench", image=image)
-
-
-def sequential_latency(port: int, size: tuple[int, int], requests: int) -> list[float]:
-    request = _request(size)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = segmenter_pb2_grpc.SegmenterStub(channel)
-        for _ in range(5):
-            stub.Segment(request)
-        latencies = []
-        for _ in range(requests):
-            started = time.perf_counter()
-            stub.Segment(request)
-            latencies.append((time.perf_counter() - started) * 1000)
-    return latencies
+    return segmenter_pb2.SegmentRequest(scan_id="bench", image=image, return_regions=regions)
 
 
 async def _concurrent(port: int, size: tuple[int, int], requests: int, clients: int) -> float:
@@ -125,16 +189,6 @@ class SwapFigures:
     swapping_ms: list[float]
     swaps: int
 
-    def lines(self) -> list[str]:
-        (p50_s, p99_s), (p50_w, p99_w) = _percentiles(self.steady_ms), _percentiles(self.swapping_ms)
-        return [
-            f"hot swap: {self.swaps} swaps; quiet and swapping phases of {SWAP_PHASE_S:.0f} s alternate",
-            "latency at batch 1 (ms)          p50      p99    requests",
-            f"  quiet phases                {p50_s:7.1f}  {p99_s:7.1f}  {len(self.steady_ms):6d}",
-            f"  swapping phases             {p50_w:7.1f}  {p99_w:7.1f}  {len(self.swapping_ms):6d}",
-            f"  swapping / quiet: p50 {p50_w / p50_s:.3f}x  p99 {p99_w / p99_s:.3f}x  (target p99 <= 1.25)",
-        ]
-
 
 def _stage_versions(staging: WeightStore, count: int) -> list[Path]:
     """Versions 1..count written ahead of time, so the timed run only renames them into the store."""
@@ -144,7 +198,7 @@ def _stage_versions(staging: WeightStore, count: int) -> list[Path]:
     return [staging.path_of(version) for version in range(1, count + 1)]
 
 
-def swap_latency(model_dir: Path, threads: int, size: tuple[int, int], requests: int) -> SwapFigures:
+def swap_latency(model_dir: Path, cfg: ServeBench) -> SwapFigures:
     """Latency while versions are swapped in against latency without, from one client run.
 
     Quiet and swapping phases alternate every SWAP_PHASE_S and each request counts in the phase it
@@ -152,10 +206,11 @@ def swap_latency(model_dir: Path, threads: int, size: tuple[int, int], requests:
     appear in the store by an atomic rename (what a learner on another node looks like to the server),
     so the only extra work during a swapping phase is the server's own: hear, load, verify, warm, swap.
     """
+    size, requests = cfg.size, cfg.swap_requests
     store = WeightStore(model_dir)
     staged = _stage_versions(WeightStore(model_dir.parent / f"{model_dir.name}-staged"), requests // 5 + 5)
     request = _request(size)
-    with ServerProcess(model_dir, threads, "--poll-interval", "0.1") as server, \
+    with ServerProcess(model_dir, cfg, "--poll-interval", "0.1") as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = segmenter_pb2_grpc.SegmenterStub(channel)
         for _ in range(5):
@@ -190,37 +245,111 @@ def swap_latency(model_dir: Path, threads: int, size: tuple[int, int], requests:
     return SwapFigures(steady, swapping, len(versions) - 1)
 
 
-def run_serving_benchmark(size: tuple[int, int], requests: int, clients: int, threads: int,
-                          swap_requests: int = 600) -> str:
-    threads = threads or torch.get_num_threads()
+def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
+    """Every row, as milliseconds and ratios (see ``format_table``)."""
+    threads = cfg.threads or torch.get_num_threads()
+    cfg = ServeBench(**{**asdict(cfg), "threads": threads})
     torch.set_num_threads(threads)
-    pipeline, forward = in_process_latency(size, requests)
-    lines = [f"weldstream bench serve: {size[0]}x{size[1]} uint16 scans, U-Net/mobilenet_v2, CPU, {threads} threads",
-             ""]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
-        with ServerProcess(model_dir, threads) as server:
-            served = sequential_latency(server.port, size, requests)
-            batched = throughput(server.port, size, requests, clients)
-        with ServerProcess(model_dir, threads, "--max-batch-size", "1") as server:
-            unbatched = throughput(server.port, size, requests, clients)
-        swaps = swap_latency(Path(tmp) / "swap-models", threads, size, swap_requests)
-    p50_in, p99_in = _percentiles(pipeline)
-    p50_fw, p99_fw = _percentiles(forward)
-    p50_srv, p99_srv = _percentiles(served)
-    lines += [
-        "latency at batch 1 (ms)          p50      p99",
-        f"  model forward only          {p50_fw:7.1f}  {p99_fw:7.1f}",
-        f"  in-process pipeline         {p50_in:7.1f}  {p99_in:7.1f}",
-        f"  gRPC Segment (server proc)  {p50_srv:7.1f}  {p99_srv:7.1f}",
-        f"  serving overhead (gRPC / in-process): p50 {p50_srv / p50_in:.3f}x  p99 {p99_srv / p99_in:.3f}x"
-        "  (target <= 1.10)",
+        with ServerProcess(model_dir, cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            calls, backend = latency_calls(cfg, segmenter_pb2_grpc.SegmenterStub(channel))
+            rows = interleaved(calls, cfg.requests, torch.device(cfg.device))
+            del calls
+            batched = throughput(server.port, cfg.size, cfg.requests, cfg.clients)
+        with ServerProcess(model_dir, cfg, "--max-batch-size", "1") as server:
+            unbatched = throughput(server.port, cfg.size, cfg.requests, cfg.clients)
+        swaps = swap_latency(Path(tmp) / "swap-models", cfg) if cfg.swap_requests else None
+    p50 = {name: _percentiles(values)[0] for name, values in rows.items()}
+    p99 = {name: _percentiles(values)[1] for name, values in rows.items()}
+    ratios = {
+        "grpc_over_eager_fp32_forward": p50["grpc_segment"] / p50["eager_fp32_forward"],
+        "grpc_mask_only_over_eager_fp32_forward": p50["grpc_segment_mask_only"] / p50["eager_fp32_forward"],
+        "grpc_over_pipeline": p50["grpc_segment"] / p50["pipeline_with_regions"],
+        "around_forward_share_mask_only": 1 - p50["backend_forward"] / p50["pipeline_mask_only"],
+        "around_forward_share_with_regions": 1 - p50["backend_forward"] / p50["pipeline_with_regions"],
+        "batching_gain": batched / unbatched,
+    }
+    if "eager_fp32_forward_one_thread" in p50:
+        ratios["grpc_over_eager_fp32_forward_one_thread"] = p50["grpc_segment"] / p50["eager_fp32_forward_one_thread"]
+    if "eager_bf16_forward" in p50:
+        ratios["grpc_over_eager_bf16_forward"] = p50["grpc_segment"] / p50["eager_bf16_forward"]
+    result: dict[str, Any] = {
+        "config": {**asdict(cfg), "size": list(cfg.size), "served_backend": backend, "torch": torch.__version__,
+                   "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count(),
+                   "device_name": torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else "cpu"},
+        "p50_ms": p50, "p99_ms": p99, "ratios": ratios,
+        "throughput_rps": {"batching_on": batched, "batching_off": unbatched},
+    }
+    if swaps is not None:
+        (q50, q99), (w50, w99) = _percentiles(swaps.steady_ms), _percentiles(swaps.swapping_ms)
+        result["swap"] = {"swaps": swaps.swaps, "quiet_p50_ms": q50, "quiet_p99_ms": q99, "swapping_p50_ms": w50,
+                          "swapping_p99_ms": w99, "p50_ratio": w50 / q50, "p99_ratio": w99 / q99,
+                          "requests": [len(swaps.steady_ms), len(swaps.swapping_ms)]}
+    return result
+
+
+ROWS = (
+    ("eager_fp32_forward", "eager fp32 forward, by hand (build_model, eval, inference_mode)"),
+    ("eager_fp32_forward_one_thread", "eager fp32 forward, by hand, on one thread"),
+    ("eager_bf16_forward", "eager bf16-autocast forward, by hand"),
+    ("backend_forward", "the server's backend forward alone"),
+    ("pipeline_mask_only", "in-process pipeline, mask only"),
+    ("pipeline_with_regions", "in-process pipeline, with regions"),
+    ("grpc_segment", "gRPC Segment (server process, default request: regions)"),
+    ("grpc_segment_mask_only", "gRPC Segment, return_regions=false"),
+)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown report of one run."""
+    cfg, p50, p99, ratios = result["config"], result["p50_ms"], result["p99_ms"], result["ratios"]
+    height, width = cfg["size"]
+    lines = [
+        f"# weldstream bench serve: {height}x{width} uint16 scans, U-Net/mobilenet_v2 (untrained), "
+        f"device {cfg['device_name']}, {cfg['threads']} threads, backend {cfg['served_backend']}",
         "",
-        f"throughput, {clients} concurrent clients, {requests} requests",
-        f"  batching on  (max batch 8): {batched:7.1f} req/s",
-        f"  batching off (max batch 1): {unbatched:7.1f} req/s",
-        f"  gain: {batched / unbatched:.2f}x",
+        f"torch {cfg['torch']}; load average at the end {', '.join(f'{v:.2f}' for v in cfg['load_average'])} "
+        f"on {cfg['cpu_count']} CPUs; {cfg['requests']} timed calls per row",
         "",
-        *swaps.lines(),
+        "| latency at batch 1 | p50 ms | p99 ms |",
+        "| --- | --- | --- |",
     ]
-    return "\n".join(lines)
+    lines += [f"| {label} | {p50[key]:.1f} | {p99[key]:.1f} |" for key, label in ROWS if key in p50]
+    lines += [
+        "",
+        "| ratio (p50) | value | target |",
+        "| --- | --- | --- |",
+        f"| gRPC Segment ÷ eager fp32 forward | {ratios['grpc_over_eager_fp32_forward']:.2f}× | ≤ 1.0 on CPU |",
+        f"| gRPC Segment (mask only) ÷ eager fp32 forward | "
+        f"{ratios['grpc_mask_only_over_eager_fp32_forward']:.2f}× | |",
+        f"| gRPC Segment ÷ in-process pipeline | {ratios['grpc_over_pipeline']:.2f}× | |",
+        f"| work around the forward, share of the pipeline (mask only) | "
+        f"{ratios['around_forward_share_mask_only']:.1%} | ≤ 10 % at 512×512 |",
+        f"| work around the forward, share of the pipeline (with regions) | "
+        f"{ratios['around_forward_share_with_regions']:.1%} | |",
+    ]
+    if "grpc_over_eager_fp32_forward_one_thread" in ratios:
+        lines.append(f"| gRPC Segment ÷ eager fp32 forward on one thread | "
+                     f"{ratios['grpc_over_eager_fp32_forward_one_thread']:.2f}× | |")
+    if "grpc_over_eager_bf16_forward" in ratios:
+        lines.append(f"| gRPC Segment ÷ eager bf16 forward | {ratios['grpc_over_eager_bf16_forward']:.2f}× "
+                     "| ≤ 2 on GPU |")
+    rps = result["throughput_rps"]
+    lines += ["", f"Throughput, {cfg['clients']} concurrent clients: {rps['batching_on']:.1f} req/s with dynamic "
+                  f"batching (max batch 8), {rps['batching_off']:.1f} req/s without: "
+                  f"**{ratios['batching_gain']:.2f}×**."]
+    if "swap" in result:
+        swap = result["swap"]
+        lines += ["", f"Hot swap ({swap['swaps']} swaps; quiet and swapping phases of {SWAP_PHASE_S:.0f} s "
+                      f"alternate): p50 {swap['quiet_p50_ms']:.1f} → {swap['swapping_p50_ms']:.1f} ms "
+                      f"({swap['p50_ratio']:.2f}×), p99 {swap['quiet_p99_ms']:.1f} → {swap['swapping_p99_ms']:.1f} ms "
+                      f"(**{swap['p99_ratio']:.2f}×**, target ≤ 1.25)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict[str, Any], out: Path) -> None:
+    """table.md and results.json side by side in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(format_table(result))
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

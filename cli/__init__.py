@@ -180,9 +180,14 @@ def _bench_serve_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--size", type=parse_size, default=(256, 256), help="scan size")
     p.add_argument("--requests", type=int, default=200, help="timed requests per row")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients in the batching rows")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads of the server (0: its default)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads of the forward, in the server and the "
+                                                          "baselines (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...: every row runs on it")
+    p.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"),
+                   help="the server's --backend (onnxruntime serves on the CPU only)")
     p.add_argument("--swap-requests", type=int, default=600,
-                   help="requests timed in quiet and in swapping phases each")
+                   help="requests timed in quiet and in swapping phases each (0: no swap rows)")
+    p.add_argument("--out", type=Path, default=None, help="also write table.md and results.json into this folder")
     p.set_defaults(run=_run_bench_serve)
 
 
@@ -214,9 +219,13 @@ def _bench_faults_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None
 
 
 def _run_bench_serve(args: argparse.Namespace) -> int:
-    from weldstream.bench.serving import run_serving_benchmark
+    from weldstream.bench.serving import ServeBench, format_table, run_serving_benchmark, write_report
 
-    print(run_serving_benchmark(args.size, args.requests, args.clients, args.threads, args.swap_requests))
+    result = run_serving_benchmark(ServeBench(args.size, args.requests, args.clients, args.threads, args.device,
+                                              args.backend, args.swap_requests))
+    print(format_table(result))
+    if args.out is not None:
+        write_report(result, args.out)
     return 0
 
 

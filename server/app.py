@@ -20,12 +20,13 @@ from weldstream.errors import CorruptVersion
 from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, resolve_device
 from weldstream.registry import best_effort, open_configured
+from weldstream.server.backends import BackendSettings
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.drift import DriftConfig
 from weldstream.server.interceptors import RequestMetrics
 from weldstream.server.kserve_service import InferenceServicer
-from weldstream.server.loader import fresh_model, load_version
+from weldstream.server.loader import fresh_model, load_version, with_backend
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
 from weldstream.server.review import ReviewPolicy, ReviewPublisher
@@ -47,7 +48,8 @@ SERVICE_NAMES = (
 )
 
 
-def initial_model(store: WeightStore, device: torch.device) -> LoadedModel:
+def initial_model(store: WeightStore, device: torch.device,
+                  backend: BackendSettings | None = None) -> LoadedModel:
     """The pinned (else newest) stored version, or the newest one below it that loads and checks, or a fresh
     untrained version 0 when none does.
 
@@ -59,11 +61,11 @@ def initial_model(store: WeightStore, device: torch.device) -> LoadedModel:
     candidates += [v for v in reversed(store.versions()) if v != served and (served is None or v < served)]
     for version in candidates:
         try:
-            return load_version(store, version, device)
+            return load_version(store, version, device, backend=backend)
         except CorruptVersion as exc:
             log.error("not serving version %d: %s", version, exc)
     log.warning("no usable model version in %s; serving an untrained version 0", store.root)
-    return fresh_model(ModelConfig(), device)
+    return with_backend(fresh_model(ModelConfig(), device), backend or BackendSettings())
 
 
 class InferenceServer:
@@ -83,7 +85,8 @@ class InferenceServer:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        live = await asyncio.to_thread(initial_model, self.store, self.device)
+        live = await asyncio.to_thread(initial_model, self.store, self.device, cfg.backend_settings)
+        self.metrics.record_backend(cfg.backend, live.runner.name, live.backend_refused)
         # A second module, built now while nothing is served, receives the first new version.
         spare = await asyncio.to_thread(fresh_model, live.config, self.device)
         self.slot = ModelSlot(live, spare)

@@ -33,6 +33,7 @@ class _Pending:
     future: asyncio.Future[list[Prediction]]
     deadline: float | None  # time.monotonic() after which nobody waits for the answer
     pixels: int
+    regions: bool = True  # find defect regions for these scans
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -69,12 +70,14 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batcher")
 
-    async def submit(self, scan: np.ndarray, deadline: float | None = None) -> Prediction:
+    async def submit(self, scan: np.ndarray, deadline: float | None = None, regions: bool = True) -> Prediction:
         """Queue one scan and wait for its prediction."""
-        return (await self.submit_many([scan], deadline))[0]
+        return (await self.submit_many([scan], deadline, regions))[0]
 
-    async def submit_many(self, scans: list[np.ndarray], deadline: float | None = None) -> list[Prediction]:
-        """Queue one request's scans; they run in one forward pass, on one version."""
+    async def submit_many(self, scans: list[np.ndarray], deadline: float | None = None,
+                          regions: bool = True) -> list[Prediction]:
+        """Queue one request's scans; they run in one forward pass, on one version. ``regions``: whether
+        the request wants defect regions (extracted on the host, so only for the scans that ask)."""
         if self._closing:
             raise ModelUnavailable("server is shutting down")
         self.check_alive()
@@ -83,7 +86,7 @@ class Batcher:
                 or self._held_pixels + pixels > self._max_queue_pixels):
             raise Overloaded(f"inference queue is full ({self._held_scans} scans, {self._held_pixels} pixels "
                              f"of at most {self._max_queue} and {self._max_queue_pixels})")
-        pending = _Pending(list(scans), asyncio.get_running_loop().create_future(), deadline, pixels)
+        pending = _Pending(list(scans), asyncio.get_running_loop().create_future(), deadline, pixels, regions)
         self._hold(pending, +1)
         pending.future.add_done_callback(lambda _: self._hold(pending, -1))
         self._waiting.append(pending)
@@ -166,11 +169,13 @@ class Batcher:
             if not live:
                 continue
             scans = [scan for pending in live for scan in pending.scans]
+            regions = [pending.regions for pending in live for _ in pending.scans]
             self._metrics.batch_size.observe(len(scans))
             started = time.perf_counter()
             try:
                 with self._slot.lease() as loaded:  # the whole batch runs on this version
-                    predictions = await loop.run_in_executor(self._executor, predict_batch, loaded, scans)
+                    predictions = await loop.run_in_executor(self._executor, predict_batch, loaded, scans,
+                                                             regions)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the worker
                 log.exception("inference failed for a batch of %d", len(scans))
                 for pending in live:

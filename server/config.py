@@ -8,6 +8,7 @@ from pathlib import Path
 from weldstream.kafka_security import KafkaSecurity
 from weldstream.limits import MAX_SCAN_SIDE, request_bytes, response_bytes, scan_pixels
 from weldstream.registry import REGISTRY_HELP
+from weldstream.server.backends import BACKENDS, PRECISIONS, BackendSettings
 from weldstream.settings import optional_path, optional_text, setting
 from weldstream.topics import DEFAULT_KAFKA, MODELS, REVIEW
 from weldstream.weight_store import DEFAULT_MODEL_DIR
@@ -48,7 +49,15 @@ class ServerConfig:
     # Largest accepted scan side (see weldstream.limits): the gRPC message limits follow from it.
     max_side: int = setting(MAX_SCAN_SIDE, help="largest accepted scan height/width")
     device: str = setting("auto", help="auto, cpu, cuda, cuda:1 ...")
-    threads: int = setting(0, help="torch CPU threads (0: torch's default)")
+    threads: int = setting(0, help="CPU threads of the forward pass, torch's or ONNX Runtime's (0: torch's "
+                                   "default); pre- and post-processing run on one")
+    # How the forward runs (see weldstream.server.backends); anything but fp32 eager is checked against it.
+    backend: str = setting("torch", choices=BACKENDS,
+                           help="torch, or onnxruntime (CPU: the served weights exported to ONNX at each swap)")
+    precision: str = setting("auto", choices=PRECISIONS,
+                             help="auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on CPU; fp32 turns "
+                                  "autocast off")
+    cuda_graphs: bool = setting(True, help="on CUDA, replay the forward from CUDA graphs per batch shape")
     grace_s: float = 10.0
     # Hot swap: follow announcements on this Kafka cluster (None: poll the weight store only).
     kafka: str | None = setting(DEFAULT_KAFKA, parse=optional_text,
@@ -89,6 +98,10 @@ class ServerConfig:
         if self.max_queue_pixels < self.max_scan_pixels or self.max_batch_pixels < 1:
             raise ValueError(f"max_queue_pixels must hold at least one largest scan ({self.max_scan_pixels}) "
                              "and max_batch_pixels must be >= 1")
+
+    @property
+    def backend_settings(self) -> BackendSettings:
+        return BackendSettings(self.backend, self.precision, self.threads, self.cuda_graphs)
 
     @property
     def max_scan_pixels(self) -> int:

@@ -1,27 +1,41 @@
-"""Run one micro-batch of scans through the live model and turn logits into masks and regions."""
+"""Run one micro-batch of scans through the live model and turn its output into masks and regions.
+
+Everything up to the mask happens on the model's device: the raw pixels cross once in their own dtype
+(``staging``), are windowed there (``window_intensities``, the learner's normalisation too), run through
+the version's backend in tiles if large (``tiles.segment_maps``), and come back as a uint8 class map,
+the winning class's confidence, each scan's doubt (the mean of the entropy map, reduced on the device)
+and its pooled encoder features for drift. The entropy map itself crosses back only when a scan of the
+group asked for regions, whose doubt is the mean over their pixels; region extraction runs on the host.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from weldstream.features import merge_tiles, pooled_features
-from weldstream.preprocess import normalise_scan
+from weldstream.preprocess import as_channels, window_intensities
+from weldstream.server.backends import bucket_size
 from weldstream.server.doubt import scan_doubt
 from weldstream.server.model_slot import LoadedModel
 from weldstream.server.regions import Region, class_fractions, defect_regions
-from weldstream.tiles import segment_with_entropy
+from weldstream.server.staging import fetch, host_threads, stage, torch_dtype
+from weldstream.tiles import segment_maps
+
+BUCKET_LIMIT = 64  # the largest bucket; a larger batch runs at its own size
 
 
 @dataclass(frozen=True)
 class Prediction:
-    mask: np.ndarray  # (H, W) uint8 class ids at the input's size
+    mask: np.ndarray  # (H, W) uint8 class ids at the input's size (may be a view into the batch's array)
     confidence: np.ndarray  # (H, W) float32 probability of the winning class
     fractions: np.ndarray  # (K,) share of pixels per class
-    regions: list[Region]
+    regions: list[Region]  # empty unless the request asked for regions
     version: int
     classes: tuple[str, ...]  # the class names of the version that made this mask
     doubt: float = 0.0  # 0..1, see server/doubt.py
@@ -29,39 +43,56 @@ class Prediction:
 
 
 @torch.inference_mode()
-def predict_batch(loaded: LoadedModel, scans: list[np.ndarray], with_regions: bool = True) -> list[Prediction]:
-    """Scans of any sizes -> predictions in the same order.
+def predict_batch(loaded: LoadedModel, scans: list[np.ndarray],
+                  with_regions: bool | Sequence[bool] = True) -> list[Prediction]:
+    """Scans of any sizes -> predictions in the same order; ``with_regions`` for all scans or per scan.
 
-    Scans are grouped by size and each group runs as one batch (large scans in tiles, see ``tiles``),
-    so a scan's result does not depend on which other scans shared its batch.
+    Scans are grouped by size (and dtype) and each group runs as one batch (large scans in tiles, see
+    ``tiles``), so a scan's result does not depend on which other scans shared its batch.
     """
-    inputs = [normalise_scan(scan) for scan in scans]
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for index, array in enumerate(inputs):
-        groups[array.shape].append(index)
+    wants = [with_regions] * len(scans) if isinstance(with_regions, bool) else list(with_regions)
+    groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
+    for index, scan in enumerate(scans):
+        groups[(as_channels(scan).shape, torch_dtype(scan))].append(index)
 
+    runner, device = loaded.runner, loaded.device
     results: list[Prediction | None] = [None] * len(scans)
     num_classes = len(loaded.config.classes)
     for indices in groups.values():
-        batch = torch.stack([torch.from_numpy(inputs[i]) for i in indices]).to(loaded.device)
-        with pooled_features(loaded.module) as captured:
-            classes, confidence, entropy = segment_with_entropy(
-                loaded.module, batch.contiguous(memory_format=torch.channels_last), loaded.config.stride)
-        assert entropy is not None
-        doubts = scan_doubt(entropy).cpu().numpy()
-        features = merge_tiles(captured)
-        features = features.cpu().numpy() if features is not None else None
-        classes, confidence, entropy = classes.cpu().numpy(), confidence.cpu().numpy(), entropy.cpu().numpy()
-        for row, i in enumerate(indices):
-            mask, conf = classes[row], confidence[row]
-            results[i] = Prediction(
-                mask=mask,
-                confidence=conf,
-                fractions=class_fractions(mask, num_classes),
-                regions=defect_regions(mask, conf, num_classes, entropy=entropy[row]) if with_regions else [],
-                version=loaded.version,
-                classes=tuple(loaded.config.classes),
-                doubt=float(doubts[row]),
-                features=features[row] if features is not None else None,
-            )
+        count = len(indices)
+        with host_threads(device):
+            images = window_intensities(stage([scans[i] for i in indices], device))
+            if runner.pads_batches:
+                images = _pad_batch(images, bucket_size(count, BUCKET_LIMIT))
+        with nullcontext() if runner.torch_threads else host_threads(device):  # padding and tiling copies
+            maps = segment_maps(runner.predict, images, loaded.config.stride, with_entropy=True)
+        assert maps.entropy is not None
+        regions_wanted = any(wants[i] for i in indices)
+        with host_threads(device):
+            features = maps.features[:count] if maps.features is not None else None
+            entropy = maps.entropy[:count] if regions_wanted else None
+            masks, confidences, doubts, *rest = fetch(*(t for t in (
+                maps.classes[:count], maps.confidence[:count], scan_doubt(maps.entropy[:count]), features, entropy)
+                if t is not None))
+            pooled = rest.pop(0) if features is not None else None
+            entropies = rest.pop(0) if entropy is not None else None
+            for row, i in enumerate(indices):
+                mask, conf = masks[row], confidences[row]
+                results[i] = Prediction(
+                    mask=mask,
+                    confidence=conf,
+                    fractions=class_fractions(mask, num_classes),
+                    regions=(defect_regions(mask, conf, num_classes, entropy=entropies[row])
+                             if wants[i] and entropies is not None else []),
+                    version=loaded.version,
+                    classes=tuple(loaded.config.classes),
+                    doubt=float(doubts[row]),
+                    features=pooled[row] if pooled is not None else None,
+                )
     return [r for r in results if r is not None]
+
+
+def _pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) -> (size, C, H, W), the extra rows zeros (their results are dropped)."""
+    missing = size - len(images)
+    return images if missing <= 0 else F.pad(images, (0, 0, 0, 0, 0, 0, 0, missing))

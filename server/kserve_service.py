@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import struct
 from collections.abc import Callable
 
 import grpc
@@ -24,6 +27,10 @@ SERVER_VERSION = "0.1.0"
 # "doubt" (FP32 [N], one score per scan, see server/doubt.py) comes last: clients that read outputs by
 # name (tritonclient's as_numpy) ignore it.
 OUTPUTS = ("mask", "confidence", "doubt")
+# An extension output (BYTES, one JSON list of regions per scan, each with its doubt), returned only when a
+# request names it or sets the parameter regions=true; left out of ModelMetadata so clients that ask for
+# every listed output pay for no region extraction.
+REGIONS = "regions"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -86,12 +93,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise NotFound(f"version {request.model_version} is not live")
         wanted = [o.name for o in request.outputs] or list(OUTPUTS)
         for index, name in enumerate(wanted):
-            if name not in OUTPUTS:
-                raise InvalidInput(f"outputs[{index}].name", f"{name!r} is not one of {list(OUTPUTS)}")
+            if name not in (*OUTPUTS, REGIONS):
+                raise InvalidInput(f"outputs[{index}].name", f"{name!r} is not one of {[*OUTPUTS, REGIONS]}")
+        if regions_parameter(request) and REGIONS not in wanted:
+            wanted.append(REGIONS)
         rig = rig_of(infer_rig(request), context)
         scans = scans_from_infer(request, self._cfg.model_name, self._cfg.max_side)
         # one unit for the batcher: every scan of the request runs on the same version
-        predictions = await self._batcher.submit_many(scans, deadline_of(context))
+        predictions = await self._batcher.submit_many(scans, deadline_of(context), REGIONS in wanted)
         for index, (scan, prediction) in enumerate(zip(scans, predictions, strict=True)):
             scan_id = f"{request.id}/{index}" if request.id else ""
             self._watch.observe(scan_id, rig, scan, prediction)
@@ -102,15 +111,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not same_size:  # cannot happen for one input tensor; guards the stacking below
             raise InvalidInput("inputs", "scans in one request must share H and W")
         for name in wanted:
-            if name == "mask":
-                data = np.stack([p.mask for p in predictions]).astype(np.uint8)
-                datatype = "UINT8"
-            elif name == "doubt":
-                data = np.array([p.doubt for p in predictions], dtype="<f4")
-                datatype = "FP32"
-            else:
-                data = np.stack([p.confidence for p in predictions]).astype("<f4")
-                datatype = "FP32"
-            response.outputs.add(name=name, datatype=datatype, shape=list(data.shape))
-            response.raw_output_contents.append(data.tobytes())
+            if name == REGIONS:
+                elements = [json.dumps([dataclasses.asdict(r) for r in p.regions]).encode() for p in predictions]
+                response.outputs.add(name=name, datatype="BYTES", shape=[len(elements)])
+                # KServe's BYTES layout: each element is a 4-byte little-endian length, then its bytes
+                response.raw_output_contents.append(b"".join(struct.pack("<I", len(e)) + e for e in elements))
+                continue
+            if name == "doubt":
+                doubts = np.array([p.doubt for p in predictions], dtype="<f4")
+                response.outputs.add(name=name, datatype="FP32", shape=[len(doubts)])
+                response.raw_output_contents.append(doubts.tobytes())
+                continue
+            arrays = [p.mask if name == "mask" else p.confidence for p in predictions]
+            datatype = "UINT8" if name == "mask" else "FP32"
+            response.outputs.add(name=name, datatype=datatype, shape=[len(arrays), height, width])
+            # one copy of each scan's pixels, straight into the response
+            response.raw_output_contents.append(b"".join(a.astype(np.uint8 if name == "mask" else "<f4", copy=False)
+                                                         .tobytes() for a in arrays))
         return response
+
+
+def regions_parameter(request: pb.ModelInferRequest) -> bool:
+    """The request parameter ``regions`` (bool, or a string such as "true") asks for the regions output."""
+    if "regions" not in request.parameters:
+        return False
+    parameter = request.parameters["regions"]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind == "string_param":
+        return parameter.string_param.strip().lower() in ("1", "true", "yes", "on")
+    return bool(getattr(parameter, kind)) if kind else False

@@ -7,6 +7,7 @@ idle: on a 2-core box that is the difference between a latency spike at every sw
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from torch import nn
 from weldstream.errors import CorruptVersion
 from weldstream.model import ModelConfig, build_model
 from weldstream.preprocess import pad_to_multiple
+from weldstream.server.backends import BackendSettings, RunNormal, build_backend, on_this_thread
 from weldstream.server.model_slot import LoadedModel
 from weldstream.weight_store import WeightStore
 
@@ -54,9 +56,21 @@ def fresh_model(config: ModelConfig, device: torch.device) -> LoadedModel:
     return LoadedModel(0, prepare(build_model(config), device), config, device, untrained=True)
 
 
+def with_backend(loaded: LoadedModel, settings: BackendSettings,
+                 run_normal: RunNormal = on_this_thread) -> LoadedModel:
+    """The version with the backend asked for, built and checked against fp32 eager (see ``backends``);
+    fp32 eager, with the reason recorded in ``backend_refused``, when that backend is refused."""
+    backend, refused = build_backend(loaded.module, loaded.config, loaded.device, settings, run_normal)
+    if refused is not None:
+        log.warning("version %d is served by fp32 eager torch instead of %s: %s", loaded.version, settings.name,
+                    refused)
+    return dataclasses.replace(loaded, backend=backend, backend_refused=refused.reason if refused else "")
+
+
 def load_version(store: WeightStore, version: int, device: torch.device,
-                 reuse: LoadedModel | None = None) -> LoadedModel:
-    """Load a stored version (checksum verified by the store), check it and warm it up.
+                 reuse: LoadedModel | None = None, backend: BackendSettings | None = None,
+                 run_normal: RunNormal = on_this_thread) -> LoadedModel:
+    """Load a stored version (checksum verified by the store), check it, warm it up and build its backend.
 
     With `reuse` (a retired model of the same configuration) the weights are copied into its module,
     which is already on the device, in eval mode and in channels_last layout; otherwise a new module
@@ -77,7 +91,7 @@ def load_version(store: WeightStore, version: int, device: torch.device,
             raise CorruptVersion(f"version {version}: its weights do not fit its model ({exc})") from None
         loaded = LoadedModel(version, module, config, device, False, stored.manifest)
         warm_up(loaded)
-    return loaded
+        return with_backend(loaded, backend or BackendSettings(), run_normal)
 
 
 @contextmanager

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from weldstream.server.backends import BACKENDS
+
 METHODS = ("Segment", "SegmentStream", "GetModel", "ModelInfer", "ModelMetadata", "ModelReady",
            "ServerLive", "ServerReady", "ServerMetadata")
 CODES = ("OK", "INVALID_ARGUMENT", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL", "CANCELLED",
@@ -14,6 +16,7 @@ MAX_RIG_LABELS = 32
 OTHER_RIG = "other"
 UNNAMED_RIG = "unnamed"
 REVIEW_RESULTS = ("sent", "duplicate", "rate_limited", "sampled_out", "queue_full", "failed")
+BACKEND_NAMES = ("torch", "torch-bf16", "torch-fp16", "torch-bf16-graphs", "torch-fp16-graphs", "onnxruntime")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -71,12 +74,31 @@ class ServerMetrics:
                                     "queue_full, failed).", ["result"], registry=r)
         for result in REVIEW_RESULTS:
             self.review_scans.labels(result)
+        self.backend = Gauge("inference_backend_info", "1 for the backend serving the live version.", ["backend"],
+                             registry=r)
+        self.backend_fallbacks = Counter(
+            "inference_backend_fallbacks_total",
+            "Versions served by fp32 eager torch instead of the backend asked for, by that backend and reason "
+            "(failed: export or session error; disagrees: masks differ from fp32 eager on the check scans).",
+            ["backend", "reason"], registry=r)
         for method in METHODS:
             self.request_seconds.labels(method)
             for code in CODES:
                 self.requests.labels(method, code)
         for result in ("swapped", "stale", "retry", "failed"):
             self.swaps.labels(result)
+        for backend in BACKEND_NAMES:
+            self.backend.labels(backend)
+        for backend in BACKENDS:
+            for reason in ("failed", "disagrees"):
+                self.backend_fallbacks.labels(backend, reason)
+
+    def record_backend(self, wanted: str, serving: str, refused: str) -> None:
+        """A version was loaded for serving with backend ``serving`` (``refused``: why not ``wanted``)."""
+        if refused:
+            self.backend_fallbacks.labels(wanted, refused).inc()
+        for name in BACKEND_NAMES:
+            self.backend.labels(name).set(1 if name == serving else 0)
 
 
 class RigLabels:

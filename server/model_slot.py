@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from weldstream.model import ModelConfig
+from weldstream.server.backends import Backend, eager
 from weldstream.weight_store import Manifest
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,13 @@ class LoadedModel:
     device: torch.device
     untrained: bool
     manifest: Manifest | None = None
+    backend: Backend | None = None  # None: fp32 eager torch
+    backend_refused: str = ""  # why the backend asked for is not the one serving ('' when it is)
+
+    @property
+    def runner(self) -> Backend:
+        """What runs this version's forward pass."""
+        return self.backend if self.backend is not None else eager(self.module)
 
 
 class ModelSlot:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from weldstream.codec import DTYPES, ENCODINGS, array_to_tensor
+from weldstream.codec import DTYPES, ENCODINGS, fill_tensor
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.errors import status_for, unary
@@ -26,13 +26,9 @@ def build_response(scan_id: str, prediction: Prediction, started: float,
                    with_confidence: bool, drift: float = 0.0) -> segmenter_pb2.SegmentResponse:
     """The response names the version that made the mask and that version's class names."""
     classes = prediction.classes
-    response = segmenter_pb2.SegmentResponse(
-        scan_id=scan_id,
-        mask=array_to_tensor(prediction.mask),
-        model_version=prediction.version,
-        doubt=prediction.doubt,
-        drift=drift,
-    )
+    response = segmenter_pb2.SegmentResponse(scan_id=scan_id, model_version=prediction.version,
+                                             doubt=prediction.doubt, drift=drift)
+    fill_tensor(response.mask, prediction.mask)
     for class_id, fraction in enumerate(prediction.fractions):
         response.class_fractions.add(class_id=class_id, class_name=classes[class_id], fraction=float(fraction))
     for region in prediction.regions:
@@ -45,9 +41,14 @@ def build_response(scan_id: str, prediction: Prediction, started: float,
             doubt=region.doubt,
         )
     if with_confidence:
-        response.confidence.CopyFrom(array_to_tensor(prediction.confidence))
+        fill_tensor(response.confidence, prediction.confidence)
     response.server_latency_ms = (time.perf_counter() - started) * 1000
     return response
+
+
+def wants_regions(request: segmenter_pb2.SegmentRequest) -> bool:
+    """return_regions, which clients that predate it leave unset: regions, as they always had."""
+    return request.return_regions if request.HasField("return_regions") else True
 
 
 def model_info(loaded: LoadedModel, cfg: ServerConfig) -> segmenter_pb2.ModelInfo:
@@ -98,7 +99,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
         started = time.perf_counter()
         rig = rig_of(request.rig_id, context)
         scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
-        [prediction] = await self._batcher.submit_many([scan], deadline_of(context))
+        [prediction] = await self._batcher.submit_many([scan], deadline_of(context), wants_regions(request))
         drift = self._watch.observe(request.scan_id, rig, scan, prediction)
         return build_response(request.scan_id, prediction, started, request.return_confidence, drift.score)
 
@@ -116,7 +117,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
         try:
             rig = checked_rig(request.rig_id or stream_rig)
             scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
-            prediction = await self._batcher.submit(scan)
+            prediction = await self._batcher.submit(scan, regions=wants_regions(request))
             drift = self._watch.observe(request.scan_id, rig, scan, prediction)
             return build_response(request.scan_id, prediction, started, request.return_confidence, drift.score)
         except asyncio.CancelledError:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from weldstream.errors import CorruptVersion
 from weldstream.server.config import ServerConfig
@@ -35,6 +36,10 @@ class Swapper:
         self._wake = asyncio.Event()
         self._refused: set[int] = set()
         self._loader = loader_thread()
+        # Started here, on the event loop's thread, so it runs at normal priority: an ONNX Runtime session
+        # built on it gets worker threads that compete with requests as equals, not at the loader's niceness.
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-builder")
+        self._builder.submit(lambda: None)
         self._tasks: list[asyncio.Task[None]] = []
         self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -69,6 +74,7 @@ class Swapper:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._loader.shutdown(wait=True)
+        self._builder.shutdown(wait=True)
 
     async def _swap_loop(self) -> None:
         while True:
@@ -112,6 +118,7 @@ class Swapper:
             self._metrics.swaps.labels("stale").inc()
             return False
         self._metrics.swaps.labels("swapped").inc()
+        self._metrics.record_backend(self._cfg.backend, candidate.runner.name, candidate.backend_refused)
         self._metrics.versions_behind.set(max(0, latest - candidate.version))
         label_time = (candidate.manifest.metrics.get("label_time_median", 0.0) if candidate.manifest else 0.0)
         if label_time > 0:
@@ -119,11 +126,15 @@ class Swapper:
         await self._on_swap()
         return True
 
+    def _run_normal(self, build: Callable[[], object]) -> object:
+        return self._builder.submit(build).result()
+
     def _load(self, version: int, live: LoadedModel) -> LoadedModel:
         """On the loader thread: the new version in the retired module (or a new one), checked and warm."""
         spare = self._slot.take_spare()
         try:
-            return load_version(self._store, version, live.device, reuse=spare)
+            return load_version(self._store, version, live.device, reuse=spare, backend=self._cfg.backend_settings,
+                                run_normal=self._run_normal)
         except BaseException:
             if spare is not None:
                 self._slot.give_back(spare)

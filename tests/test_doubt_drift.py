@@ -18,7 +18,7 @@ from weldstream.server.metrics import OTHER_RIG, UNNAMED_RIG, RigLabels
 from weldstream.server.page_hinkley import PageHinkley
 from weldstream.server.regions import defect_regions
 from weldstream.simulator import generate_scan
-from weldstream.tiles import segment_with_entropy
+from weldstream.tiles import segment_maps
 from weldstream.weight_store import Manifest
 
 TRAINED, UNSEEN = "ut-pe100-5mhz", "xray-film-steel-x52"
@@ -51,7 +51,8 @@ def test_doubt_is_higher_on_an_unseen_domain_than_on_the_trained_one(trained):
     unseen, _ = scans_of(UNSEEN, 5000, 12)
     doubts = {}
     for name, images in (("known", known), ("unseen", unseen)):
-        _, _, entropy = segment_with_entropy(trained, images, TINY.stride)
+        entropy = segment_maps(trained, images, TINY.stride, with_entropy=True).entropy
+        assert entropy is not None
         doubts[name] = scan_doubt(entropy)
     assert float(doubts["unseen"].mean()) > float(doubts["known"].mean())
     assert float(doubts["unseen"].min()) > float(doubts["known"].median())
@@ -137,6 +138,38 @@ def test_every_encoder_stage_weighs_the_same_in_the_distance():
     assert references is not None
     assert references.distance(np.array([2.0, 0, 0, 0]))[0] == pytest.approx(np.sqrt(2))  # one channel: half
     assert references.distance(np.array([0.0, 2, 2, 2]))[0] == pytest.approx(np.sqrt(2))  # three channels: half
+
+
+def test_onnxruntime_serves_the_doubt_and_drift_features_of_eager_torch(trained):
+    """Whatever ``--backend`` serves, the review loop reads the same doubt and drift: on simulator scans of
+    a learned and an unseen domain, ONNX Runtime's scan and region doubt and pooled features match eager
+    torch's."""
+    import dataclasses
+
+    from weldstream.server.backends import BackendSettings
+    from weldstream.server.loader import with_backend
+
+    eager = dataclasses.replace(fresh_model(TINY, torch.device("cpu")), module=trained)
+    onnx = with_backend(eager, BackendSettings("onnxruntime", threads=2))
+    assert onnx.runner.name == "onnxruntime" and onnx.backend_refused == ""
+    scans = [generate_scan(domain, 7000 + i, size).image
+             for domain in (TRAINED, UNSEEN) for i, size in enumerate(((64, 64), (64, 64), (96, 160)))]
+    reference = References.from_stats({TRAINED: reference_of(encoder_summary(trained, scans_of(TRAINED, 0, 16)[0],
+                                                                              TINY.stride))})
+    ours, theirs = predict_batch(onnx, scans), predict_batch(eager, scans)
+    assert min(p.doubt for p in theirs) < 0.9  # a trained model: not the untrained near-uniform guess
+    for served, expected in zip(ours, theirs, strict=True):
+        assert np.mean(served.mask == expected.mask) >= 0.999
+        assert served.doubt == pytest.approx(expected.doubt, abs=1e-3)
+        assert served.features is not None and expected.features is not None
+        np.testing.assert_allclose(served.features, expected.features, rtol=1e-3, atol=1e-4)
+        assert reference.distance(served.features)[0] == pytest.approx(reference.distance(expected.features)[0],
+                                                                       rel=1e-3)
+        by_box = {(r.class_id, r.x, r.y, r.width, r.height): r.doubt for r in expected.regions}
+        for region in served.regions:
+            key = (region.class_id, region.x, region.y, region.width, region.height)
+            if key in by_box:
+                assert region.doubt == pytest.approx(by_box[key], abs=1e-3)
 
 
 def test_held_out_scans_give_each_domain_a_feature_reference(trained):

@@ -25,3 +25,8 @@ async def test_tritonclient_works_unmodified(server):
     assert result["confidence"]["min"] > 0.19
     assert result["version"] == "0"
     assert result["bad_model"] == "StatusCode.INVALID_ARGUMENT"
+    assert result["plain_outputs"] == ["confidence", "mask"]  # no regions unless asked for
+    assert len(result["regions"]) == 2 and result["regions_mask_equal"]
+    for regions in result["regions"]:
+        for region in regions:
+            assert region["class_id"] > 0 and region["area_px"] >= 4 and 0 < region["mean_confidence"] <= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -101,8 +102,16 @@ async def test_kserve_names_its_rig_by_parameter_or_metadata(server):
                                          outputs=[kserve.ModelInferRequest.InferRequestedOutputTensor(name="doubt")])
         reply = await stub.ModelInfer(plain, metadata=(("x-rig-id", "rig-meta"),))
         assert [o.name for o in reply.outputs] == ["doubt"] and list(reply.outputs[0].shape) == [1]
+        both = kserve.ModelInferRequest(model_name="weld-seg", inputs=[tensor], raw_input_contents=[raw])
+        both.parameters["rig_id"].string_param = "rig-regions"
+        both.parameters["regions"].bool_param = True
+        reply = await stub.ModelInfer(both)
+        assert [o.name for o in reply.outputs] == ["mask", "confidence", "doubt", "regions"]
+        regions = json.loads(reply.raw_output_contents[3][4:])
+        assert regions and all(0.9 < r["doubt"] <= 1 for r in regions)
     assert counted(server.metrics, "inference_scan_doubt_count", rig="rig-param") == 1
     assert counted(server.metrics, "inference_scan_doubt_count", rig="rig-meta") == 1
+    assert counted(server.metrics, "inference_region_doubt_count", rig="rig-regions") == len(regions)
 
 
 async def test_a_full_review_queue_drops_and_counts_without_waiting():

@@ -223,8 +223,8 @@ async def test_class_names_come_from_the_version_that_made_the_mask(tmp_path, st
     publish(store, seed=2, config=second)
     submit = server.batcher.submit_many
 
-    async def swap_right_after_the_forward(scans, deadline=None):
-        predictions = await submit(scans, deadline)
+    async def swap_right_after_the_forward(scans, deadline=None, regions=True):
+        predictions = await submit(scans, deadline, regions)
         assert await server.swapper.swap_to_served()  # a swap between the prediction and the response
         return predictions
 

@@ -48,12 +48,21 @@ def tensor_to_array(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:
 
 def array_to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
     """A numpy array (uint8, uint16 or float32) -> a raw tensor message (little-endian, row-major)."""
+    return fill_tensor(tensor_pb2.Tensor(), array)
+
+
+def fill_tensor(message: tensor_pb2.Tensor, array: np.ndarray) -> tensor_pb2.Tensor:
+    """Write an array into a tensor message in place (e.g. a response's field): the pixels are copied
+    once, straight into the message's bytes, whether or not the array is contiguous."""
     native = np.dtype(array.dtype).newbyteorder("=")
     if native not in DTYPE_ENUMS:
         raise ValueError(f"cannot send dtype {array.dtype}; use uint8, uint16 or float32")
     enum = DTYPE_ENUMS[native]
-    data = np.ascontiguousarray(array, dtype=DTYPES[enum]).tobytes()
-    return tensor_pb2.Tensor(dtype=enum, shape=list(array.shape), data=data)
+    wire = DTYPES[enum]
+    message.dtype = enum
+    message.shape[:] = list(array.shape)
+    message.data = (array if array.dtype == wire else array.astype(wire)).tobytes()
+    return message
 
 
 def decode_file(data: bytes, fmt: str, field: str) -> np.ndarray:

@@ -28,10 +28,13 @@ REFERENCE_KEY = "feature_reference"
 
 
 @contextmanager
-def pooled_features(module: nn.Module) -> Iterator[list[Tensor]]:
+def pooled_features(module: nn.Module | None) -> Iterator[list[Tensor]]:
     """While open, every forward pass of ``module`` appends its encoder stages' features averaged over
-    positions and concatenated, (N, C) float32, to the yielded list (several entries when a scan runs in
-    tiles). Models without an ``encoder`` yield nothing."""
+    positions and concatenated, (N, C) float32, to the yielded list. Models without an ``encoder`` (and
+    None) yield nothing. The serving head (weldstream.tiles.ServingHead) opens it around its module's
+    pass, so the summary is an output of that pass on every backend: eager torch, CUDA graphs (the hook
+    runs while the graph is captured) and ONNX (the exporter traces through the hook, so the pooled
+    features are an output of the exported graph)."""
     captured: list[Tensor] = []
     encoder = getattr(module, "encoder", None)
     if encoder is None:
@@ -56,13 +59,6 @@ def _pooled(features: list[Tensor]) -> Tensor:
 def stage_channels(module: nn.Module) -> tuple[int, ...]:
     """Channels of each stage in the summary (smp encoders list them in ``out_channels``)."""
     return tuple(getattr(getattr(module, "encoder", None), "out_channels", (0,))[1:])
-
-
-def merge_tiles(captured: list[Tensor]) -> Tensor | None:
-    """One (N, C) summary from the passes of one batch: tiles are averaged, each weighing the same."""
-    if not captured:
-        return None
-    return torch.stack(captured).mean(dim=0)
 
 
 @torch.inference_mode()

@@ -32,7 +32,7 @@ from weldstream.replay import StepConfig
 from weldstream.scoring import evaluate
 from weldstream.server.doubt import scan_doubt
 from weldstream.simulator import generate_scan
-from weldstream.tiles import segment_with_entropy
+from weldstream.tiles import segment_maps
 
 BASE_SEED, STREAM_SEED, TEST_SEED = 1_000_000, 3_000_000, 9_000_000
 
@@ -92,7 +92,7 @@ def served_doubt(model: torch.nn.Module, x: torch.Tensor, stride: int = 32) -> t
     """Each scan's doubt as the server computes it for a rig."""
     was_training = model.training
     model.eval()
-    _, _, entropy = segment_with_entropy(model, x, stride)
+    entropy = segment_maps(model, x, stride, with_entropy=True).entropy
     model.train(was_training)
     assert entropy is not None
     return scan_doubt(entropy)

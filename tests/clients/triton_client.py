@@ -30,6 +30,11 @@ result["mask"] = {"shape": list(mask.shape), "dtype": str(mask.dtype), "max": in
 result["confidence"] = {"shape": list(confidence.shape), "dtype": str(confidence.dtype),
                         "min": float(confidence.min())}
 result["version"] = reply.get_response().model_version
+# the optional extension: the request parameter regions=true adds a BYTES output, one JSON list per scan
+with_regions = client.infer("weld-seg", [inp], parameters={"regions": True})
+result["regions"] = [json.loads(element) for element in with_regions.as_numpy("regions")]
+result["regions_mask_equal"] = bool((with_regions.as_numpy("mask") == mask).all())
+result["plain_outputs"] = sorted(o.name for o in reply.get_response().outputs)
 try:
     client.infer("no-such-model", [inp])
     result["bad_model"] = "accepted"
