@@ -206,6 +206,12 @@ def _bench_cl_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.set_defaults(run=cl_cli.run)
 
 
+def _bench_review_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.bench.review import cli as review_cli
+
+    review_cli.add_arguments(p)
+
+
 def _bench_faults_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     from weldstream.bench.faults import cli as faults_cli
 
@@ -288,6 +294,8 @@ BENCHMARKS: dict[str, tuple[str, Filler]] = {
     "gem-step": ("GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains", _bench_gem_arguments),
     "cl": ("continual-learning strategies on a drifting weld stream (report + plots)", _bench_cl_arguments),
     "faults": ("kill, damage and attack the running system; a report of what held", _bench_faults_arguments),
+    "review": ("review-first vs random labelling on a drifting stream, and the drift detector",
+               _bench_review_arguments),
 }
 
 

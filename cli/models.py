@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from weldstream.cli import _kafka_security_arguments, kafka_security
 from weldstream.errors import CorruptVersion
+from weldstream.features import REFERENCE_KEY
 from weldstream.pinning import Operator, OperatorConfig
 from weldstream.registry import Registry, VersionRow, open_registry
 from weldstream.settings import add_settings, config_from_args
@@ -86,7 +87,9 @@ def _show(args: argparse.Namespace, cfg: OperatorConfig, store: WeightStore, reg
     print(f"  model      {m.model_config}")
     offsets = ", ".join(f"{o['topic']}[{o['partition']}]@{o['offset']}" for o in m.offsets)
     print(f"  offsets    {offsets or '-'}")
-    print(f"  metrics    {m.metrics}")
+    references = m.metrics.get(REFERENCE_KEY) or {}
+    print(f"  metrics    {({k: v for k, v in m.metrics.items() if k != REFERENCE_KEY})}")
+    print(f"  drift refs {', '.join(sorted(references)) or '-'}")
     print("  scores")
     for domain, s in sorted(m.scores.items()):
         print(f"    {domain:<28} mIoU {s['miou']:.4f}  Dice {s['dice']:.4f}  ({int(s['samples'])} scans)")

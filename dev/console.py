@@ -25,7 +25,9 @@ def render(state: Any, learner: dict, server: dict, elapsed_s: float, duration_s
     stream = Table.grid(padding=(0, 2))
     stream.add_row("elapsed", f"{elapsed_s:5.0f} / {duration_s:.0f} s")
     stream.add_row("rig is scanning", state.rig_domain or "–")
-    stream.add_row("labeled scans produced", f"{state.produced}")
+    stream.add_row("labeled scans produced (from review)", f"{state.produced} ({state.labeled_from_review})")
+    doubts = list(state.doubts)
+    stream.add_row("served doubt (recent mean)", f"{sum(doubts) / len(doubts):.2f}" if doubts else "–")
     stream.add_row("consumed (train / holdout / dead-letter)",
                    " / ".join(f"{value(learner, 'learner_scans_consumed_total', use=u):.0f}"
                               for u in ("train", "holdout", "dead_letter")))

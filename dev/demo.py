@@ -1,7 +1,9 @@
 """`weldstream demo`: broker, server, learner, a drifting simulated rig and a calling client, all live.
 
 The server and learner run as real child processes (`weldstream serve`, `weldstream learn`), the rig
-and the client run here; a console view shows the loop learning while the scans drift.
+and the client run here; a console view shows the loop learning while the scans drift. The loop is
+closed: the server sends the scans it doubts to `weld.scans.review`, and the simulated inspector labels
+those first (with the true masks the rig knows), random scans of the rig's domain otherwise.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from weldstream.cli_args import parse_size
 from weldstream.codec import array_to_tensor
 from weldstream.dev.broker import EmbeddedBroker, free_port
 from weldstream.dev.console import render
-from weldstream.dev.rig import Schedule, produce_stream
+from weldstream.dev.inspector import SentScans, follow_review, inspect
+from weldstream.dev.rig import Schedule
 from weldstream.dev.stack import Service, scrape, value, wait_ready
 from weldstream.replay.gem import STRATEGIES, StepConfig
 from weldstream.settings import optional_text, setting
-from weldstream.simulator import ScanSample, domain_names, generate_scan
+from weldstream.simulator import domain_names, generate_scan
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WeightStore
 
 log = logging.getLogger(__name__)
+RIG_ID = "sim-rig-1"
 
 
 def _domain_list(text: str) -> tuple[str, ...]:
@@ -70,18 +74,24 @@ class DemoState:
     requests: int = 0
     failures: int = 0
     versions_seen: dict[int, float] = field(default_factory=dict)  # version -> first time a response named it
+    labeled_from_review: int = 0  # labels the inspector gave scans the server sent for review
+    doubts: deque[float] = field(default_factory=lambda: deque(maxlen=200))  # doubt of recent responses
 
 
-async def call_server(target: str, state: DemoState, rate: float, size: tuple[int, int], stop: asyncio.Event) -> None:
-    """An inspection rig asking for masks of scans from the domain the rig is on now."""
+async def call_server(target: str, state: DemoState, rate: float, size: tuple[int, int], stop: asyncio.Event,
+                      sent: SentScans, rig_id: str = RIG_ID) -> None:
+    """An inspection rig asking for masks of scans from the domain the rig is on now; it remembers what it
+    sent, so the inspector can answer the server's review scans with their true masks."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = segmenter_pb2_grpc.SegmenterStub(channel)
         index = 0
         while not stop.is_set():
             if state.rig_domain:
                 sample = generate_scan(state.rig_domain, 900_000_000 + index, size)
+                sent.add(sample)
                 request = segmenter_pb2.SegmentRequest(
-                    scan_id=sample.scan_id, image=tensor_pb2.Image(tensor=array_to_tensor(sample.image)))
+                    scan_id=sample.scan_id, image=tensor_pb2.Image(tensor=array_to_tensor(sample.image)),
+                    rig_id=rig_id)
                 started = time.perf_counter()
                 try:
                     response = await stub.Segment(request, timeout=10)
@@ -89,6 +99,7 @@ async def call_server(target: str, state: DemoState, rate: float, size: tuple[in
                     state.latencies_ms.append(elapsed)
                     state.all_latencies_ms.append(elapsed)
                     state.versions_seen.setdefault(response.model_version, time.time())
+                    state.doubts.append(response.doubt)
                 except grpc.aio.AioRpcError as err:
                     state.failures += 1
                     log.warning("request failed: %s", err.code().name)
@@ -159,6 +170,8 @@ def summarise(cfg: DemoConfig, state: DemoState, store: WeightStore, learner_met
         "gem_steps": steps,
         "projection_share": projections / steps if steps else 0.0,
         "versions_seen_by_client": sorted(state.versions_seen),
+        "labeled_from_review": state.labeled_from_review,
+        "recent_doubt_mean": statistics.fmean(state.doubts) if state.doubts else None,
     }
 
 
@@ -196,13 +209,18 @@ async def run_demo(cfg: DemoConfig) -> dict:
         wait_ready(server, "127.0.0.1", grpc_port)
         wait_ready(learner, "127.0.0.1", learner_metrics)
 
-        def on_scan(sample: ScanSample) -> None:
-            state.rig_domain = sample.domain
+        def on_label(domain: str, from_review: bool) -> None:
+            state.rig_domain = domain
             state.produced += 1
+            state.labeled_from_review += int(from_review)
 
         schedule = Schedule.parse("sequential", list(domains), cfg.per_domain)
-        rig = asyncio.create_task(produce_stream(kafka, schedule, cfg.rate, cfg.size, stop=stop, on_scan=on_scan))
-        client = asyncio.create_task(call_server(f"127.0.0.1:{grpc_port}", state, cfg.client_rate, cfg.size, stop))
+        sent = SentScans()
+        waiting: asyncio.Queue = asyncio.Queue(256)
+        review = asyncio.create_task(follow_review(kafka, waiting, stop))
+        rig = asyncio.create_task(inspect(kafka, schedule, cfg.rate, cfg.size, sent, waiting, stop, on_label))
+        client = asyncio.create_task(call_server(f"127.0.0.1:{grpc_port}", state, cfg.client_rate, cfg.size, stop,
+                                                 sent))
         live = Live(console=console, refresh_per_second=2) if cfg.live_view else None
         if live is not None:
             live.start()
@@ -211,7 +229,7 @@ async def run_demo(cfg: DemoConfig) -> dict:
             while not stop.is_set() and time.monotonic() - started < cfg.duration_s:
                 server.check()
                 learner.check()
-                for task in (rig, client):
+                for task in (rig, client, review):
                     if task.done() and task.exception() is not None:
                         raise task.exception()
                 server_now = scrape(server_metrics)
@@ -228,7 +246,7 @@ async def run_demo(cfg: DemoConfig) -> dict:
             if live is not None:
                 live.stop()
         stop.set()
-        await asyncio.gather(rig, client, return_exceptions=True)
+        await asyncio.gather(rig, client, review, return_exceptions=True)
         final_metrics = scrape(learner_metrics)
         served_version = int(value(scrape(server_metrics), "inference_model_version"))
     finally:

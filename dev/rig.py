@@ -66,18 +66,23 @@ def labeled_scan(sample: ScanSample, rig_id: str) -> stream_pb2.LabeledScan:
     )
 
 
+async def labeled_producer(bootstrap: str, security: KafkaSecurity | None = None) -> AIOKafkaProducer:
+    """A started producer for labeled scans (the topics created first); the caller stops it."""
+    security = security or KafkaSecurity()
+    await ensure_topics(bootstrap, security=security)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **security.client_kwargs(), acks="all",
+                                enable_idempotence=False, linger_ms=5, max_request_size=record_bytes())
+    await producer.start()
+    return producer
+
+
 async def produce_stream(bootstrap: str, schedule: Schedule, rate: float, size: tuple[int, int], seed: int = 0,
                          rig_id: str = "sim-rig-1", topic: str = LABELED_SCANS,
                          stop: asyncio.Event | None = None,
                          on_scan: Callable[[ScanSample], None] | None = None,
                          security: KafkaSecurity | None = None) -> int:
     """Produce the schedule's scans at `rate` per second (0: as fast as possible); returns how many."""
-    security = security or KafkaSecurity()
-    await ensure_topics(bootstrap, security=security)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **security.client_kwargs(), acks="all",
-                                enable_idempotence=False,
-                                linger_ms=5, max_request_size=record_bytes())
-    await producer.start()
+    producer = await labeled_producer(bootstrap, security)
     sent = 0
     started = time.monotonic()
     counters: dict[str, int] = {}

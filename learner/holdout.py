@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from weldstream.features import encoder_summary, reference_of, stage_channels
 from weldstream.scoring import scan_confusions
 
 
@@ -61,6 +62,19 @@ class ValidationSets:
     def revision(self, domain: str) -> int:
         """Equal revisions mean the same scans in the same order, so cached per-scan results still line up."""
         return self._revisions.get(domain, 0)
+
+    def feature_reference(self, model: nn.Module, stride: int = 32) -> dict[str, dict]:
+        """Per domain, the statistics of its held-out scans' pooled encoder features that servers measure
+        drift against (weldstream/features.py); scans of one size share batches."""
+        references = {}
+        for domain, items in self._items.items():
+            by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+            for _, x, _ in items:
+                by_shape.setdefault(tuple(x.shape), []).append(x)
+            device = next(model.parameters()).device
+            summaries = [encoder_summary(model, torch.stack(xs).to(device), stride) for xs in by_shape.values()]
+            references[domain] = reference_of(torch.cat(summaries), stage_channels(model))
+        return references
 
     def scan_confusions(self, model: nn.Module, device: torch.device, domains: list[str] | None = None,
                         stride: int = 32) -> dict[str, np.ndarray]:

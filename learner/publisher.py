@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from weldstream.errors import CorruptVersion
+from weldstream.features import REFERENCE_KEY
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.holdout import ValidationSets
 from weldstream.learner.regression import Comparison, compare
@@ -155,6 +156,7 @@ class Publisher:
                 "memory": learner.memory.per_domain(),
                 "labels_learned": len(label_times),
                 "label_time_median": statistics.median(label_times) if label_times else 0.0,
+                REFERENCE_KEY: validation.feature_reference(learner.model, self.cfg.model.stride),
             },
             newest_label_at=max(label_times, default=0.0),
         )

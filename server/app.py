@@ -23,14 +23,17 @@ from weldstream.registry import best_effort, open_configured
 from weldstream.server.backends import BackendSettings
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
+from weldstream.server.drift import DriftConfig
 from weldstream.server.interceptors import RequestMetrics
 from weldstream.server.kserve_service import InferenceServicer
 from weldstream.server.loader import fresh_model, load_version, with_backend
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
+from weldstream.server.review import ReviewPolicy, ReviewPublisher
 from weldstream.server.security import BearerAuth, read_tokens, server_credentials
 from weldstream.server.segmenter_service import SegmenterServicer
 from weldstream.server.swapper import Swapper
+from weldstream.server.watch import ScanWatch
 from weldstream.signing import read_key
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
 from weldstream.weight_store import WeightStore
@@ -92,6 +95,15 @@ class InferenceServer:
                                cfg.max_queue, cfg.max_batch_pixels, cfg.max_queue_pixels)
         self.batcher.start()
         self._stack.push_async_callback(self.batcher.close)
+        self.review: ReviewPublisher | None = None
+        if cfg.kafka and cfg.review_topic:
+            self.review = ReviewPublisher(cfg.kafka, cfg.review_topic,
+                                          ReviewPolicy(cfg.review_rate, cfg.review_burst, cfg.review_sample,
+                                                       cfg.review_queue), self.metrics, cfg.kafka_security)
+            self.review.start()
+            self._stack.push_async_callback(self.review.close)
+        self.watch = ScanWatch(self.slot, self.metrics, cfg.review_doubt, DriftConfig(threshold=cfg.drift_threshold),
+                               self.review)
 
         options = [("grpc.max_receive_message_length", cfg.max_receive_bytes),
                    ("grpc.max_send_message_length", cfg.max_send_bytes)]
@@ -101,9 +113,10 @@ class InferenceServer:
             interceptors.append(BearerAuth(read_tokens(cfg.auth_token_file)))
         self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
         segmenter_pb2_grpc.add_SegmenterServicer_to_server(
-            SegmenterServicer(cfg, self.slot, self.batcher, self.metrics), self.grpc)
+            SegmenterServicer(cfg, self.slot, self.batcher, self.metrics, self.watch), self.grpc)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(cfg, self.slot, self.batcher, self.metrics, self.ready, self.model_ready), self.grpc)
+            InferenceServicer(cfg, self.slot, self.batcher, self.metrics, self.ready, self.model_ready, self.watch),
+            self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)

@@ -1,11 +1,14 @@
 """How a served version runs its forward pass, and the check that a faster one still gives eager's masks.
 
-Every backend is a ``Predictor`` (padded scans -> classes and confidence, see ``weldstream.tiles``):
+Every backend is a ``Predictor`` (padded scans -> ``PixelMaps``, see ``weldstream.tiles``): classes,
+confidence, the normalised entropy the server's doubt is made of and the pooled encoder features its
+drift monitor reads, all from one ``ServingHead`` module, so doubt and drift mean the same whatever
+the backend:
 
 - ``torch``: the eager module in channels_last layout; on CUDA under bf16 autocast (fp16 where the GPU
   has no bf16) and replayed from CUDA graphs captured per bucketed batch shape;
-- ``onnxruntime`` (CPU): the served weights exported to ONNX when the version is loaded, argmax and
-  confidence included in the graph.
+- ``onnxruntime`` (CPU): the served weights exported to ONNX when the version is loaded, the head
+  (argmax, confidence, entropy, pooled features) included in the graph.
 
 A backend other than plain fp32 eager goes live only after its masks agree with fp32 eager on a few
 simulated scans (``MIN_AGREEMENT`` of the pixels); otherwise the version is served by fp32 eager, the
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 from weldstream.model import ModelConfig
 from weldstream.preprocess import pad_to_multiple, window_intensities
 from weldstream.simulator import domain_names, generate_scan
-from weldstream.tiles import Predictor, classes_and_confidence
+from weldstream.tiles import PixelMaps, Predictor, ServingHead
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime")
@@ -82,19 +85,19 @@ def autocast_dtype(device: torch.device, precision: str,
 
 def eager(module: nn.Module) -> Backend:
     """fp32 eager torch, channels_last: the reference every other backend is checked against."""
-    def predict(padded: Tensor) -> tuple[Tensor, Tensor]:
-        return classes_and_confidence(module(padded.contiguous(memory_format=torch.channels_last)))
-    return Backend("torch", predict)
+    return Backend("torch", _channels_last(ServingHead(module)))
 
 
-def autocast(module: nn.Module, device: torch.device, dtype: torch.dtype) -> Backend:
-    """Eager torch under autocast; argmax and softmax in fp32."""
-    def predict(padded: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.autocast(device.type, dtype=dtype):
-            logits = module(padded.contiguous(memory_format=torch.channels_last))
-        return classes_and_confidence(logits)
+def autocast(module: nn.Module, dtype: torch.dtype) -> Backend:
+    """Eager torch under autocast (on the device of its input); the head (softmax, argmax, entropy) in fp32."""
     return Backend(f"torch-{str(dtype).removeprefix('torch.').replace('bfloat16', 'bf16').replace('float16', 'fp16')}",
-                   predict)
+                   _channels_last(ServingHead(module, autocast=dtype)))
+
+
+def _channels_last(head: ServingHead) -> Predictor:
+    def predict(padded: Tensor) -> PixelMaps:
+        return PixelMaps(*head(padded.contiguous(memory_format=torch.channels_last)))
+    return predict
 
 
 def agreement(candidate: Predictor, reference: Predictor, images: list[Tensor], stride: int) -> float:
@@ -173,7 +176,7 @@ def _candidate(module: nn.Module, config: ModelConfig, device: torch.device, set
     dtype = autocast_dtype(device, settings.precision)
     if dtype is None:
         return None
-    backend = autocast(module, device, dtype)
+    backend = autocast(module, dtype)
     if settings.cuda_graphs and device.type == "cuda":
         from weldstream.server.cuda_graphs import GraphCache
 

@@ -10,7 +10,7 @@ from weldstream.limits import MAX_SCAN_SIDE, request_bytes, response_bytes, scan
 from weldstream.registry import REGISTRY_HELP
 from weldstream.server.backends import BACKENDS, PRECISIONS, BackendSettings
 from weldstream.settings import optional_path, optional_text, setting
-from weldstream.topics import DEFAULT_KAFKA, MODELS
+from weldstream.topics import DEFAULT_KAFKA, MODELS, REVIEW
 from weldstream.weight_store import DEFAULT_MODEL_DIR
 
 MODEL_NAME = "weld-seg"
@@ -68,6 +68,15 @@ class ServerConfig:
     poll_interval_s: float = setting(5.0, flag="--poll-interval", help="seconds between weight-store polls")
     ready_when_trained: bool = setting(False, help="health and ModelReady say ready only once a trained "
                                                    "version is live (not the untrained version 0)")
+    # The review loop (README "The review loop"): doubtful scans, and scans of drifting rigs, go to
+    # inspectors first. Published only with --kafka.
+    review_topic: str = setting(REVIEW, help="Kafka topic for scans worth an inspector's time ('' : none)")
+    review_doubt: float = setting(0.1, help="scans whose doubt (0..1) reaches this go to review")
+    drift_threshold: float = setting(3.0, help="a rig whose drift score exceeds this has its scans go to review")
+    review_rate: float = setting(1.0, help="most scans a second published for review (token bucket)")
+    review_burst: int = setting(10, help="scans the review token bucket holds")
+    review_sample: float = setting(1.0, help="share of the scans over a threshold that are considered for review")
+    review_queue: int = setting(64, help="scans waiting for the review producer; more are dropped and counted")
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -82,6 +91,10 @@ class ServerConfig:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if not (0 <= self.review_doubt <= 1 and 0 < self.review_sample <= 1):
+            raise ValueError("review_doubt must be in [0, 1] and review_sample in (0, 1]")
+        if self.review_rate <= 0 or self.review_burst < 1 or self.review_queue < 1 or self.drift_threshold <= 0:
+            raise ValueError("review_rate and drift_threshold must be > 0, review_burst and review_queue >= 1")
         if self.max_queue_pixels < self.max_scan_pixels or self.max_batch_pixels < 1:
             raise ValueError(f"max_queue_pixels must hold at least one largest scan ({self.max_scan_pixels}) "
                              "and max_batch_pixels must be >= 1")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from weldstream.tiles import Predictor
+from weldstream.tiles import PixelMaps, Predictor
 
 MAX_GRAPHS = 32
 CAPTURE_AFTER = 2  # sightings of a shape before it is captured
@@ -38,7 +38,7 @@ class GraphCache:
     def shapes(self) -> list[tuple[int, ...]]:
         return list(self._graphs)
 
-    def __call__(self, padded: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, padded: Tensor) -> tuple[Tensor, ...]:
         shape = tuple(padded.shape)
         graph = self._graphs.get(shape)
         if graph is not None:
@@ -69,11 +69,11 @@ def capture_graph(predict: Predictor, example: Tensor) -> Predictor:
     graph = torch.cuda.CUDAGraph()
     # thread_local: the loader thread may copy and warm up the next version on the GPU meanwhile
     with torch.cuda.graph(graph, pool=_POOL, capture_error_mode="thread_local"):
-        static_classes, static_confidence = predict(static_input)
+        static = PixelMaps(*predict(static_input))  # classes, confidence, entropy, features
 
-    def replay(padded: Tensor) -> tuple[Tensor, Tensor]:
+    def replay(padded: Tensor) -> PixelMaps:
         static_input.copy_(padded)
         graph.replay()
-        return static_classes.clone(), static_confidence.clone()
+        return PixelMaps(*(None if t is None else t.clone() for t in static))
 
     return replay

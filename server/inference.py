@@ -2,8 +2,10 @@
 
 Everything up to the mask happens on the model's device: the raw pixels cross once in their own dtype
 (``staging``), are windowed there (``window_intensities``, the learner's normalisation too), run through
-the version's backend in tiles if large (``tiles.segment``), and come back as a uint8 class map and the
-winning class's confidence. Only region extraction, for the scans that asked for it, runs on the host.
+the version's backend in tiles if large (``tiles.segment_maps``), and come back as a uint8 class map,
+the winning class's confidence, each scan's doubt (the mean of the entropy map, reduced on the device)
+and its pooled encoder features for drift. The entropy map itself crosses back only when a scan of the
+group asked for regions, whose doubt is the mean over their pixels; region extraction runs on the host.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import torch.nn.functional as F
 
 from weldstream.preprocess import as_channels, window_intensities
 from weldstream.server.backends import bucket_size
+from weldstream.server.doubt import scan_doubt
 from weldstream.server.model_slot import LoadedModel
 from weldstream.server.regions import Region, class_fractions, defect_regions
 from weldstream.server.staging import fetch, host_threads, stage, torch_dtype
-from weldstream.tiles import segment
+from weldstream.tiles import segment_maps
 
 BUCKET_LIMIT = 64  # the largest bucket; a larger batch runs at its own size
 
@@ -35,6 +38,8 @@ class Prediction:
     regions: list[Region]  # empty unless the request asked for regions
     version: int
     classes: tuple[str, ...]  # the class names of the version that made this mask
+    doubt: float = 0.0  # 0..1, see server/doubt.py
+    features: np.ndarray | None = None  # (C,) every encoder stage pooled, for drift (weldstream/features.py)
 
 
 @torch.inference_mode()
@@ -54,23 +59,35 @@ def predict_batch(loaded: LoadedModel, scans: list[np.ndarray],
     results: list[Prediction | None] = [None] * len(scans)
     num_classes = len(loaded.config.classes)
     for indices in groups.values():
+        count = len(indices)
         with host_threads(device):
             images = window_intensities(stage([scans[i] for i in indices], device))
             if runner.pads_batches:
-                images = _pad_batch(images, bucket_size(len(indices), BUCKET_LIMIT))
+                images = _pad_batch(images, bucket_size(count, BUCKET_LIMIT))
         with nullcontext() if runner.torch_threads else host_threads(device):  # padding and tiling copies
-            classes, confidence = segment(runner.predict, images, loaded.config.stride)
+            maps = segment_maps(runner.predict, images, loaded.config.stride, with_entropy=True)
+        assert maps.entropy is not None
+        regions_wanted = any(wants[i] for i in indices)
         with host_threads(device):
-            masks, confidences = fetch(classes[:len(indices)], confidence[:len(indices)])
+            features = maps.features[:count] if maps.features is not None else None
+            entropy = maps.entropy[:count] if regions_wanted else None
+            masks, confidences, doubts, *rest = fetch(*(t for t in (
+                maps.classes[:count], maps.confidence[:count], scan_doubt(maps.entropy[:count]), features, entropy)
+                if t is not None))
+            pooled = rest.pop(0) if features is not None else None
+            entropies = rest.pop(0) if entropy is not None else None
             for row, i in enumerate(indices):
                 mask, conf = masks[row], confidences[row]
                 results[i] = Prediction(
                     mask=mask,
                     confidence=conf,
                     fractions=class_fractions(mask, num_classes),
-                    regions=defect_regions(mask, conf, num_classes) if wants[i] else [],
+                    regions=(defect_regions(mask, conf, num_classes, entropy=entropies[row])
+                             if wants[i] and entropies is not None else []),
                     version=loaded.version,
                     classes=tuple(loaded.config.classes),
+                    doubt=float(doubts[row]),
+                    features=pooled[row] if pooled is not None else None,
                 )
     return [r for r in results if r is not None]
 

@@ -19,14 +19,17 @@ from weldstream.server.config import ServerConfig
 from weldstream.server.errors import NotFound, unary
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import ModelSlot
-from weldstream.server.requests import INPUT_NAME, deadline_of, scans_from_infer
+from weldstream.server.requests import INPUT_NAME, deadline_of, infer_rig, rig_of, scans_from_infer
+from weldstream.server.watch import ScanWatch
 
 SERVER_NAME = "weldstream"
 SERVER_VERSION = "0.1.0"
-OUTPUTS = ("mask", "confidence")
-# An extension output (BYTES, one JSON list of regions per scan), returned only when a request names it or
-# sets the parameter regions=true; left out of ModelMetadata so clients that ask for every listed output
-# pay for no region extraction.
+# "doubt" (FP32 [N], one score per scan, see server/doubt.py) comes last: clients that read outputs by
+# name (tritonclient's as_numpy) ignore it.
+OUTPUTS = ("mask", "confidence", "doubt")
+# An extension output (BYTES, one JSON list of regions per scan, each with its doubt), returned only when a
+# request names it or sets the parameter regions=true; left out of ModelMetadata so clients that ask for
+# every listed output pay for no region extraction.
 REGIONS = "regions"
 
 
@@ -35,8 +38,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     --ready-when-trained, only once a trained version is live)."""
 
     def __init__(self, cfg: ServerConfig, slot: ModelSlot, batcher: Batcher, metrics: ServerMetrics,
-                 serving: asyncio.Event, ready: Callable[[], bool]) -> None:
+                 serving: asyncio.Event, ready: Callable[[], bool], watch: ScanWatch) -> None:
         self._cfg = cfg
+        self._watch = watch
         self._slot = slot
         self._batcher = batcher
         self._serving = serving
@@ -77,7 +81,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             platform="pytorch",
             inputs=[Tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, 1, -1, -1])],
             outputs=[Tensor(name="mask", datatype="UINT8", shape=[-1, -1, -1]),
-                     Tensor(name="confidence", datatype="FP32", shape=[-1, -1, -1])],
+                     Tensor(name="confidence", datatype="FP32", shape=[-1, -1, -1]),
+                     Tensor(name="doubt", datatype="FP32", shape=[-1])],
         )
 
     @unary
@@ -92,9 +97,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise InvalidInput(f"outputs[{index}].name", f"{name!r} is not one of {[*OUTPUTS, REGIONS]}")
         if regions_parameter(request) and REGIONS not in wanted:
             wanted.append(REGIONS)
+        rig = rig_of(infer_rig(request), context)
         scans = scans_from_infer(request, self._cfg.model_name, self._cfg.max_side)
         # one unit for the batcher: every scan of the request runs on the same version
         predictions = await self._batcher.submit_many(scans, deadline_of(context), REGIONS in wanted)
+        for index, (scan, prediction) in enumerate(zip(scans, predictions, strict=True)):
+            scan_id = f"{request.id}/{index}" if request.id else ""
+            self._watch.observe(scan_id, rig, scan, prediction)
         version = predictions[0].version
         response = pb.ModelInferResponse(model_name=self._cfg.model_name, model_version=str(version), id=request.id)
         height, width = predictions[0].mask.shape
@@ -107,6 +116,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response.outputs.add(name=name, datatype="BYTES", shape=[len(elements)])
                 # KServe's BYTES layout: each element is a 4-byte little-endian length, then its bytes
                 response.raw_output_contents.append(b"".join(struct.pack("<I", len(e)) + e for e in elements))
+                continue
+            if name == "doubt":
+                doubts = np.array([p.doubt for p in predictions], dtype="<f4")
+                response.outputs.add(name=name, datatype="FP32", shape=[len(doubts)])
+                response.raw_output_contents.append(doubts.tobytes())
                 continue
             arrays = [p.mask if name == "mask" else p.confidence for p in predictions]
             datatype = "UINT8" if name == "mask" else "FP32"

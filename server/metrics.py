@@ -10,6 +10,12 @@ METHODS = ("Segment", "SegmentStream", "GetModel", "ModelInfer", "ModelMetadata"
            "ServerLive", "ServerReady", "ServerMetadata")
 CODES = ("OK", "INVALID_ARGUMENT", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL", "CANCELLED",
          "DEADLINE_EXCEEDED", "UNAUTHENTICATED")
+DOUBT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+# Rig labels stay bounded: the first MAX_RIG_LABELS rigs seen get their own, later ones share "other".
+MAX_RIG_LABELS = 32
+OTHER_RIG = "other"
+UNNAMED_RIG = "unnamed"
+REVIEW_RESULTS = ("sent", "duplicate", "rate_limited", "sampled_out", "queue_full", "failed")
 BACKEND_NAMES = ("torch", "torch-bf16", "torch-fp16", "torch-bf16-graphs", "torch-fp16-graphs", "onnxruntime")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -51,6 +57,23 @@ class ServerMetrics:
             "inference_model_freshness_seconds",
             "At each swap: now minus the median label time of the scans the new version learned from.",
             buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800), registry=r)
+        self.scan_doubt = Histogram("inference_scan_doubt", "Doubt of each served scan (0..1), per rig.", ["rig"],
+                                    buckets=DOUBT_BUCKETS, registry=r)
+        self.region_doubt = Histogram("inference_region_doubt", "Doubt of each served defect region (0..1), per rig.",
+                                      ["rig"], buckets=DOUBT_BUCKETS, registry=r)
+        self.drift_score = Gauge("inference_drift_score",
+                                 "Distance of a rig's recent scans from the domains the live version learned "
+                                 "(RMS z-score of pooled encoder features; about 1 on a learned domain).",
+                                 ["rig"], registry=r)
+        self.drift_events = Counter("inference_drift_events_total",
+                                    "Changes in a rig's scans flagged by the Page-Hinkley detector.", ["rig"],
+                                    registry=r)
+        self.review_scans = Counter("inference_review_scans_total",
+                                    "Scans that crossed the review threshold, by what became of them: sent to "
+                                    "weld.scans.review, or dropped (duplicate, rate_limited, sampled_out, "
+                                    "queue_full, failed).", ["result"], registry=r)
+        for result in REVIEW_RESULTS:
+            self.review_scans.labels(result)
         self.backend = Gauge("inference_backend_info", "1 for the backend serving the live version.", ["backend"],
                              registry=r)
         self.backend_fallbacks = Counter(
@@ -76,3 +99,21 @@ class ServerMetrics:
             self.backend_fallbacks.labels(wanted, refused).inc()
         for name in BACKEND_NAMES:
             self.backend.labels(name).set(1 if name == serving else 0)
+
+
+class RigLabels:
+    """Maps rig ids to a bounded set of Prometheus label values (rig ids come from clients)."""
+
+    def __init__(self, limit: int = MAX_RIG_LABELS) -> None:
+        self._limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, rig_id: str) -> str:
+        if not rig_id:
+            return UNNAMED_RIG
+        if rig_id in self._known:
+            return rig_id
+        if len(self._known) < self._limit:
+            self._known.add(rig_id)
+            return rig_id
+        return OTHER_RIG

@@ -1,8 +1,12 @@
 """The ``onnxruntime`` backend: a version's weights exported to ONNX and run by ONNX Runtime on the CPU.
 
-The export includes the argmax and the winning class's softmax probability, so ONNX Runtime returns
-what the server sends (a uint8 class map and a float32 confidence) and no logits cross into torch.
-Batch, height and width are dynamic axes: native-size scans and tiles of large ones share one session.
+The export is the serving head (weldstream.tiles.ServingHead): argmax, the winning class's softmax
+probability, the normalised entropy per pixel and the encoder stages' pooled features are outputs of the
+graph, so ONNX Runtime returns what the server sends and watches (a uint8 class map, a float32
+confidence, the entropy doubt is made of and the summary drift is measured on) and no logits cross
+into torch. The pooled features are traced through the same forward hook eager torch uses, so drift
+references the learner computed with torch apply to scans served by ONNX Runtime. Batch, height and
+width are dynamic axes: native-size scans and tiles of large ones share one session.
 """
 
 from __future__ import annotations
@@ -17,38 +21,33 @@ from torch import Tensor, nn
 
 from weldstream.model import ModelConfig
 from weldstream.server.backends import Backend, RunNormal, on_this_thread
-from weldstream.tiles import classes_and_confidence
+from weldstream.tiles import PixelMaps, ServingHead
 
 OPSET = 17
-INPUT, OUTPUTS = "scan", ("classes", "confidence")
+INPUT, OUTPUTS = "scan", ("classes", "confidence", "entropy", "features")
 EXPORT_SIZE = 64  # the traced example's side; every axis but channels is dynamic
 
 
-class _WithHead(nn.Module):
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return classes_and_confidence(self.module(x))  # (N, H, W) uint8, (N, H, W) float32
-
-
 def export_onnx(module: nn.Module, config: ModelConfig) -> bytes:
-    """The module (eval mode, on the CPU) and its head as an ONNX model, weights included.
+    """The module (eval mode, on the CPU) and its serving head as an ONNX model, weights included; the
+    outputs are ``OUTPUTS`` (without features for a module that has no encoder).
 
     A copy is exported: the TorchScript exporter leaves the module it traces changed (its outputs differ
     afterwards), and the module is the one that serves if the export is refused.
     """
     module = copy.deepcopy(module)
     example = torch.zeros(1, config.in_channels, EXPORT_SIZE, EXPORT_SIZE)
-    dynamic = {0: "batch", 1: "height", 2: "width"}
+    head = ServingHead(module)
+    outputs = OUTPUTS if head.with_features else OUTPUTS[:3]
+    maps = {0: "batch", 1: "height", 2: "width"}
+    dynamic = {INPUT: {0: "batch", 2: "height", 3: "width"}, **{name: maps for name in OUTPUTS[:3]}}
+    if head.with_features:
+        dynamic[OUTPUTS[3]] = {0: "batch"}
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation on every call
-        torch.onnx.export(_WithHead(module), (example,), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT], output_names=list(OUTPUTS),
-                          dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"},
-                                        OUTPUTS[0]: dynamic, OUTPUTS[1]: dynamic})
+        torch.onnx.export(head, (example,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT], output_names=list(outputs), dynamic_axes=dynamic)
     return buffer.getvalue()
 
 
@@ -77,8 +76,7 @@ def onnx_backend(module: nn.Module, config: ModelConfig, threads: int, run_norma
     model = export_onnx(module, config)
     session = run_normal(lambda: open_session(model, threads))
 
-    def predict(padded: Tensor) -> tuple[Tensor, Tensor]:
-        classes, confidence = session.run(None, {INPUT: padded.contiguous().numpy()})
-        return torch.from_numpy(classes), torch.from_numpy(confidence)
+    def predict(padded: Tensor) -> PixelMaps:
+        return PixelMaps(*(torch.from_numpy(o) for o in session.run(None, {INPUT: padded.contiguous().numpy()})))
 
     return Backend("onnxruntime", predict, torch_threads=False)

@@ -23,6 +23,7 @@ class Region:
     height: int
     area_px: int
     mean_confidence: float
+    doubt: float = 0.0  # mean normalised entropy over the region's pixels (server/doubt.py)
 
 
 def class_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -31,13 +32,14 @@ def class_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def defect_regions(mask: np.ndarray, confidence: np.ndarray, num_classes: int, min_area_px: int = MIN_AREA_PX,
-                   max_regions: int = MAX_REGIONS) -> list[Region]:
+                   max_regions: int = MAX_REGIONS, entropy: np.ndarray | None = None) -> list[Region]:
     """8-connected components of every defect class (background, class 0, skipped), largest first
-    (ties in class, then scan, order).
+    (ties in class, then scan, order). ``entropy``: the normalised entropy map, whose mean over a
+    region's pixels is its doubt (0 without it).
 
-    Each class is labelled once, the labels are merged into one image, and areas, confidence sums and
-    bounding boxes of all components come from single passes (bincount, find_objects); Python touches
-    only the regions returned, so a mask with thousands of specks costs milliseconds.
+    Each class is labelled once, the labels are merged into one image, and areas, confidence and entropy
+    sums and bounding boxes of all components come from single passes (bincount, find_objects); Python
+    touches only the regions returned, so a mask with thousands of specks costs milliseconds.
     """
     merged = np.zeros(mask.shape, dtype=np.int32)
     owners = [np.zeros(1, dtype=np.int64)]  # class of each merged label; label 0 is background
@@ -56,6 +58,8 @@ def defect_regions(mask: np.ndarray, confidence: np.ndarray, num_classes: int, m
     flat = merged.reshape(-1)
     areas = np.bincount(flat, minlength=len(classes))
     sums = np.bincount(flat, weights=np.asarray(confidence, dtype=np.float64).reshape(-1), minlength=len(classes))
+    doubts = (np.bincount(flat, weights=np.asarray(entropy, dtype=np.float64).reshape(-1), minlength=len(classes))
+              if entropy is not None else np.zeros(len(classes)))
     keep = np.nonzero(areas >= max(min_area_px, 1))[0]
     keep = keep[keep > 0]
     keep = keep[np.argsort(-areas[keep], kind="stable")][:max_regions]
@@ -68,5 +72,6 @@ def defect_regions(mask: np.ndarray, confidence: np.ndarray, num_classes: int, m
         regions.append(Region(
             class_id=int(classes[label]), x=cols.start, y=rows.start, width=cols.stop - cols.start,
             height=rows.stop - rows.start, area_px=int(areas[label]), mean_confidence=float(sums[label] / areas[label]),
+            doubt=float(doubts[label] / areas[label]),
         ))
     return regions

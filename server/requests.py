@@ -19,6 +19,30 @@ KSERVE_DTYPES: dict[str, np.dtype] = {
     "FP32": np.dtype("<f4"),
 }
 INPUT_NAME = "scan"
+RIG_METADATA = "x-rig-id"
+MAX_RIG_ID = 128
+
+
+def metadata_rig(context: grpc.aio.ServicerContext) -> str:
+    """The call's `x-rig-id` metadata, or ''."""
+    rig = next((value for key, value in context.invocation_metadata() or () if key == RIG_METADATA), "")
+    return rig.decode(errors="replace") if isinstance(rig, bytes) else rig
+
+
+def checked_rig(rig: str) -> str:
+    if len(rig) > MAX_RIG_ID:
+        raise InvalidInput("rig_id", f"is {len(rig)} characters long; at most {MAX_RIG_ID}")
+    return rig
+
+
+def rig_of(named: str, context: grpc.aio.ServicerContext) -> str:
+    """The rig a request names (its field or parameter), else its `x-rig-id` metadata, else ''."""
+    return checked_rig(named or metadata_rig(context))
+
+
+def infer_rig(request: kserve.ModelInferRequest) -> str:
+    """A KServe request names its rig with the string parameter `rig_id`."""
+    return request.parameters["rig_id"].string_param if "rig_id" in request.parameters else ""
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:

@@ -15,17 +15,19 @@ from weldstream.server.errors import status_for, unary
 from weldstream.server.inference import Prediction
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
-from weldstream.server.requests import deadline_of, scan_from_request
+from weldstream.server.requests import checked_rig, deadline_of, metadata_rig, rig_of, scan_from_request
+from weldstream.server.watch import ScanWatch
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
 
 STREAM_WINDOW = 8
 
 
 def build_response(scan_id: str, prediction: Prediction, started: float,
-                   with_confidence: bool) -> segmenter_pb2.SegmentResponse:
+                   with_confidence: bool, drift: float = 0.0) -> segmenter_pb2.SegmentResponse:
     """The response names the version that made the mask and that version's class names."""
     classes = prediction.classes
-    response = segmenter_pb2.SegmentResponse(scan_id=scan_id, model_version=prediction.version)
+    response = segmenter_pb2.SegmentResponse(scan_id=scan_id, model_version=prediction.version,
+                                             doubt=prediction.doubt, drift=drift)
     fill_tensor(response.mask, prediction.mask)
     for class_id, fraction in enumerate(prediction.fractions):
         response.class_fractions.add(class_id=class_id, class_name=classes[class_id], fraction=float(fraction))
@@ -36,6 +38,7 @@ def build_response(scan_id: str, prediction: Prediction, started: float,
             bbox=segmenter_pb2.BoundingBox(x=region.x, y=region.y, width=region.width, height=region.height),
             area_px=region.area_px,
             mean_confidence=region.mean_confidence,
+            doubt=region.doubt,
         )
     if with_confidence:
         fill_tensor(response.confidence, prediction.confidence)
@@ -81,10 +84,12 @@ def model_info(loaded: LoadedModel, cfg: ServerConfig) -> segmenter_pb2.ModelInf
 
 
 class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
-    def __init__(self, cfg: ServerConfig, slot: ModelSlot, batcher: Batcher, metrics: ServerMetrics) -> None:
+    def __init__(self, cfg: ServerConfig, slot: ModelSlot, batcher: Batcher, metrics: ServerMetrics,
+                 watch: ScanWatch) -> None:
         self._cfg = cfg
         self._slot = slot
         self._batcher = batcher
+        self._watch = watch
         self.metrics = metrics
         self.max_send_bytes = cfg.max_send_bytes
 
@@ -92,24 +97,29 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
     async def Segment(self, request: segmenter_pb2.SegmentRequest,
                       context: grpc.aio.ServicerContext) -> segmenter_pb2.SegmentResponse:
         started = time.perf_counter()
+        rig = rig_of(request.rig_id, context)
         scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
         [prediction] = await self._batcher.submit_many([scan], deadline_of(context), wants_regions(request))
-        return build_response(request.scan_id, prediction, started, request.return_confidence)
+        drift = self._watch.observe(request.scan_id, rig, scan, prediction)
+        return build_response(request.scan_id, prediction, started, request.return_confidence, drift.score)
 
     @unary
     async def GetModel(self, request: segmenter_pb2.GetModelRequest,
                          context: grpc.aio.ServicerContext) -> segmenter_pb2.ModelInfo:
         return model_info(self._slot.current(), self._cfg)
 
-    async def _answer_frame(self, request: segmenter_pb2.SegmentRequest) -> segmenter_pb2.SegmentResponse:
+    async def _answer_frame(self, request: segmenter_pb2.SegmentRequest,
+                            stream_rig: str) -> segmenter_pb2.SegmentResponse:
         """One stream frame; failures become an in-band `error` so the stream goes on."""
         started = time.perf_counter()
         self.metrics.inflight.inc()
         code = "OK"
         try:
+            rig = checked_rig(request.rig_id or stream_rig)
             scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
             prediction = await self._batcher.submit(scan, regions=wants_regions(request))
-            return build_response(request.scan_id, prediction, started, request.return_confidence)
+            drift = self._watch.observe(request.scan_id, rig, scan, prediction)
+            return build_response(request.scan_id, prediction, started, request.return_confidence, drift.score)
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
@@ -128,11 +138,12 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
         """Frames answered in the order they came. Up to STREAM_WINDOW frames are in flight at once, so
         a rig streaming faster than one forward pass gets its frames batched together."""
         window: asyncio.Queue[asyncio.Task[segmenter_pb2.SegmentResponse] | None] = asyncio.Queue(STREAM_WINDOW)
+        stream_rig = metadata_rig(context)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await window.put(asyncio.create_task(self._answer_frame(request)))
+                    await window.put(asyncio.create_task(self._answer_frame(request, stream_rig)))
             finally:
                 await window.put(None)
 

@@ -24,6 +24,8 @@ def test_demo_learns_and_keeps_the_first_domain(tmp_path):
     # ... and after learning the second, the first stayed within tolerance of its best
     assert summary["first_domain_final_miou"] >= summary["first_domain_best_miou"] - 0.10, summary
     assert summary["gem_steps"] > 20
+    # The loop is closed: the inspector labeled scans the server sent for review.
+    assert summary["labeled_from_review"] > 0
     # The summary shows what the served version scores next to each domain's best.
     served = summary["served_miou_vs_best"]
     assert summary["served_version"] >= 1 and FIRST in served, summary

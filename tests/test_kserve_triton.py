@@ -18,7 +18,7 @@ async def test_tritonclient_works_unmodified(server):
     assert result["live"] and result["ready"] and result["model_ready"]
     assert result["server"]["name"] == "weldstream"
     assert result["model"]["name"] == "weld-seg"
-    assert [o["name"] for o in result["model"]["outputs"]] == ["mask", "confidence"]
+    assert [o["name"] for o in result["model"]["outputs"]] == ["mask", "confidence", "doubt"]
     assert result["mask"] == {"shape": [2, 72, 100], "dtype": "uint8", "max": result["mask"]["max"]}
     assert result["mask"]["max"] < 5
     assert result["confidence"]["shape"] == [2, 72, 100] and result["confidence"]["dtype"] == "float32"

@@ -202,8 +202,11 @@ async def test_kserve_infer_with_typed_contents_and_bad_model_name(server):
     async with channel_for(server) as channel:
         stub = kserve_grpc.GRPCInferenceServiceStub(channel)
         reply = await stub.ModelInfer(kserve.ModelInferRequest(model_name="weld-seg", inputs=[tensor]))
-        assert [o.name for o in reply.outputs] == ["mask", "confidence"]
+        assert [o.name for o in reply.outputs] == ["mask", "confidence", "doubt"]
         assert list(reply.outputs[0].shape) == [2, 40, 48] and reply.model_version == "0"
+        assert list(reply.outputs[2].shape) == [2] and reply.outputs[2].datatype == "FP32"
+        doubt = np.frombuffer(reply.raw_output_contents[2], "<f4")
+        assert ((doubt > 0.5) & (doubt <= 1)).all()  # the untrained version 0 doubts everything
         mask = np.frombuffer(reply.raw_output_contents[0], np.uint8).reshape(2, 40, 48)
         assert mask.max() < 5
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -67,7 +67,7 @@ async def test_largest_scan_with_its_confidence_fits_the_send_limit(tmp_path, st
         request = kserve.ModelInferRequest(model_name="weld-seg", inputs=[tensor],
                                            raw_input_contents=[image.tobytes()])
         both = await stub.ModelInfer(request)
-        assert [o.name for o in both.outputs] == ["mask", "confidence"]
+        assert [o.name for o in both.outputs] == ["mask", "confidence", "doubt"]
         request.outputs.add(name="mask")
         only_mask = await stub.ModelInfer(request)
         assert [o.name for o in only_mask.outputs] == ["mask"] and len(only_mask.raw_output_contents) == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from weldstream.tiles import segment, tile_spans
+from weldstream.tiles import segment, segment_maps, tile_spans
 
 
 @pytest.mark.parametrize("length,tile,margin", [(100, 100, 8), (101, 64, 8), (1000, 256, 32), (300, 96, 16)])
@@ -41,6 +41,30 @@ def test_tiles_give_the_whole_pass_masks_when_the_margin_covers_the_receptive_fi
     assert torch.equal(tiled_classes, whole_classes)
     torch.testing.assert_close(tiled_confidence, whole_confidence)
     assert tiled_classes.dtype == torch.uint8 and tiled_classes.shape == (2, 200, 150)
+
+
+def test_tiles_give_the_whole_pass_entropy_and_features_average_over_tiles():
+    model = _local_model()
+    images = torch.randn(2, 1, 200, 150)
+    whole = segment_maps(model, images, stride=1, tile=1024, with_entropy=True)
+    tiled = segment_maps(model, images, stride=1, tile=64, margin=8, with_entropy=True)
+    assert whole.entropy is not None and tiled.entropy is not None
+    torch.testing.assert_close(tiled.entropy, whole.entropy)
+    assert float(whole.entropy.min()) >= 0 and float(whole.entropy.max()) <= 1
+    assert whole.features is None  # no encoder, nothing to pool
+
+    captured: list[torch.Tensor] = []
+
+    def predict(padded: torch.Tensor):  # a backend's Predictor with a per-tile "feature": the tile's mean
+        classes, confidence = segment(model, padded, stride=1)
+        captured.append(padded.mean(dim=(1, 2, 3))[:, None])
+        return classes, confidence, None, captured[-1]
+
+    maps = segment_maps(predict, images, stride=1, tile=64, margin=8)
+    assert maps.features is not None and len(captured) > 1
+    torch.testing.assert_close(maps.features, torch.stack(captured).mean(dim=0))
+    with pytest.raises(ValueError, match="entropy"):
+        segment_maps(predict, images, stride=1, tile=64, margin=8, with_entropy=True)
 
 
 def test_sides_that_do_not_divide_by_the_stride_are_padded_and_cropped_back():

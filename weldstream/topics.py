@@ -16,9 +16,11 @@ DEFAULT_KAFKA = "127.0.0.1:9092"
 LABELED_SCANS = "weld.scans.labeled"
 DEAD_LETTER = "weld.scans.deadletter"
 MODELS = "weld.models"
+# Served scans worth an inspector's time (doubtful, or from a drifting rig), published by the servers.
+REVIEW = "weld.scans.review"
 
 # Labeled scans are partitioned by scan id for producer throughput; the learner reads all partitions.
-DEFAULT_PARTITIONS = {LABELED_SCANS: 3, DEAD_LETTER: 1, MODELS: 1}
+DEFAULT_PARTITIONS = {LABELED_SCANS: 3, DEAD_LETTER: 1, MODELS: 1, REVIEW: 1}
 
 
 async def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None,
