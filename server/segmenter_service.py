@@ -47,8 +47,8 @@ def build_response(scan_id: str, prediction: Prediction, started: float,
 
 
 def wants_regions(request: segmenter_pb2.SegmentRequest) -> bool:
-    """return_regions, which clients that predate it leave unset: regions, as they always had."""
-    return request.return_regions if request.HasField("return_regions") else True
+    """Regions only when the request asks for them (``return_regions``)."""
+    return request.return_regions
 
 
 def model_info(loaded: LoadedModel, cfg: ServerConfig) -> segmenter_pb2.ModelInfo:

@@ -54,8 +54,9 @@ async def test_doubtful_scans_reach_the_review_topic_rate_limited_and_deduplicat
         stub = segmenter_pb2_grpc.SegmenterStub(channel)
         request = raw_request(first, "s0")
         request.rig_id = "rig-field"
+        request.return_regions = True
         response = await stub.Segment(request)
-        assert response.doubt > 0.9 and all(r.doubt > 0.9 for r in response.regions)
+        assert response.doubt > 0.9 and response.regions and all(r.doubt > 0.9 for r in response.regions)
         await stub.Segment(request)  # the same scan id again: a duplicate
         await stub.Segment(raw_request(first, "copy"))  # the same pixels under another id: a duplicate
         bad = raw_request(first, "bad")

@@ -1,4 +1,4 @@
-"""SegmentRequest.return_regions: unset keeps the regions older clients got; false skips them only."""
+"""SegmentRequest.return_regions: regions only when a request asks for them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def request(scan: np.ndarray, **flags) -> segmenter_pb2.SegmentRequest:
     return segmenter_pb2.SegmentRequest(scan_id="r", image=tensor_pb2.Image(tensor=array_to_tensor(scan)), **flags)
 
 
-async def test_regions_by_default_and_on_request_none_when_turned_off(server):
+async def test_regions_only_on_request(server):
     scan = (np.random.default_rng(2).random((96, 128)) * 4095).astype(np.uint16)
     (expected,) = predict_batch(fresh_model(ModelConfig(), torch.device("cpu")), [scan])
     assert expected.regions  # an untrained model's mask has regions to find
@@ -28,10 +28,9 @@ async def test_regions_by_default_and_on_request_none_when_turned_off(server):
         skipped = await stub.Segment(request(scan, return_regions=False, return_confidence=True))
         [streamed] = [r async for r in stub.SegmentStream(iter([request(scan, return_regions=False)]))]
     wanted = [(r.class_id, r.x, r.y, r.width, r.height, r.area_px) for r in expected.regions]
-    for response in (default, asked):
-        got = [(r.class_id, r.bbox.x, r.bbox.y, r.bbox.width, r.bbox.height, r.area_px) for r in response.regions]
-        assert got == wanted
-    assert len(skipped.regions) == 0 and len(streamed.regions) == 0
+    got = [(r.class_id, r.bbox.x, r.bbox.y, r.bbox.width, r.bbox.height, r.area_px) for r in asked.regions]
+    assert got == wanted
+    assert len(default.regions) == len(skipped.regions) == len(streamed.regions) == 0
     assert skipped.mask.data == default.mask.data == expected.mask.tobytes()
     assert [c.fraction for c in skipped.class_fractions] == [c.fraction for c in default.class_fractions]
     assert len(skipped.confidence.data) == 96 * 128 * 4

@@ -43,7 +43,8 @@ def infer_file(image_path: Path, connection: Connection, out: Path | None, timeo
     data = image_path.read_bytes()
     fmt = "tiff" if image_path.suffix.lower() in (".tif", ".tiff") else "png"
     request = segmenter_pb2.SegmentRequest(
-        scan_id=image_path.stem, image=tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(format=fmt, data=data))
+        scan_id=image_path.stem, image=tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(format=fmt, data=data)),
+        return_regions=True,  # the regions are what this command prints
     )
     with connection.channel([("grpc.max_receive_message_length", response_bytes())]) as channel:
         try:
