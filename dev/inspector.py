@@ -18,8 +18,8 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer
 from google.protobuf.message import DecodeError
 
-from weldstream.dev.rig import Schedule, labeled_producer, labeled_scan
-from weldstream.simulator import ScanSample, generate_scan
+from weldstream.dev.rig import Schedule, keep_pace, labeled_producer, labeled_scan, next_scan
+from weldstream.simulator import ScanSample
 from weldstream.topics import LABELED_SCANS, REVIEW
 from weldstream.v1 import stream_pb2
 
@@ -77,15 +77,12 @@ async def inspect(bootstrap: str, schedule: Schedule, rate: float, size: tuple[i
                 sample = sent.pop(waiting.get_nowait().scan_id)  # None: not a scan this rig sent, or already gone
                 from_review = sample is not None
             if sample is None:
-                index = counters[domain] = counters.get(domain, -1) + 1
-                sample = await asyncio.to_thread(generate_scan, domain, seed * 1_000_003 + index, size)
+                sample = await next_scan(domain, counters, seed, size)
             message = labeled_scan(sample, rig_id)
             await producer.send(LABELED_SCANS, message.SerializeToString(), key=message.scan_id.encode())
             labeled += 1
             on_label(domain, from_review)
-            delay = started + labeled / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await keep_pace(started, labeled, rate)
         await producer.flush()
     finally:
         await producer.stop()

@@ -76,6 +76,20 @@ async def labeled_producer(bootstrap: str, security: KafkaSecurity | None = None
     return producer
 
 
+async def next_scan(domain: str, counters: dict[str, int], seed: int, size: tuple[int, int]) -> ScanSample:
+    """The domain's next simulated scan in this rig's sequence (``counters``: scans drawn per domain)."""
+    index = counters[domain] = counters.get(domain, -1) + 1
+    return await asyncio.to_thread(generate_scan, domain, seed * 1_000_003 + index, size)
+
+
+async def keep_pace(started: float, count: int, rate: float) -> None:
+    """Sleep until ``count`` items at ``rate`` a second since ``started`` are due (rate 0: no wait)."""
+    if rate > 0:
+        delay = started + count / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
 async def produce_stream(bootstrap: str, schedule: Schedule, rate: float, size: tuple[int, int], seed: int = 0,
                          rig_id: str = "sim-rig-1", topic: str = LABELED_SCANS,
                          stop: asyncio.Event | None = None,
@@ -90,17 +104,13 @@ async def produce_stream(bootstrap: str, schedule: Schedule, rate: float, size: 
         for domain in schedule.domains(seed):
             if stop is not None and stop.is_set():
                 break
-            index = counters[domain] = counters.get(domain, -1) + 1
-            sample = await asyncio.to_thread(generate_scan, domain, seed * 1_000_003 + index, size)
+            sample = await next_scan(domain, counters, seed, size)
             message = labeled_scan(sample, rig_id)
             await producer.send(topic, message.SerializeToString(), key=message.scan_id.encode())
             sent += 1
             if on_scan is not None:
                 on_scan(sample)
-            if rate > 0:
-                delay = started + sent / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            await keep_pace(started, sent, rate)
         await producer.flush()
     finally:
         await producer.stop()
