@@ -57,6 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-per-domain", type=int, default=None, help="episodic memory budget, scans per domain")
     p.add_argument("--max-domains", type=int, default=None, help="keep only the first N domains")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 2)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="worker processes at once (default 1; 2 with --threads 1 uses 2 cores best, step times "
+                        "then share them)")
+    p.add_argument("--avalanche-seeds", type=int, default=None,
+                   help="run Avalanche's rows (ewc, si, lfl, avalanche-agem, avalanche-gem) on the first N seeds only")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite report.md and the plots from an existing results.json in --out")
 
@@ -70,7 +75,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         overrides["seeds"] = tuple(range(args.seeds))
     for arg, key in (("strategies", "strategies"), ("train_per_domain", "train_per_domain"),
                      ("test_per_domain", "test_per_domain"), ("steps_per_domain", "steps_per_domain"),
-                     ("threads", "threads"), ("device", "device"),
+                     ("threads", "threads"), ("device", "device"), ("parallel", "parallel"),
+                     ("avalanche_seeds", "avalanche_seeds"),
                      ("memory_per_domain", "memory_per_domain"), ("max_domains", "max_domains")):
         if getattr(args, arg) is not None:
             overrides[key] = getattr(args, arg)
@@ -87,7 +93,7 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--quick")
     for key in ("seeds", "data", "out", "train_per_domain", "test_per_domain", "steps_per_domain", "device",
                 "memory_per_domain",
-                "max_domains", "threads"):
+                "max_domains", "threads", "parallel", "avalanche_seeds"):
         value = getattr(args, key)
         if value is not None:
             parts += [f"--{key.replace('_', '-')}", str(value)]

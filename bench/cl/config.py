@@ -64,7 +64,9 @@ class BenchConfig:
     test_share: float = 0.2  # share of a folder dataset's scans per domain held out (by scan-id hash)
     domains: tuple[str, ...] | None = None  # simulator domains to use (canonical order kept); None = all
     max_domains: int | None = None  # keep only the first N domains of the stream
-    parallel: int = 1  # worker processes at once; >1 only for quick runs (step times then share the cores)
+    parallel: int = 1  # worker processes at once (>1: step times share the cores; ACC counts steps, not time)
+    # Avalanche's rows run on the first N seeds only (None: every seed), when the full run must fit its time.
+    avalanche_seeds: int | None = None
     threads: int = 2
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +83,8 @@ class BenchConfig:
             raise ValueError("size must be at least 32 x 32")
         if self.memory_per_domain < 1 or self.memory_batch < 1 or self.steps_per_domain < 1:
             raise ValueError("memory_per_domain, memory_batch and steps_per_domain must be >= 1")
+        if self.avalanche_seeds is not None and self.avalanche_seeds < 1:
+            raise ValueError(f"avalanche_seeds must be >= 1, got {self.avalanche_seeds}")
         if self.parallel < 1 or self.threads < 1:
             raise ValueError("parallel and threads must be >= 1")
         if not 0 < self.test_share < 1:
@@ -96,6 +100,12 @@ class BenchConfig:
         )
         base.update(overrides)
         return cls(**base)
+
+    def seeds_of(self, strategy: str) -> tuple[int, ...]:
+        """The seeds a strategy runs on: all of them, or the first ``avalanche_seeds`` for Avalanche's rows."""
+        if strategy in LEARNER_STRATEGIES or self.avalanche_seeds is None:
+            return self.seeds
+        return self.seeds[: self.avalanche_seeds]
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

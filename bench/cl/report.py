@@ -114,6 +114,17 @@ def _targets(targets: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _fewer_seeds(cfg: dict[str, Any]) -> str:
+    """Say where Avalanche's rows ran on fewer seeds, and where runs shared the cores."""
+    notes = []
+    n = cfg.get("avalanche_seeds")
+    if n is not None and n < len(cfg["seeds"]):
+        notes.append(f"Avalanche's rows on seeds {cfg['seeds'][:n]} only, to fit the run's time")
+    if cfg.get("parallel", 1) > 1:
+        notes.append(f"{cfg['parallel']} runs at once, so step times share the cores")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     cfg, run = payload["config"], payload["run"]
     summary, stream = payload["summary"], payload["stream"]
@@ -124,7 +135,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"Command: `{run['command']}`  ",
         f"Wall time: {run['wall_s'] / 60:.1f} min on {run['machine']}; load average {run['loadavg_start']} at the "
         f"start, {run['loadavg_end']} at the end (other work on the machine inflates step times).  ",
-        f"Mode: {'quick (pipeline check, not a result)' if cfg['quick'] else 'full'}; seeds {cfg['seeds']}.",
+        f"Mode: {'quick (pipeline check, not a result)' if cfg['quick'] else 'full'}; seeds {cfg['seeds']}"
+        + _fewer_seeds(cfg) + ".",
         "",
         "## Stream",
         "",
