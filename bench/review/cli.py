@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from weldstream.bench.review.config import ReviewBenchConfig
+from weldstream.bench.review.config import ORACLE, STRATEGIES, ReviewBenchConfig
 from weldstream.cli_args import parse_size
 
 DEFAULT_OUT = Path("runs/bench-review")
@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     p.add_argument("--served-per-round", type=int, default=None, help="scans served per round (default 30)")
+    p.add_argument("--with-oracle", action="store_true",
+                   help="add a diagnostic row that labels the scans with the most true defect pixels first")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.set_defaults(run=run)
 
@@ -39,7 +41,9 @@ def config_from(args: argparse.Namespace) -> ReviewBenchConfig:
     given = {"labels_per_domain": args.labels_per_domain, "steps_per_round": args.steps_per_round,
              "size": args.size, "threads": args.threads, "device": args.device,
              "served_per_round": args.served_per_round}
-    changes = {k: v for k, v in given.items() if v is not None}
+    changes: dict = {k: v for k, v in given.items() if v is not None}
+    if args.with_oracle:
+        changes["strategies"] = (*STRATEGIES, ORACLE)
     if args.seeds is not None or args.first_seed:
         count = args.seeds if args.seeds is not None else len(cfg.seeds)
         changes["seeds"] = tuple(range(args.first_seed, args.first_seed + count))

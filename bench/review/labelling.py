@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from weldstream.bench.review.config import ReviewBenchConfig
+from weldstream.bench.review.config import ORACLE, ReviewBenchConfig
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner
@@ -98,9 +98,14 @@ def served_doubt(model: torch.nn.Module, x: torch.Tensor, stride: int = 32) -> t
     return scan_doubt(entropy)
 
 
-def pick(strategy: str, doubts: torch.Tensor, count: int, rng: random.Random) -> list[int]:
+def pick(strategy: str, doubts: torch.Tensor, count: int, rng: random.Random,
+         defect_pixels: torch.Tensor | None = None) -> list[int]:
+    """The served scans the inspectors label: most doubted, random, or (the oracle) most true defect pixels."""
     if strategy == "review-first":
         return doubts.argsort(descending=True)[:count].tolist()
+    if strategy == ORACLE:
+        assert defect_pixels is not None, "the oracle ranks by the true masks"
+        return defect_pixels.argsort(descending=True, stable=True)[:count].tolist()
     return rng.sample(range(len(doubts)), count)
 
 
@@ -119,7 +124,7 @@ def run_strategy(strategy: str, learner: ContinualLearner, cfg: ReviewBenchConfi
             first = STREAM_SEED + seed * 100_000 + d * 10_000 + r * cfg.served_per_round
             served = render(domain, first, cfg.served_per_round, cfg.size)
             doubts = served_doubt(learner.model, served.x)
-            chosen = pick(strategy, doubts, cfg.round_labels, rng)
+            chosen = pick(strategy, doubts, cfg.round_labels, rng, (served.y > 0).sum(dim=(1, 2)))
             for i in chosen:
                 learner.add(LabeledSample(f"{domain}-{r}-{i}", domain, served.x[i], served.y[i], 0.0))
             learner.absorb()

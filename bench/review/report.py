@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from weldstream.bench.review.config import ReviewBenchConfig
+from weldstream.bench.review.config import ORACLE, ReviewBenchConfig
 from weldstream.bench.review.drift import DriftResult
 from weldstream.bench.review.labelling import Curve
 
@@ -41,7 +41,9 @@ def summarise(cfg: ReviewBenchConfig, curves: list[Curve], drift: DriftResult,
         for review, rand in zip(mine["review-first"], mine["random"], strict=True):
             n = labels_to_reach(labels, review.miou, rand.miou[-1])
             per_seed.append(None if n is None else n / cfg.labels_per_domain)
+        oracle = mine.get(ORACLE)
         domains[domain] = {
+            "oracle_labels_to_random_final": labels_to_reach(labels, mean[ORACLE], target) if oracle else None,
             "labels": labels,
             "miou_mean": {s: [round(v, 4) for v in m] for s, m in mean.items()},
             "miou_std": {s: [round(v, 4) for v in _spread(cs)] for s, cs in mine.items()},
@@ -91,6 +93,10 @@ def table(summary: dict[str, Any]) -> str:
                       f"{_share(d['review_first_share_to_random_final'])} (per seed: {seeds}); "
                       f"mean doubt of the labeled scans: review-first {d['mean_doubt_labeled']['review-first']:.3f}, "
                       f"random {d['mean_doubt_labeled']['random']:.3f}."]
+        if ORACLE in d["miou_mean"]:
+            n = d.get("oracle_labels_to_random_final")
+            lines.append(f"The {ORACLE} (a bound, not a strategy) reaches it with "
+                         f"{_share(None if n is None else n / d['labels'][-1])}.")
         lines.append("")
     if summary.get("learned_domain_doubt") is not None:
         doubts = "; ".join(f"{domain} {d['test_doubt_mean']['random'][0]:.2f} before its labels, "
