@@ -150,3 +150,18 @@ def test_avalanche_rows_can_run_on_fewer_seeds_and_the_report_says_so() -> None:
     assert BenchConfig(avalanche_seeds=None).seeds_of("si") == (0, 1, 2)
     with pytest.raises(ValueError, match="avalanche_seeds"):
         BenchConfig(avalanche_seeds=0)
+
+
+def test_avalanche_agem_runs_when_domains_outnumber_its_memory_batch() -> None:
+    """Avalanche's A-GEM splits its sample over the experiences seen; with more domains than memory scans
+    per reference gradient the split was 0 and the run failed with a DataLoader error."""
+    from dataclasses import replace
+
+    from weldstream.bench.cl.avalanche_runner import agem_sample_size, run_avalanche
+
+    cfg = replace(BenchConfig.quick_preset(), memory_batch=1, steps_per_domain=2, threads=1)
+    stream = build_stream(cfg)
+    assert len(stream.names) > cfg.memory_batch
+    assert agem_sample_size(cfg, len(stream.names)) == len(stream.names)
+    result, _ = run_avalanche("avalanche-agem", cfg, stream, seed=0)
+    assert result.error is None and len(result.miou) == len(stream.names)

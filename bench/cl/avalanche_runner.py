@@ -63,17 +63,26 @@ def _strengths(cfg: BenchConfig) -> Strengths:
     return Strengths(ewc_lambda=cfg.ewc_lambda, si_lambda=cfg.si_lambda, si_eps=cfg.si_eps, lfl_lambda=cfg.lfl_lambda)
 
 
-def setup_line(name: str, cfg: BenchConfig) -> str:
+def agem_sample_size(cfg: BenchConfig, domains: int) -> int:
+    """Avalanche's A-GEM draws ``sample_size // experiences`` patterns from each past experience's buffer
+    (its loader is rebuilt after every experience, the last included), so fewer than one a domain would
+    be a batch of 0 and a DataLoader error: at least one pattern per domain, else the shared memory_batch."""
+    return max(cfg.memory_batch, domains)
+
+
+def setup_line(name: str, cfg: BenchConfig, domains: int) -> str:
     if name in REGULARISED:
         return regularised_setup_line(name, _strengths(cfg))
     return {
-        "avalanche-agem": f"avalanche AGEM(patterns_per_exp={cfg.memory_per_domain}, sample_size={cfg.memory_batch})",
+        "avalanche-agem": f"avalanche AGEM(patterns_per_exp={cfg.memory_per_domain}, "
+                          f"sample_size={agem_sample_size(cfg, domains)})",
         "avalanche-gem": f"avalanche GEM(patterns_per_exp={_gem_patterns(cfg)}, memory_strength={cfg.gem_margin}); "
                          f"fewer patterns than the {cfg.memory_per_domain} of the others, see avalanche_gem_patterns",
     }[name]
 
 
-def build_strategy(name: str, cfg: BenchConfig, model: nn.Module, plugins: list[SupervisedPlugin]) -> Any:
+def build_strategy(name: str, cfg: BenchConfig, model: nn.Module, plugins: list[SupervisedPlugin],
+                   domains: int) -> Any:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     sizes: dict[str, Any] = dict(
         train_mb_size=cfg.batch_size + cfg.rehearsal,
@@ -87,7 +96,7 @@ def build_strategy(name: str, cfg: BenchConfig, model: nn.Module, plugins: list[
     common: dict[str, Any] = dict(model=model, optimizer=optimizer, criterion=segmentation_loss,
                                   evaluator=EvaluationPlugin(loggers=[]), **sizes)
     if name == "avalanche-agem":
-        return AGEM(patterns_per_exp=cfg.memory_per_domain, sample_size=cfg.memory_batch, **common)
+        return AGEM(patterns_per_exp=cfg.memory_per_domain, sample_size=agem_sample_size(cfg, domains), **common)
     if name == "avalanche-gem":
         return GEM(patterns_per_exp=_gem_patterns(cfg), memory_strength=cfg.gem_margin, **common)
     raise ValueError(f"unknown Avalanche strategy {name!r}; choose one of {list(AVALANCHE_STRATEGIES)}")
@@ -170,9 +179,9 @@ def run_avalanche(name: str, cfg: BenchConfig, stream: Stream, seed: int,
     marks: dict[str, float] = {}
     log = StepLog()
     tail = _Tail(marks, log, cfg.clip_norm, progress)
-    strategy = build_strategy(name, cfg, model, [_Stamp("head", marks)])
+    strategy = build_strategy(name, cfg, model, [_Stamp("head", marks)], len(stream.names))
     strategy.plugins.append(tail)  # after the strategy's own plugins, the evaluator and the clock
-    result = RunResult(name, seed, stream.names, setup=setup_line(name, cfg))
+    result = RunResult(name, seed, stream.names, setup=setup_line(name, cfg, len(stream.names)))
     record_baseline(result, strategy.model, stream)
     benchmark = build_benchmark(stream, cfg)
     for i, experience in enumerate(benchmark.train_stream):
