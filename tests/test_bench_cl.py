@@ -129,12 +129,12 @@ def test_quick_benchmark_writes_a_real_report(tmp_path: Path) -> None:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_avalanche_rows_can_run_on_fewer_seeds_and_the_report_says_so() -> None:
+def test_avalanche_rows_can_run_on_run_notes_and_the_report_says_so() -> None:
     """The full run fits its time by giving Avalanche's rows fewer seeds; the learner's rows keep them all."""
     import argparse
 
     from weldstream.bench.cl.cli import add_arguments, command_line, config_from_args
-    from weldstream.bench.cl.report import _fewer_seeds
+    from weldstream.bench.cl.report import _run_notes
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -144,9 +144,9 @@ def test_avalanche_rows_can_run_on_fewer_seeds_and_the_report_says_so() -> None:
     assert cfg.seeds_of("replay-gem") == cfg.seeds_of("offline-joint") == (0, 1, 2)
     assert cfg.seeds_of("ewc") == cfg.seeds_of("avalanche-gem") == (0,)
     assert "--avalanche-seeds 1" in command_line(args) and "--parallel 2" in command_line(args)
-    note = _fewer_seeds(cfg.to_dict())
+    note = _run_notes(cfg.to_dict())
     assert "seeds [0] only" in note and "2 runs at once" in note
-    assert _fewer_seeds(BenchConfig().to_dict()) == ""
+    assert _run_notes(BenchConfig().to_dict()) == ""
     assert BenchConfig(avalanche_seeds=None).seeds_of("si") == (0, 1, 2)
     with pytest.raises(ValueError, match="avalanche_seeds"):
         BenchConfig(avalanche_seeds=0)

@@ -114,7 +114,7 @@ def _targets(targets: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _fewer_seeds(cfg: dict[str, Any]) -> str:
+def _run_notes(cfg: dict[str, Any]) -> str:
     """Say where Avalanche's rows ran on fewer seeds, and where runs shared the cores."""
     notes = []
     n = cfg.get("avalanche_seeds")
@@ -136,7 +136,7 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"Wall time: {run['wall_s'] / 60:.1f} min on {run['machine']}; load average {run['loadavg_start']} at the "
         f"start, {run['loadavg_end']} at the end (other work on the machine inflates step times).  ",
         f"Mode: {'quick (pipeline check, not a result)' if cfg['quick'] else 'full'}; seeds {cfg['seeds']}"
-        + _fewer_seeds(cfg) + ".",
+        + _run_notes(cfg) + ".",
         "",
         "## Stream",
         "",
