@@ -56,6 +56,11 @@ class LearnerConfig:
     # Publish (or refuse) a candidate every N steps or T seconds, whichever comes first.
     publish_every_steps: int = setting(20, help="consider publishing a version every N steps ...")
     publish_every_s: float = setting(30.0, help="... or every T seconds, whichever comes first")
+    # Judging a candidate (checkpoint, validation of it and of the served version, drift references) costs
+    # as much as dozens of steps on a 2-core CPU: the step trigger waits until judging has taken at most
+    # this share of the time since the last judgement (the seconds trigger above still bounds the wait).
+    judging_share: float = setting(0.1, help="most share of wall time spent judging candidates when the "
+                                             "step trigger fires")
     # A candidate is refused if any domain's validation mIoU drops more than this below the live version,
     # and a paired bootstrap over the held-out scans finds it lower in at least this share of resamples
     # (0 refuses on the tolerance alone).
@@ -91,6 +96,8 @@ class LearnerConfig:
             raise ValueError("defect_share must be in [0, 1] and final_lr_share in (0, 1]")
         if self.publish_every_steps < 1 or self.publish_every_s <= 0:
             raise ValueError("publish_every_steps must be >= 1 and publish_every_s > 0")
+        if not 0 < self.judging_share <= 1:
+            raise ValueError("judging_share must be in (0, 1]")
         if not 0 <= self.regression_confidence <= 1:
             raise ValueError("regression_confidence must be in [0, 1]")
         if self.max_domains < 1 or self.liveness_timeout_s <= 0:

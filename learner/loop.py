@@ -62,6 +62,7 @@ class LearnerLoop:
         self.steps_at_publish = 0
         self.steps_at_checkpoint = 0
         self.last_publish = time.monotonic()
+        self.judging_s = 0.0  # how long the last checkpoint-and-judge took
         self.dirty = False  # consumed something not yet in a checkpoint
         self.scans_at_checkpoint = 0
         self.publisher = Publisher(cfg, self.store, self.device)
@@ -193,10 +194,14 @@ class LearnerLoop:
             self.dirty = True
 
     def publish_due(self) -> bool:
+        """Every --publish-every-steps steps, once judging would take at most --judging-share of the time
+        since the last judgement; or every --publish-every-s seconds, whichever comes first."""
+        cfg = self.cfg
         steps = self.learner.steps - self.steps_at_publish
         elapsed = time.monotonic() - self.last_publish
-        return steps >= self.cfg.publish_every_steps or (elapsed >= self.cfg.publish_every_s and
-                                                          (steps > 0 or self.dirty))
+        judging_paid = elapsed >= self.judging_s * (1 - cfg.judging_share) / cfg.judging_share
+        return (steps >= cfg.publish_every_steps and judging_paid) or (
+            elapsed >= cfg.publish_every_s and (steps > 0 or self.dirty))
 
     # -- stage 3: validate, then publish or refuse (the caller announces, checkpoints and commits)
     async def publish(self) -> Manifest | None:
@@ -306,6 +311,14 @@ async def publish_and_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer, prod
     The checkpoint comes first so that a published version's training state (the parent of the next
     version) is always on disk, whatever moment a crash picks.
     """
+    started = time.monotonic()
+    try:
+        await _checkpoint_judge_commit(loop, consumer, producer)
+    finally:
+        loop.judging_s = time.monotonic() - started
+
+
+async def _checkpoint_judge_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
     try:
         await loop.checkpoint()
     except OSError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from weldstream.announcements import announcement
@@ -80,3 +82,19 @@ def test_without_a_checkpoint_the_learner_goes_on_from_the_newest_stored_version
     assert loop.publisher.parent_version == 1 and loop.publisher.live_version == 1
     for name, tensor in loop.learner.model.state_dict().items():
         assert torch.equal(tensor, first[name]), name
+
+
+def test_the_step_trigger_waits_until_judging_is_at_most_its_share_of_the_time(tmp_path):
+    cfg = learner_config("unused:9092", tmp_path / "models", publish_every_steps=2, publish_every_s=1000.0,
+                         judging_share=0.1)
+    loop = LearnerLoop(cfg, LearnerMetrics())
+    loop.learner.steps = 5  # past the step trigger
+    assert loop.publish_due()  # nothing judged yet: no wait
+    loop.judging_s = 2.0  # the last judgement took 2 s: 18 s of training first, so judging stays at 10 %
+    loop.last_publish = time.monotonic() - 10.0
+    assert not loop.publish_due()
+    loop.last_publish = time.monotonic() - 19.0
+    assert loop.publish_due()
+    loop.steps_at_publish, loop.dirty = 5, True  # no new steps, but something new consumed
+    loop.last_publish = time.monotonic() - 1001.0
+    assert loop.publish_due()  # the seconds trigger still bounds the wait
