@@ -128,6 +128,30 @@ def test_quick_benchmark_writes_a_real_report(tmp_path: Path) -> None:
     for name in plots:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
+    # --update reruns one strategy on the stored configuration and data and replaces only its rows.
+    rerun = subprocess.run(
+        [sys.executable, "-m", "weldstream.bench.cl", "--out", str(out), "--strategies", "naive", "--update"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-4000:]
+    updated = json.loads((out / "results.json").read_text())
+    assert updated["config"] == config and list(updated["summary"]) == list(RUN)
+    assert [u["strategies"] for u in updated["run"]["updates"]] == [["naive"]]
+    before = {(r["strategy"], r["seed"]): r for r in runs}
+    after = {(r["strategy"], r["seed"]): r for r in updated["runs"]}
+    assert before.keys() == after.keys()
+    for key, row in after.items():
+        if key[0] == "naive":
+            assert row["wall_s"] != before[key]["wall_s"]  # a fresh run
+        else:
+            assert row == before[key]
+    assert "Rerun later (`--update`), same data and budget: naive" in (out / "report.md").read_text()
+    refused = subprocess.run(
+        [sys.executable, "-m", "weldstream.bench.cl", "--out", str(out), "--strategies", "si", "--update"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert refused.returncode == 2 and "not in" in refused.stdout
+
 
 def test_avalanche_rows_can_run_on_run_notes_and_the_report_says_so() -> None:
     """The full run fits its time by giving Avalanche's rows fewer seeds; the learner's rows keep them all."""

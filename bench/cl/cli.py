@@ -23,6 +23,7 @@ from typing import Any
 from weldstream.bench.cl.config import STRATEGIES, BenchConfig
 from weldstream.bench.cl.plots import plot_all
 from weldstream.bench.cl.report import write_csv, write_json, write_markdown
+from weldstream.bench.cl.result import RunResult
 from weldstream.bench.cl.runner import run_all
 from weldstream.bench.cl.stream import build_stream
 from weldstream.bench.cl.summary import summarise, targets
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "then share them)")
     p.add_argument("--avalanche-seeds", type=int, default=None,
                    help="run Avalanche's rows (ewc, si, lfl, avalanche-agem, avalanche-gem) on the first N seeds only")
+    p.add_argument("--update", action="store_true",
+                   help="rerun only --strategies on the configuration and data of the results.json in --out and "
+                        "replace their rows there (the report says which rows were rerun, when and how)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite report.md and the plots from an existing results.json in --out")
 
@@ -115,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         render(args.out, json.loads((args.out / "results.json").read_text()))
         print(f"bench cl: report rewritten in {args.out / 'report.md'}")
         return 0
+    if getattr(args, "update", False):
+        return update(args)
     try:
         cfg = config_from_args(args)
     except ValueError as exc:
@@ -146,6 +152,48 @@ def run(args: argparse.Namespace) -> int:
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     print(json.dumps({t["target"]: t["met"] for t in payload["targets"]}, indent=1))
     return 1 if len(failed) == len(summary) else 0
+
+
+def update(args: argparse.Namespace) -> int:
+    """Rerun some strategies on an existing report's configuration and data, and replace their rows.
+
+    A change to one strategy then costs its own runs, not the whole benchmark; the stream is rebuilt from
+    the stored configuration and must describe the same data, or nothing is written.
+    """
+    out: Path = args.out
+    path = out / "results.json"
+    if not path.is_file() or not args.strategies:
+        print(f"bench cl: --update needs --strategies and an existing {path}")
+        return 2
+    payload = json.loads(path.read_text())
+    stored = BenchConfig.from_dict(payload["config"])
+    unknown = [s for s in args.strategies if s not in stored.strategies]
+    if unknown:
+        print(f"bench cl: {unknown} are not in {path}; rerun the whole benchmark to add strategies")
+        return 2
+    cfg = replace(stored, strategies=args.strategies,
+                  **{k: getattr(args, k) for k in ("parallel", "threads") if getattr(args, k) is not None})
+    started, load_start = time.perf_counter(), _loadavg()
+    stream = build_stream(cfg)
+    if stream.describe() != payload["stream"]:
+        print("bench cl: the rebuilt stream differs from the stored one; nothing written")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench-cl-") as work:
+        fresh = run_all(cfg, stream, Path(work))
+    kept = [RunResult.from_dict(r) for r in payload["runs"] if r["strategy"] not in args.strategies]
+    results = sorted(kept + fresh, key=lambda r: (r.seed, stored.strategies.index(r.strategy)))
+    summary = summarise(results, stored.strategies)
+    payload["run"].setdefault("updates", []).append({
+        "command": command_line(args) + " --update", "strategies": list(args.strategies),
+        "wall_s": time.perf_counter() - started, "machine": _machine(cfg), "loadavg_start": load_start,
+        "loadavg_end": _loadavg(), "finished": time.strftime("%Y-%m-%d %H:%M")})
+    payload.update(summary=summary, targets=targets(summary), runs=[r.to_dict() for r in results])
+    write_json(path, payload)
+    write_csv(out / "results.csv", results)
+    render(out, payload)
+    print(f"bench cl: {', '.join(args.strategies)} rerun, report in {out / 'report.md'}")
+    print(json.dumps({t["target"]: t["met"] for t in payload["targets"]}, indent=1))
+    return 0
 
 
 def _loadavg() -> str:
