@@ -137,6 +137,7 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"start, {run['loadavg_end']} at the end (other work on the machine inflates step times).  ",
         f"Mode: {'quick (pipeline check, not a result)' if cfg['quick'] else 'full'}; seeds {cfg['seeds']}"
         + _run_notes(cfg) + ".",
+        *([""] if run.get("updates") else []),
         *[f"Rerun later (`--update`), same data and budget: {', '.join(u['strategies'])} on {u['finished']}, "
           f"`{u['command']}`, {u['wall_s'] / 60:.1f} min on {u['machine']}.  " for u in run.get("updates", [])],
         "",
