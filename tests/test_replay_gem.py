@@ -105,10 +105,10 @@ def test_applied_gradient_is_the_projection_of_the_clean_gradient() -> None:
     model = trained_model()
     G = memory_loss_gradient(model, x_mem, y_mem)[None]
     g_clean = memory_loss_gradient(model, *current)
-    cfg = StepConfig(strategy="gem", clip_norm=None, memory_batch=8)
-    expected, violated = project_gem(g_clean, G, margin=cfg.margin, eps=cfg.eps)
+    expected, violated = project_gem(g_clean, G, margin=0.5, eps=1e-3)
     assert violated
 
+    cfg = StepConfig(strategy="gem", clip_norm=None, memory_batch=8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     gem_step(model, optimizer, current, memory, cfg, "new", ReferenceGradients())
     torch.testing.assert_close(flatten_grads(list(model.parameters())), expected, rtol=1e-5, atol=1e-6)
@@ -204,14 +204,6 @@ def test_memory_holding_only_the_current_domain_is_a_plain_step() -> None:
     assert stats.past_domains == 0 and not stats.projected and stats.memory_s < 0.1
 
 
-def test_gem_margin_defaults_by_strategy() -> None:
-    assert StepConfig(strategy="gem").margin == 0.5  # the reference code's memory_strength
-    assert StepConfig(strategy="replay-gem").margin == 0.0  # rehearsal trains the past; projection stops a rise
-    assert StepConfig(strategy="replay-gem", margin=0.3).margin == 0.3
-    with pytest.raises(ValueError):
-        StepConfig(margin=-0.1)
-
-
 def test_step_config_rejects_unknown_values() -> None:
     with pytest.raises(ValueError, match="gem"):
         StepConfig(strategy="ewc")
@@ -261,8 +253,5 @@ def test_replay_gem_projects_the_current_part_once_a_past_domain_is_being_forgot
     assert stats.projected and stats.violations == 1
     torch.testing.assert_close(applied, projected_current + g_rehearsal, rtol=1e-4, atol=1e-6)
     # The current crops' part no longer raises the old domain's loss (to first order); rehearsal is kept.
-    # With replay-gem's margin 0 it gives up only that: its product with the reference is zero, not pushed
-    # above it (rehearsal already trains the old domain).
-    scale = float(G.norm() * applied.norm())
-    assert abs(float((applied - g_rehearsal) @ G[0])) <= 1e-3 * scale
-    assert stats.min_dot is not None and stats.min_dot >= -1e-6 * scale
+    assert float((applied - g_rehearsal) @ G[0]) >= -1e-6 * float(G.norm() * applied.norm())
+    assert stats.min_dot is not None and stats.min_dot >= -1e-6 * float(G.norm() * applied.norm())
