@@ -153,7 +153,7 @@ def test_quick_benchmark_writes_a_real_report(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "not in" in refused.stdout
 
 
-def test_avalanche_rows_can_run_on_run_notes_and_the_report_says_so() -> None:
+def test_avalanche_rows_can_run_on_fewer_seeds_and_the_report_says_so() -> None:
     """The full run fits its time by giving Avalanche's rows fewer seeds; the learner's rows keep them all."""
     import argparse
 

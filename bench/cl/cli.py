@@ -136,21 +136,18 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(results, cfg.strategies)
     payload = {
         "config": cfg.to_dict(),
-        "run": {"command": command_line(args), "wall_s": time.perf_counter() - started, "machine": _machine(cfg),
-                "loadavg_start": load_start, "loadavg_end": _loadavg(), "finished": time.strftime("%Y-%m-%d %H:%M")},
+        "run": _run_record(command_line(args), cfg, started, load_start),
         "source": stream.source,
         "stream": stream.describe(),
         "summary": summary,
         "targets": targets(summary),
         "runs": [r.to_dict() for r in results],
     }
-    write_json(out / "results.json", payload)
-    write_csv(out / "results.csv", results)
-    render(out, payload)
+    _write(out, payload, results)
     failed = [s for s, e in summary.items() if not e["runs_ok"]]
     print(f"bench cl: report in {out / 'report.md'} ({payload['run']['wall_s'] / 60:.1f} min)"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
-    print(json.dumps({t["target"]: t["met"] for t in payload["targets"]}, indent=1))
+    _print_targets(payload)
     return 1 if len(failed) == len(summary) else 0
 
 
@@ -183,17 +180,31 @@ def update(args: argparse.Namespace) -> int:
     kept = [RunResult.from_dict(r) for r in payload["runs"] if r["strategy"] not in args.strategies]
     results = sorted(kept + fresh, key=lambda r: (r.seed, stored.strategies.index(r.strategy)))
     summary = summarise(results, stored.strategies)
-    payload["run"].setdefault("updates", []).append({
-        "command": command_line(args) + " --update", "strategies": list(args.strategies),
-        "wall_s": time.perf_counter() - started, "machine": _machine(cfg), "loadavg_start": load_start,
-        "loadavg_end": _loadavg(), "finished": time.strftime("%Y-%m-%d %H:%M")})
+    payload["run"].setdefault("updates", []).append(
+        {**_run_record(command_line(args) + " --update", cfg, started, load_start),
+         "strategies": list(args.strategies)})
     payload.update(summary=summary, targets=targets(summary), runs=[r.to_dict() for r in results])
-    write_json(path, payload)
+    _write(out, payload, results)
+    print(f"bench cl: {', '.join(args.strategies)} rerun, report in {out / 'report.md'}")
+    _print_targets(payload)
+    return 0
+
+
+def _run_record(command: str, cfg: BenchConfig, started: float, load_start: str) -> dict[str, Any]:
+    """How a run was made: the command, its wall time, the machine and its load."""
+    return {"command": command, "wall_s": time.perf_counter() - started, "machine": _machine(cfg),
+            "loadavg_start": load_start, "loadavg_end": _loadavg(), "finished": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def _write(out: Path, payload: dict[str, Any], results: list[RunResult]) -> None:
+    """results.json, results.csv, the plots and report.md."""
+    write_json(out / "results.json", payload)
     write_csv(out / "results.csv", results)
     render(out, payload)
-    print(f"bench cl: {', '.join(args.strategies)} rerun, report in {out / 'report.md'}")
+
+
+def _print_targets(payload: dict[str, Any]) -> None:
     print(json.dumps({t["target"]: t["met"] for t in payload["targets"]}, indent=1))
-    return 0
 
 
 def _loadavg() -> str:
