@@ -47,6 +47,10 @@ class LearnerConfig:
     # well-settled model; new scans raise the budget and the rate again.
     decay_steps: int = setting(400, help="the learning rate anneals over the budget's last N steps ...")
     final_lr_share: float = setting(0.05, help="... down to this share of the peak")
+    # What is judged and published is an exponential average of the trained weights (learner/averaging.py):
+    # it holds old domains steady while the trained weights wander at the peak learning rate.
+    average_half_life: float = setting(20.0, help="published weights average the trained ones over "
+                                                  "this half-life in steps (0: publish the trained weights)")
     # One crop (crop_size²) per stored scan: 200 crops of 96² are 7.4 MB a domain in float32.
     memory_per_domain: int = setting(200, help="episodic memory budget, crops per domain")
     # Share of every domain's scans held out for validation, chosen by scan id (stable across restarts).
@@ -92,6 +96,8 @@ class LearnerConfig:
                              "must be >= 1")
         if self.crop_size and (self.crop_size < 32 or self.crop_size % 32):
             raise ValueError("crop_size must be 0 (auto) or a multiple of 32, at least 32")
+        if self.average_half_life < 0:
+            raise ValueError("average_half_life must be >= 0 steps")
         if not 0 <= self.defect_share <= 1 or not 0 < self.final_lr_share <= 1:
             raise ValueError("defect_share must be in [0, 1] and final_lr_share in (0, 1]")
         if self.publish_every_steps < 1 or self.publish_every_s <= 0:

@@ -139,13 +139,14 @@ class Publisher:
 
     def consider(self, learner: ContinualLearner, validation: ValidationSets,
                  offsets: list[dict[str, int | str]]) -> Decision:
-        """Score the learner's model; publish it as a new version unless some domain regressed."""
-        decision = self.judge(learner.model, validation, seed=learner.steps)
+        """Score the learner's published (averaged) weights; publish them as a new version unless some domain
+        regressed."""
+        decision = self.judge(learner.published, validation, seed=learner.steps)
         if not decision.promoted:
             return decision
         label_times = learner.label_times
         decision = self.publish(
-            learner.model, decision, validation,
+            learner.published, decision, validation,
             strategy=self.cfg.step.strategy,
             offsets=offsets,
             metrics={
@@ -156,7 +157,7 @@ class Publisher:
                 "memory": learner.memory.per_domain(),
                 "labels_learned": len(label_times),
                 "label_time_median": statistics.median(label_times) if label_times else 0.0,
-                REFERENCE_KEY: validation.feature_reference(learner.model, self.cfg.model.stride),
+                REFERENCE_KEY: validation.feature_reference(learner.published, self.cfg.model.stride),
             },
             newest_label_at=max(label_times, default=0.0),
         )

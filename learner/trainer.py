@@ -4,7 +4,8 @@ Training is driven by compute, not by arrivals: every labeled scan that joins th
 ``max_steps_per_scan`` steps, and the learner spends that budget whenever it has compute, drawing fresh
 augmented crops from the window (plus memory scans of past domains) for every step. When the stream
 pauses, it keeps learning from what it has until the budget is spent, with the learning rate annealed
-over the budget's last ``decay_steps`` steps; new scans raise the budget and the rate again.
+over the budget's last ``decay_steps`` steps; new scans raise the budget and the rate again. What gets
+judged and published is ``published``, an exponential average of the trained weights (``averaging.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from functools import partial
 import torch
 
 from weldstream.learner.augment import augment
+from weldstream.learner.averaging import WeightAverage
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.crops import cut_crop
 from weldstream.learner.records import LabeledSample
@@ -50,6 +52,7 @@ class ContinualLearner:
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self._new_optimizer()
+        self.average = WeightAverage(self.model, cfg.average_half_life)
         self.memory = ReplayMemory(cfg.memory_per_domain, device=device, seed=cfg.seed)
         self.references = ReferenceGradients()
         self.window = TrainingWindow(cfg.window_scans, cfg.window_mb << 20, device)
@@ -63,15 +66,21 @@ class ContinualLearner:
         # Label times of scans trained since the last publish, for freshness accounting.
         self.label_times: list[float] = []
 
+    @property
+    def published(self) -> torch.nn.Module:
+        """The weights a candidate version carries: the average of the trained ones."""
+        return self.average.model
+
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.learning_rate,
                                  weight_decay=self.cfg.weight_decay)
 
     def adopt(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Continue from another trainer's weights (a consolidated version). The window, the memory and
-        the step budget stay; the optimiser starts afresh (its moments belonged to the old weights) and
-        GEM's reference gradients are recomputed on the new ones."""
+        the step budget stay; the optimiser starts afresh (its moments belonged to the old weights), the
+        average restarts from the new weights and GEM's reference gradients are recomputed on them."""
         self.model.load_state_dict(state_dict)
+        self.average.reset(self.model)
         self.optimizer = self._new_optimizer()
         self.references.clear()
 
@@ -131,6 +140,7 @@ class ContinualLearner:
         x, y = self.window.sample(cfg.batch_size, self.crop_size, cfg.defect_share, self.generator)
         stats = gem_step(self.model, self.optimizer, (x, y), self.memory, cfg.step, self.window.domains(),
                          self.references, transform=partial(augment, generator=self.generator))
+        self.average.update(self.model)
         self.steps += 1
         self.projected_steps += int(stats.projected)
         return stats
@@ -138,6 +148,7 @@ class ContinualLearner:
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
+            "average": self.average.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "memory": self.memory.state_dict(),
             "window": self.window.state_dict(),
@@ -153,6 +164,8 @@ class ContinualLearner:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        # Checkpoints written before averaging existed start the average at the trained weights.
+        self.average.model.load_state_dict(state.get("average", state["model"]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.memory.load_state_dict(state["memory"], device=self.device)
         self.window.load_state_dict(state["window"])

@@ -80,8 +80,9 @@ def test_without_a_checkpoint_the_learner_goes_on_from_the_newest_stored_version
     WeightStore(cfg.model_dir).publish(first, ModelConfig(), parent_version=0, strategy="consolidate-joint")
     loop = LearnerLoop(cfg, LearnerMetrics())
     assert loop.publisher.parent_version == 1 and loop.publisher.live_version == 1
-    for name, tensor in loop.learner.model.state_dict().items():
-        assert torch.equal(tensor, first[name]), name
+    for model in (loop.learner.model, loop.learner.published):
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, first[name]), name
 
 
 def test_the_step_trigger_waits_until_judging_is_at_most_its_share_of_the_time(tmp_path):

@@ -118,7 +118,7 @@ def _publisher_with_a_live_version(tmp_path, **overrides) -> tuple[Publisher, Co
         mask[:, : 16 + i] = 1  # cracks over a quarter to a half of the scan
         validation.add(f"scan-{i}", "ut", torch.randn(1, 64, 64), mask)
     learner = ContinualLearner(cfg, CPU)
-    learner.model.load_state_dict(live)
+    learner.adopt(live)  # what it judges and publishes: its averaged weights, reset to these
     return Publisher(cfg, store, CPU), learner, validation
 
 
@@ -132,7 +132,7 @@ def test_the_publisher_promotes_a_candidate_that_did_not_regress(tmp_path) -> No
 
 def test_the_publisher_refuses_a_candidate_that_really_regressed(tmp_path) -> None:
     publisher, learner, validation = _publisher_with_a_live_version(tmp_path)
-    _segment_everything_as(learner.model, cls=0)  # finds no defect at all
+    _segment_everything_as(learner.published, cls=0)  # finds no defect at all
     decision = publisher.consider(learner, validation, offsets=[])
     assert not decision.promoted and decision.manifest is None
     assert decision.regressions["ut"].confidence == 1.0
@@ -143,7 +143,7 @@ def test_the_publisher_refuses_a_candidate_that_really_regressed(tmp_path) -> No
 def test_a_candidate_blind_to_a_domains_defects_is_refused_whatever_the_tolerance(tmp_path) -> None:
     """mIoU cannot fall below 0: without this rule an all-background model passed any loose guard."""
     publisher, learner, validation = _publisher_with_a_live_version(tmp_path, regression_tolerance=1.0)
-    _segment_everything_as(learner.model, cls=0)  # finds no defect at all
+    _segment_everything_as(learner.published, cls=0)  # finds no defect at all
     decision = publisher.consider(learner, validation, offsets=[])
     assert not decision.promoted and decision.manifest is None
     assert "ut" in decision.regressions and publisher.live_version == 1
@@ -166,10 +166,10 @@ def test_the_guard_compares_with_the_pinned_version_and_the_lineage_stays_the_le
     publisher, learner, validation = _publisher_with_a_live_version(tmp_path)  # v1 finds every crack
     blind = _segment_everything_as(build_model(learner.cfg.model, seed=2), cls=0)
     publisher.store.publish(blind, learner.cfg.model, parent_version=1)  # v2: finds nothing
-    publisher.store.publish(learner.model.state_dict(), learner.cfg.model, parent_version=2)  # v3 = v1's weights
+    publisher.store.publish(learner.published.state_dict(), learner.cfg.model, parent_version=2)  # v3 = v1's weights
     publisher.parent_version = 3
     assert publisher.follow_served() and publisher.live_version == 3
-    learner.model.load_state_dict(blind)
+    learner.published.load_state_dict(blind)
     assert not publisher.consider(learner, validation, offsets=[]).promoted  # blind against v3: refused
 
     publisher.store.pin(2)  # the operator holds the servers on the blind v2

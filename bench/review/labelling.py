@@ -118,12 +118,12 @@ def run_strategy(strategy: str, learner: ContinualLearner, cfg: ReviewBenchConfi
         test = render(domain, TEST_SEED + d * 10_000, cfg.test_per_domain, cfg.size)
         curve = Curve(strategy, seed, domain)
         curve.labels.append(0)
-        curve.miou.append(evaluate(learner.model, test.x, test.y).miou)
-        curve.test_doubt.append(float(served_doubt(learner.model, test.x).mean()))
+        curve.miou.append(evaluate(learner.published, test.x, test.y).miou)
+        curve.test_doubt.append(float(served_doubt(learner.published, test.x).mean()))
         for r in range(cfg.rounds):
             first = STREAM_SEED + seed * 100_000 + d * 10_000 + r * cfg.served_per_round
             served = render(domain, first, cfg.served_per_round, cfg.size)
-            doubts = served_doubt(learner.model, served.x)
+            doubts = served_doubt(learner.published, served.x)
             chosen = pick(strategy, doubts, cfg.round_labels, rng, (served.y > 0).sum(dim=(1, 2)))
             for i in chosen:
                 learner.add(LabeledSample(f"{domain}-{r}-{i}", domain, served.x[i], served.y[i], 0.0))
@@ -132,8 +132,8 @@ def run_strategy(strategy: str, learner: ContinualLearner, cfg: ReviewBenchConfi
             while learner.remaining() > 0:
                 learner.train_for(16, max_seconds=1e9)
             curve.labels.append((r + 1) * cfg.round_labels)
-            curve.miou.append(evaluate(learner.model, test.x, test.y).miou)
-            curve.test_doubt.append(float(served_doubt(learner.model, test.x).mean()))
+            curve.miou.append(evaluate(learner.published, test.x, test.y).miou)
+            curve.test_doubt.append(float(served_doubt(learner.published, test.x).mean()))
             curve.mean_doubt_labeled.append(float(doubts[chosen].mean()))
             progress(f"{strategy} seed {seed} {domain}: {curve.labels[-1]} labels, mIoU {curve.miou[-1]:.3f}")
         curves.append(curve)
