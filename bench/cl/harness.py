@@ -2,9 +2,11 @@
 
 Every weldstream strategy is the learner with only ``--strategy`` changed, so a row measures what a
 plant would run: crops at the scans' native size (most on a defect), augmentation on the device, AdamW
-with warm-up and an anneal as each domain's budget runs out, the reservoir memory, the step
-(``replay.gem_step``), and the averaged weights the learner would publish (what each row scores). Each
-domain gets exactly ``steps_per_domain`` steps; a step sees
+with warm-up and an anneal as each domain's budget runs out, the reservoir memory, and the step
+(``replay.gem_step``). Rows score the trained weights, not the average the learner publishes
+(``learner.published``): each domain's budget ends annealed, and a short run's average lags its own
+training (after 80 steps of a first domain it still finds nothing). Each domain gets exactly
+``steps_per_domain`` steps; a step sees
 ``batch_size + rehearsal`` scans whatever the strategy (replay and replay-gem fill ``rehearsal`` of them
 from memory, the others take as many more current scans).
 
@@ -83,7 +85,7 @@ def run_weldstream(name: str, cfg: BenchConfig, stream: Stream, seed: int,
             _show(learner, domain)
             learner.budget = learner.steps + cfg.steps_per_domain
         _train(learner, i, cfg.steps_per_domain, log, progress)
-        record_row(result, learner.published, stream)
+        record_row(result, learner.model, stream)
     return result, log
 
 
