@@ -1,11 +1,11 @@
 """The weights a learner publishes: an exponential moving average of the weights it trains.
 
 A model trained at its peak learning rate wanders: on a 2-core CPU, while a second domain is learned,
-the first domain's validation mIoU swings 68-76 from one judgement to the next, and the promotion guard
+the first domain's validation mIoU swings 67-76 from one judgement to the next, and the promotion guard
 refuses every candidate that happens to sit in a trough. The average of the last few dozen steps' weights
 (Polyak averaging) sits near the middle of that wander: measured in-process, the first domain held
-75-77 while the second rose faster than in the trained weights themselves. Training continues on the
-trained weights; only judging and publishing see the average.
+75-77 while the second was learned about as fast as by the trained weights, without their dips.
+Training continues on the trained weights; only judging and publishing see the average.
 """
 
 from __future__ import annotations
