@@ -66,3 +66,15 @@ def learner_config(kafka: str, model_dir: Path, **overrides):
                 regression_tolerance=1.0, step=StepConfig(memory_batch=2, rehearsal=2))
     base.update(overrides)
     return LearnerConfig(**base)
+
+
+def scan_with_a_defect(seed: int, size: int = 64, domain: str = "ut"):
+    """A labeled noise scan with one small defect of class 1-4, placed by the seed."""
+    from weldstream.learner.records import LabeledSample
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, size, size, generator=gen)
+    y = torch.zeros(size, size, dtype=torch.uint8)
+    row, col = (int(v) for v in torch.randint(4, size - 8, (2,), generator=gen))
+    y[row:row + 4, col:col + 4] = 1 + seed % 4
+    return LabeledSample(f"{domain}-{seed}", domain, x, y, 0.0)

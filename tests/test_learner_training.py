@@ -6,24 +6,14 @@ import torch
 
 from weldstream.learner.augment import Augmentation, augment
 from weldstream.learner.crops import cut_crop, defect_pixels
-from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner, auto_crop_size
 from weldstream.learner.window import TrainingWindow
 from weldstream.model import ModelConfig, build_model
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepConfig, gem_step
 
-from .conftest import learner_config
+from .conftest import learner_config, scan_with_a_defect
 
 CPU = torch.device("cpu")
-
-
-def _scan_with_a_defect(seed: int, size: int = 64, domain: str = "ut") -> LabeledSample:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, size, size, generator=gen)
-    y = torch.zeros(size, size, dtype=torch.uint8)
-    row, col = (int(v) for v in torch.randint(4, size - 8, (2,), generator=gen))
-    y[row:row + 4, col:col + 4] = 1 + seed % 4
-    return LabeledSample(f"{domain}-{seed}", domain, x, y, 0.0)
 
 
 def test_augmentation_flips_image_and_mask_together_and_keeps_classes():
@@ -45,7 +35,7 @@ def test_augmentation_flips_image_and_mask_together_and_keeps_classes():
 
 
 def test_crops_are_mostly_centred_on_defects_and_cut_at_native_size():
-    sample = _scan_with_a_defect(3, size=128)
+    sample = scan_with_a_defect(3, size=128)
     defects = defect_pixels(sample.y)
     gen = torch.Generator().manual_seed(0)
     hits = {}
@@ -77,12 +67,12 @@ def test_the_crop_size_follows_the_device_and_never_exceeds_the_scan():
 def test_the_window_is_bounded_by_scans_and_bytes():
     window = TrainingWindow(capacity=3, max_bytes=10**9)
     for i in range(5):
-        s = _scan_with_a_defect(i)
+        s = scan_with_a_defect(i)
         window.add(s.scan_id, s.x, s.y, s.domain)
     assert window.scan_ids() == ["ut-2", "ut-3", "ut-4"]
     small = TrainingWindow(capacity=100, max_bytes=2 * (64 * 64 * 5))
     for i in range(5):
-        s = _scan_with_a_defect(i)
+        s = scan_with_a_defect(i)
         small.add(s.scan_id, s.x, s.y, s.domain)
     assert len(small) == 2 and small.nbytes <= 2 * (64 * 64 * 5)
 
@@ -118,12 +108,12 @@ def test_steps_follow_the_budget_the_scans_earned_and_stop_when_it_is_spent(tmp_
     learner = ContinualLearner(cfg, CPU)
     assert not learner.has_work()
     for i in range(3):
-        learner.add(_scan_with_a_defect(i))
+        learner.add(scan_with_a_defect(i))
     assert learner.has_work()
     assert len(learner.train_for(max_steps=100, max_seconds=60)) == 6
     assert learner.remaining() == 0 and not learner.has_work()
     assert learner.train_for(max_steps=100, max_seconds=60) == []
-    learner.add(_scan_with_a_defect(9))
+    learner.add(scan_with_a_defect(9))
     assert len(learner.train_for(max_steps=1, max_seconds=60)) == 1  # a chunk stops at its own limit
     assert len(learner.train_for(max_steps=100, max_seconds=60)) == 1
     assert learner.steps == 8 and len(learner.window) == 4 and learner.memory.per_domain() == {"ut": 4}
@@ -147,7 +137,7 @@ def test_a_checkpoint_restores_window_memory_and_the_next_step(tmp_path):
     cfg = learner_config("unused:9092", tmp_path, crop_size=32, batch_size=2, max_steps_per_scan=3)
     learner = ContinualLearner(cfg, CPU)
     for i in range(4):
-        learner.add(_scan_with_a_defect(i, domain="ut" if i < 2 else "xray"))
+        learner.add(scan_with_a_defect(i, domain="ut" if i < 2 else "xray"))
     learner.train_for(max_steps=5, max_seconds=60)
     state = learner.state_dict()
     restored = ContinualLearner(cfg, CPU)

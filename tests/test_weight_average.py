@@ -8,11 +8,10 @@ from torch import nn
 from weldstream.learner.averaging import WeightAverage, decay_for
 from weldstream.learner.holdout import ValidationSets
 from weldstream.learner.publisher import Publisher
-from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.weight_store import WeightStore
 
-from .conftest import learner_config
+from .conftest import learner_config, scan_with_a_defect
 
 CPU = torch.device("cpu")
 
@@ -50,18 +49,11 @@ def test_integer_buffers_follow_and_a_zero_half_life_publishes_the_trained_weigh
     assert not any(p.requires_grad for p in average.model.parameters())
 
 
-def _sample(seed: int) -> LabeledSample:
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.zeros(64, 64, dtype=torch.uint8)
-    y[20:28, 30:34] = 1
-    return LabeledSample(f"ut-{seed}", "ut", torch.randn(1, 64, 64, generator=gen), y, 0.0)
-
-
 def _trained_learner(tmp_path, half_life: float) -> ContinualLearner:
     learner = ContinualLearner(learner_config("unused:9092", tmp_path, crop_size=32, batch_size=2,
                                               max_steps_per_scan=3, average_half_life=half_life), CPU)
     for i in range(3):
-        learner.add(_sample(i))
+        learner.add(scan_with_a_defect(i))
     learner.train_for(max_steps=9, max_seconds=60)
     return learner
 
@@ -100,7 +92,7 @@ def test_the_version_published_carries_the_averaged_weights(tmp_path):
     learner = _trained_learner(tmp_path, half_life=4)
     validation = ValidationSets(cap=4)
     for i in range(4):
-        sample = _sample(100 + i)
+        sample = scan_with_a_defect(100 + i)
         validation.add(sample.scan_id, "ut", sample.x, sample.y)
     store = WeightStore(tmp_path / "models")
     decision = Publisher(learner.cfg, store, CPU).consider(learner, validation, offsets=[])
