@@ -66,6 +66,10 @@ class LearnerLoop:
         self.dirty = False  # consumed something not yet in a checkpoint
         self.scans_at_checkpoint = 0
         self.publisher = Publisher(cfg, self.store, self.device)
+        # The newest stored version already looked at for a consolidation to adopt. Not the parent version:
+        # a consolidation that lands while the learner judges gets a lower number than the learner's own
+        # next version, and must still be adopted.
+        self.store_seen = self.publisher.parent_version
         self._restore()
         self.registry = open_configured(cfg.registry, cfg.model_dir)
         best_effort(self.registry, "sync", self.store)
@@ -81,6 +85,7 @@ class LearnerLoop:
         # The version the checkpointed weights descend from (a consolidation published since then is
         # adopted afterwards, not taken for the learner's own).
         self.publisher.parent_version = state.get("parent_version", self.publisher.parent_version)
+        self.store_seen = state.get("store_seen", self.publisher.parent_version)
         self.learner.load_state_dict(state["learner"])
         self.validation.load_state_dict(state["validation"])
         self.positions = {TopicPartition(t, p): o for (t, p), o in state["positions"].items()}
@@ -222,8 +227,9 @@ class LearnerLoop:
         """Adopt a consolidated version newer than the learner's lineage, and compare future candidates
         with what the servers serve now. Returns the adopted version, if any."""
         adopted = None
-        for version in reversed(self.store.versions()):
-            if version <= self.publisher.parent_version:
+        versions = self.store.versions()
+        for version in reversed(versions):
+            if version <= self.store_seen:
                 break
             if not self.store.manifest(version).strategy.startswith(CONSOLIDATED):
                 continue
@@ -242,6 +248,7 @@ class LearnerLoop:
                      stored.manifest.strategy, len(self.learner.window), self.learner.memory.per_domain())
             best_effort(self.registry, "record_action", "adopt", version, None, "learner", stored.manifest.strategy)
             break
+        self.store_seen = max(self.store_seen, versions[-1] if versions else 0)
         self.publisher.follow_served()
         return adopted
 
@@ -276,7 +283,8 @@ class LearnerLoop:
         positions = dict(self.positions)
         state = {"learner": self.learner.state_dict(), "validation": self.validation.state_dict(),
                  "positions": {(tp.topic, tp.partition): o for tp, o in positions.items()},
-                 "domains": sorted(self.known_domains), "parent_version": self.publisher.parent_version}
+                 "domains": sorted(self.known_domains), "parent_version": self.publisher.parent_version,
+                 "store_seen": self.store_seen}
         await asyncio.to_thread(self.ledger.flush)
         await asyncio.to_thread(save_checkpoint, checkpoint_path(self.cfg.model_dir), state)
         self.checkpointed.clear()

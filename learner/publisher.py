@@ -134,7 +134,7 @@ class Publisher:
 
     def adopt(self, version: int) -> None:
         """Another trainer's version (a consolidation) is now what the learner's weights descend from."""
-        self.parent_version = max(self.parent_version, version)
+        self.parent_version = version
         self.follow_served()
 
     def consider(self, learner: ContinualLearner, validation: ValidationSets,

@@ -85,6 +85,28 @@ def test_without_a_checkpoint_the_learner_goes_on_from_the_newest_stored_version
             assert torch.equal(tensor, first[name]), name
 
 
+def test_a_consolidation_published_while_the_learner_judges_is_still_adopted(tmp_path):
+    """The job's version lands first (v1), the learner's own candidate after it (v2, from the old lineage):
+    the learner must still take v1's weights and name it as its parent, though v1 < v2."""
+    import torch
+
+    from weldstream.learner.publisher import Decision
+    from weldstream.model import ModelConfig, build_model
+
+    cfg = learner_config("unused:9092", tmp_path / "models")
+    loop = LearnerLoop(cfg, LearnerMetrics())
+    assert loop.sync_with_store() is None
+    consolidated = build_model(ModelConfig(), seed=7).state_dict()
+    loop.store.publish(consolidated, ModelConfig(), parent_version=0, strategy="consolidate-ewc")  # v1, mid-judging
+    own = loop.publisher.publish(loop.learner.published, Decision(True, {}, {}), loop.validation)
+    assert own.manifest.version == 2 and loop.publisher.parent_version == 2
+    assert loop.sync_with_store() == 1
+    assert loop.publisher.parent_version == 1 and loop.publisher.live_version == 2  # v2 stays served
+    for name, tensor in loop.learner.model.state_dict().items():
+        assert torch.equal(tensor, consolidated[name]), name
+    assert loop.sync_with_store() is None  # adopted once, not again at every judgement
+
+
 def test_the_step_trigger_waits_until_judging_is_at_most_its_share_of_the_time(tmp_path):
     cfg = learner_config("unused:9092", tmp_path / "models", publish_every_steps=2, publish_every_s=1000.0,
                          judging_share=0.1)
