@@ -149,6 +149,7 @@ class ContinualLearner:
         return {
             "model": self.model.state_dict(),
             "average": self.average.model.state_dict(),
+            "average_updates": self.average.updates,
             "optimizer": self.optimizer.state_dict(),
             "memory": self.memory.state_dict(),
             "window": self.window.state_dict(),
@@ -166,6 +167,7 @@ class ContinualLearner:
         self.model.load_state_dict(state["model"])
         # Checkpoints written before averaging existed start the average at the trained weights.
         self.average.model.load_state_dict(state.get("average", state["model"]))
+        self.average.updates = state.get("average_updates")
         self.optimizer.load_state_dict(state["optimizer"])
         self.memory.load_state_dict(state["memory"], device=self.device)
         self.window.load_state_dict(state["window"])

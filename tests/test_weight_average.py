@@ -28,7 +28,7 @@ def _net(value: float) -> nn.Module:
 def test_an_old_steps_weight_halves_every_half_life():
     assert abs(decay_for(20) ** 20 - 0.5) < 1e-12
     assert decay_for(0) == 0.0
-    average, trained = WeightAverage(_net(0.0), half_life_steps=10), _net(1.0)
+    average, trained = WeightAverage(_net(0.0), half_life_steps=10, trusted_start=True), _net(1.0)
     for _ in range(10):
         average.update(trained)
     for name, tensor in average.model.state_dict().items():
@@ -37,6 +37,25 @@ def test_an_old_steps_weight_halves_every_half_life():
     for _ in range(10):
         average.update(trained)
     assert torch.allclose(average.model[0].weight, torch.full_like(average.model[0].weight, 0.75), atol=1e-6)
+
+
+def test_an_untrusted_start_leaves_no_share_in_the_average():
+    """Random initial weights are dropped as Adam drops its moments' zero start: the first update copies,
+    the second weighs the two steps decay : 1, whatever the start was."""
+    average = WeightAverage(_net(-5.0), half_life_steps=10)
+    average.update(_net(1.0))
+    assert torch.equal(average.model[0].weight, torch.full_like(average.model[0].weight, 1.0))
+    average.update(_net(3.0))
+    d = decay_for(10)
+    expected = (d * 1.0 + 3.0) / (1.0 + d)
+    assert torch.allclose(average.model[0].weight, torch.full_like(average.model[0].weight, expected), atol=1e-6)
+    assert abs(average.rate() - (1 - d) / (1 - d ** 3)) < 1e-12
+    for _ in range(500):
+        average.update(_net(3.0))
+    assert abs(average.rate() - (1 - d)) < 1e-9  # long after the start, a plain moving average
+    average.reset(_net(2.0))  # adopted weights: a trusted start that keeps its share
+    average.update(_net(4.0))
+    assert torch.allclose(average.model[0].weight, torch.full_like(average.model[0].weight, 2.0 + 2.0 * (1 - d)))
 
 
 def test_integer_buffers_follow_and_a_zero_half_life_publishes_the_trained_weights():
@@ -77,6 +96,7 @@ def test_a_checkpoint_restores_the_average_and_adopting_weights_resets_it(tmp_pa
     restored.load_state_dict(state)
     for a, b in zip(restored.published.state_dict().values(), learner.published.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    assert restored.average.updates == learner.average.updates == 9  # the count of steps averaged goes on
     del state["average"]  # a checkpoint from before averaging: the average starts at the trained weights
     older = ContinualLearner(learner.cfg, CPU)
     older.load_state_dict(state)
