@@ -224,7 +224,7 @@ class LearnerLoop:
         return manifest
 
     def sync_with_store(self) -> int | None:
-        """Adopt a consolidated version newer than the learner's lineage, and compare future candidates
+        """Adopt the newest consolidated version stored since the last look, and compare future candidates
         with what the servers serve now. Returns the adopted version, if any."""
         adopted = None
         versions = self.store.versions()
