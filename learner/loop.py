@@ -254,7 +254,7 @@ class LearnerLoop:
 
     def _judge(self, offsets: list[dict[str, int | str]]) -> Decision:
         """In a worker thread: judge (and maybe publish), and record the round."""
-        decision = self.publisher.consider(self.learner, self.validation, offsets)
+        decision = self.publisher.consider(self.learner, self.validation, offsets, version=self.store_seen + 1)
         now = time.time()
         version = decision.manifest.version if decision.manifest else None
         if decision.manifest is not None:

@@ -115,11 +115,13 @@ class Publisher:
             return Decision(False, scores, live_scores, regressions, compared_with=self.live_version, reason=reason)
         return Decision(True, scores, live_scores, compared_with=self.live_version, candidate_scans=candidate)
 
-    def publish(self, model: nn.Module, decision: Decision, validation: ValidationSets, **details) -> Decision:
-        """Write a promoted candidate as a new version; the servers follow it unless a pin holds them."""
+    def publish(self, model: nn.Module, decision: Decision, validation: ValidationSets, *,
+                version: int | None = None, **details) -> Decision:
+        """Write a promoted candidate as a new version (``version``, if given, or FileExistsError); the
+        servers follow it unless a pin holds them."""
         assert decision.promoted, "only a promoted candidate is published"
         manifest = self.store.publish(
-            model.state_dict(), self.cfg.model, parent_version=self.parent_version,
+            model.state_dict(), self.cfg.model, parent_version=self.parent_version, version=version,
             scores={d: {"miou": s.miou, "dice": s.dice, "samples": s.samples} for d, s in decision.scores.items()},
             **details)
         self.parent_version = manifest.version
@@ -138,15 +140,31 @@ class Publisher:
         self.follow_served()
 
     def consider(self, learner: ContinualLearner, validation: ValidationSets,
-                 offsets: list[dict[str, int | str]]) -> Decision:
+                 offsets: list[dict[str, int | str]], version: int | None = None) -> Decision:
         """Score the learner's published (averaged) weights; publish them as a new version unless some domain
-        regressed."""
+        regressed, or another trainer published while they were judged."""
+        # The candidate is judged against the store as it stood (``version``: the number after the newest
+        # version looked at); if a consolidation lands meanwhile, the candidate was never compared with it
+        # and must not displace it, so it takes that number or none.
+        expected = version if version is not None else (self.store.latest() or 0) + 1
         decision = self.judge(learner.published, validation, seed=learner.steps)
         if not decision.promoted:
             return decision
+        try:
+            decision = self._publish_candidate(learner, decision, validation, offsets, expected)
+        except FileExistsError:
+            reason = f"version {expected} was published by another trainer while this candidate was judged"
+            log.warning("withdrew candidate (seed %d): %s; the next one is judged against it", learner.steps,
+                        reason)
+            return replace(decision, promoted=False, candidate_scans={}, reason=reason)
+        learner.label_times = []
+        return decision
+
+    def _publish_candidate(self, learner: ContinualLearner, decision: Decision, validation: ValidationSets,
+                           offsets: list[dict[str, int | str]], version: int) -> Decision:
         label_times = learner.label_times
-        decision = self.publish(
-            learner.published, decision, validation,
+        return self.publish(
+            learner.published, decision, validation, version=version,
             strategy=self.cfg.step.strategy,
             offsets=offsets,
             metrics={
@@ -161,8 +179,6 @@ class Publisher:
             },
             newest_label_at=max(label_times, default=0.0),
         )
-        learner.label_times = []
-        return decision
 
 
 def finds_defects(per_scan: np.ndarray) -> bool:

@@ -180,3 +180,52 @@ def test_the_guard_compares_with_the_pinned_version_and_the_lineage_stays_the_le
     assert publisher.live_version == 2 and publisher.parent_version == 4  # the servers stay on the pin
     publisher.store.unpin()
     assert publisher.follow_served() and publisher.live_version == 4
+
+
+def test_a_candidate_judged_while_a_consolidation_lands_is_withdrawn_not_served_over_it(tmp_path) -> None:
+    """The candidate was compared with v1; a consolidation published meanwhile (v2) was never compared with
+    it, so the candidate must not take v3 and displace v2: it is withdrawn and judged again next round."""
+    publisher, learner, validation = _publisher_with_a_live_version(tmp_path)
+    learner.label_times = [1.0, 2.0]
+    judge = publisher.judge
+
+    def judge_while_a_consolidation_lands(*args, **kwargs):
+        decision = judge(*args, **kwargs)
+        publisher.store.publish(build_model(learner.cfg.model, seed=9).state_dict(), learner.cfg.model,
+                                parent_version=1, strategy="consolidate-ewc")
+        return decision
+
+    publisher.judge = judge_while_a_consolidation_lands
+    decision = publisher.consider(learner, validation, offsets=[], version=2)
+    assert not decision.promoted and decision.manifest is None and "version 2" in decision.reason
+    assert publisher.store.versions() == [1, 2] and publisher.store.manifest(2).strategy == "consolidate-ewc"
+    assert publisher.parent_version == 1 and learner.label_times == [1.0, 2.0]  # nothing of it was published
+    publisher.judge = judge
+    assert publisher.consider(learner, validation, offsets=[], version=3).manifest.version == 3
+
+
+def test_a_version_number_taken_by_another_writer_is_refused_not_overwritten(tmp_path, monkeypatch) -> None:
+    """Asked for a number, the store never takes another: whether the number was taken before the write
+    or by a writer that renamed its version into place a moment earlier."""
+    import os
+
+    from weldstream import weight_store
+
+    store = WeightStore(tmp_path / "models")
+    first = build_model(ModelConfig(), seed=1).state_dict()
+    store.publish(first, ModelConfig(), parent_version=0)
+    second = build_model(ModelConfig(), seed=2).state_dict()
+    with pytest.raises(FileExistsError):
+        store.publish(second, ModelConfig(), parent_version=0, version=1)
+    rename = os.rename
+
+    def another_writer_lands_first(source, target):
+        monkeypatch.setattr(weight_store.os, "rename", rename)
+        store.publish(first, ModelConfig(), parent_version=1, strategy="consolidate-ewc")  # takes v2
+        rename(source, target)
+
+    monkeypatch.setattr(weight_store.os, "rename", another_writer_lands_first)
+    with pytest.raises(FileExistsError):
+        store.publish(second, ModelConfig(), parent_version=1, version=2)
+    assert store.versions() == [1, 2] and store.manifest(2).strategy == "consolidate-ewc"
+    assert not [p for p in store.versions_dir.iterdir() if p.name.startswith(".tmp-")]  # no staging left

@@ -121,7 +121,8 @@ class WeightStore:
         """Write a new immutable version (default: latest + 1) and return its manifest.
 
         Two writers (the learner and a consolidation job) may publish at once: without an explicit
-        ``version``, the one that loses the rename race takes the next number.
+        ``version``, the one that loses the rename race takes the next number; with one, it gets
+        FileExistsError.
         """
         payload = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
         sha256 = hashlib.sha256(payload).hexdigest()
@@ -144,10 +145,12 @@ class WeightStore:
                     _write_synced(staging / SIGNATURE_FILE, sign(text, self._key).encode())
                 staging.chmod(0o755)  # mkdtemp makes 0700; servers may run as another user
                 os.rename(staging, target)
-            except OSError:
+            except OSError as exc:
                 shutil.rmtree(staging, ignore_errors=True)
-                if version is None and target.exists():
-                    continue  # another writer took this number first
+                if target.exists():
+                    if version is None:
+                        continue  # another writer took this number first
+                    raise FileExistsError(f"version {number} was published by another writer meanwhile") from exc
                 raise
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
