@@ -72,6 +72,12 @@ class LearnerConfig:
                                                      "(0.03 = 3 points) ...")
     regression_confidence: float = setting(0.95, help="... when a paired bootstrap over the held-out scans "
                                                       "finds it in this share of resamples")
+    # Against the served version alone, an old domain can slide in steps that each stay within the
+    # tolerance while a new one is learned; "best" bounds the slide, at the cost of holding back the
+    # versions that first serve the new domain while the old one dips.
+    regression_baseline: str = setting("served", help="what each domain's drop is measured from: served (the "
+                                                      "version served now) or best (the best version served on "
+                                                      "the same held-out scans, or the served one if better)")
     # Every domain tag becomes a memory block, a GEM constraint and metric label values: new domains are
     # welcome (a new rig is the point of learning), but only up to a bound, and only listed ones if a list is given.
     max_domains: int = setting(32, help="most domains the learner accepts; records of further ones are "
@@ -106,5 +112,7 @@ class LearnerConfig:
             raise ValueError("judging_share must be in (0, 1]")
         if not 0 <= self.regression_confidence <= 1:
             raise ValueError("regression_confidence must be in [0, 1]")
+        if self.regression_baseline not in ("served", "best"):
+            raise ValueError("regression_baseline must be served or best")
         if self.max_domains < 1 or self.liveness_timeout_s <= 0:
             raise ValueError("max_domains must be >= 1 and liveness_timeout_s > 0")

@@ -59,6 +59,8 @@ class Publisher:
         self.parent_version = store.latest() or 0
         self._live_model: nn.Module = build_model(cfg.model, seed=cfg.seed).to(device).eval()
         self._live_scans: dict[str, tuple[int, np.ndarray]] = {}  # domain -> (validation revision, per scan)
+        # With --regression-baseline best: per domain, the best served version's results on its held-out scans.
+        self._best_scans: dict[str, tuple[int, np.ndarray]] = {}
         self.follow_served()
 
     def follow_served(self) -> bool:
@@ -76,6 +78,7 @@ class Publisher:
         self._live_model.load_state_dict(stored.state_dict)
         self.live_version = served
         self._live_scans = {}
+        self._best_scans = {}  # an operator's pin or rollback, or another trainer's version: the bar restarts
         log.info("candidates are compared with served version %d from now on", served)
         return True
 
@@ -88,12 +91,24 @@ class Publisher:
                 self._live_scans[domain] = (validation.revision(domain), scans)
         return {domain: scans for domain, (_, scans) in self._live_scans.items()}
 
+    def _baselines(self, validation: ValidationSets, live: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per domain, the results a candidate's drop is measured from: the served version's, or (with
+        ``regression_baseline`` best) the best a served version reached on the same held-out scans."""
+        if self.cfg.regression_baseline != "best":
+            return live
+        for domain, scans in live.items():
+            kept = self._best_scans.get(domain)
+            if kept is None or kept[0] != validation.revision(domain) or _miou(scans) >= _miou(kept[1]):
+                self._best_scans[domain] = (validation.revision(domain), scans)
+        return {domain: self._best_scans[domain][1] for domain in live}
+
     def judge(self, model: nn.Module, validation: ValidationSets, seed: int) -> Decision:
         """Score a candidate on every domain beside the served version; promoted unless a domain regressed."""
         candidate = validation.scan_confusions(model, self.device)
         live = self._score_live(validation)
+        baselines = self._baselines(validation, live)
         scores, live_scores = _scores(candidate), _scores(live)
-        comparisons = {domain: compare(live[domain], scans, seed=seed)
+        comparisons = {domain: compare(baselines[domain], scans, seed=seed)
                        for domain, scans in candidate.items() if domain in live}
         regressions = {domain: c for domain, c in comparisons.items()
                        if c.regressed(self.cfg.regression_tolerance, self.cfg.regression_confidence)}
@@ -110,6 +125,8 @@ class Publisher:
         if regressions:
             reason = "regressed " + ", ".join(
                 f"{d} -{c.drop:.4f} (confidence {c.confidence:.2f}, {c.samples} scans)" for d, c in regressions.items())
+            if baselines is not live:
+                reason += f" (from the best served on each domain; served version {self.live_version})"
             log.warning("refused candidate (seed %d): %s against version %d; scores %s", seed, reason,
                         self.live_version, _brief(scores))
             return Decision(False, scores, live_scores, regressions, compared_with=self.live_version, reason=reason)
@@ -189,6 +206,10 @@ def finds_defects(per_scan: np.ndarray) -> bool:
 
 def _scores(scans: dict[str, np.ndarray]) -> dict[str, SegmentationScore]:
     return {domain: score_confusion(per_scan.sum(axis=0), len(per_scan)) for domain, per_scan in scans.items()}
+
+
+def _miou(per_scan: np.ndarray) -> float:
+    return score_confusion(per_scan.sum(axis=0), len(per_scan)).miou
 
 
 def _brief(scores: dict[str, SegmentationScore]) -> dict[str, float]:

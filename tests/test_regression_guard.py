@@ -229,3 +229,54 @@ def test_a_version_number_taken_by_another_writer_is_refused_not_overwritten(tmp
         store.publish(second, ModelConfig(), parent_version=1, version=2)
     assert store.versions() == [1, 2] and store.manifest(2).strategy == "consolidate-ewc"
     assert not [p for p in store.versions_dir.iterdir() if p.name.startswith(".tmp-")]  # no staging left
+
+
+class _Prepared:
+    """Held-out results prepared per model, told apart by their weights (the publisher scores its own copy
+    of the served model), on one domain whose scans never change."""
+
+    def __init__(self, results: dict[torch.nn.Module, np.ndarray]) -> None:
+        self.results = {self._key(model): scans for model, scans in results.items()}
+
+    @staticmethod
+    def _key(model: torch.nn.Module) -> float:
+        return float(next(iter(model.state_dict().values())).flatten()[0])
+
+    def domains(self) -> list[str]:
+        return ["ut"]
+
+    def revision(self, domain: str) -> int:
+        return 1
+
+    def scan_confusions(self, model, device, domains=None) -> dict[str, np.ndarray]:
+        return {"ut": self.results[self._key(model)]}
+
+
+@pytest.mark.parametrize("baseline", ["served", "best"])
+def test_with_the_best_baseline_a_domain_cannot_slide_in_steps_each_within_the_tolerance(tmp_path, baseline) -> None:
+    cfg = learner_config("unused:9092", tmp_path / "models", regression_tolerance=0.03, regression_baseline=baseline)
+    store = WeightStore(cfg.model_dir)
+    v1, a, b = (build_model(cfg.model, seed=seed) for seed in (1, 2, 3))
+    store.publish(v1.state_dict(), cfg.model, parent_version=0)
+    validation = _Prepared({v1: np.stack([_scan(40, 10)] * 20), a: np.stack([_scan(39, 11)] * 20),
+                            b: np.stack([_scan(38, 12)] * 20)})
+    scores = [mean_iou(validation.scan_confusions(m, CPU)["ut"].sum(0)) for m in (v1, a, b)]
+    assert scores[0] - scores[1] < 0.03 and scores[1] - scores[2] < 0.03 < scores[0] - scores[2]
+    publisher = Publisher(cfg, store, CPU)
+    first = publisher.judge(a, validation, seed=0)
+    assert first.promoted  # within 3 points of v1
+    publisher.publish(a, first, validation)
+    second = publisher.judge(b, validation, seed=0)  # within 3 points of a, more than 3 below v1
+    if baseline == "served":
+        assert second.promoted
+    else:
+        assert not second.promoted and "best served" in second.reason
+        assert second.regressions["ut"].drop > 0.03 and second.compared_with == 2
+    # Another trainer's version (here a's weights again) becomes what is served: the bar restarts from it.
+    store.publish(a.state_dict(), cfg.model, parent_version=2, strategy="consolidate-ewc")
+    assert publisher.follow_served() and publisher.judge(b, validation, seed=0).promoted
+
+
+def test_the_regression_baseline_is_served_or_best(tmp_path) -> None:
+    with pytest.raises(ValueError, match="regression_baseline"):
+        learner_config("unused:9092", tmp_path, regression_baseline="oldest")
