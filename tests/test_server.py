@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 
 import grpc
@@ -231,11 +232,22 @@ async def test_graceful_shutdown_finishes_in_flight_requests(tmp_path):
     channel = channel_for(server)
     stub = segmenter_pb2_grpc.SegmenterStub(channel)
     calls = [asyncio.ensure_future(stub.Segment(raw_request(scan((256, 256), seed=i)))) for i in range(6)]
-    await asyncio.sleep(0.05)
+
+    def reached_the_server() -> float:
+        sample = server.metrics.registry.get_sample_value
+        return (sample("inference_inflight_requests") or 0) + (
+            sample("inference_requests_total", {"method": "Segment", "code": "OK"}) or 0)
+
+    # Stop only once every call is in flight: a call still being connected when the server stops is
+    # refused (GOAWAY), as it should be, and is not what this test is about.
+    deadline = time.monotonic() + 30
+    while reached_the_server() < 6 and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
     await server.stop()
     results = await asyncio.gather(*calls, return_exceptions=True)
     await channel.close()
-    assert all(isinstance(r, segmenter_pb2.SegmentResponse) for r in results), results
+    assert all(isinstance(r, segmenter_pb2.SegmentResponse) for r in results), [
+        r for r in results if not isinstance(r, segmenter_pb2.SegmentResponse)]
 
 
 async def test_stream_frames_are_batched_together_and_stay_in_order(server):
