@@ -23,6 +23,7 @@ from weldstream.registry import best_effort, open_configured
 from weldstream.server.backends import BackendSettings
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
+from weldstream.server.draining import Drain
 from weldstream.server.drift import DriftConfig
 from weldstream.server.interceptors import RequestMetrics
 from weldstream.server.kserve_service import InferenceServicer
@@ -108,7 +109,8 @@ class InferenceServer:
         options = [("grpc.max_receive_message_length", cfg.max_receive_bytes),
                    ("grpc.max_send_message_length", cfg.max_send_bytes)]
         # Metrics outermost, so refused calls are counted UNAUTHENTICATED.
-        interceptors: list[grpc.aio.ServerInterceptor] = [RequestMetrics(self.metrics)]
+        self.drain = Drain()
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestMetrics(self.metrics), self.drain]
         if cfg.auth_token_file is not None:
             interceptors.append(BearerAuth(read_tokens(cfg.auth_token_file)))
         self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
@@ -191,7 +193,7 @@ class InferenceServer:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls finish within grace."""
         self.ready.clear()
         await self.health.enter_graceful_shutdown()
-        await self.grpc.stop(self.cfg.grace_s)
+        await self.grpc.stop(await self.drain.drain(self.cfg.grace_s))
         await self._stack.aclose()
         log.info("server stopped")
 

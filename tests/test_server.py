@@ -250,6 +250,25 @@ async def test_graceful_shutdown_finishes_in_flight_requests(tmp_path):
         r for r in results if not isinstance(r, segmenter_pb2.SegmentResponse)]
 
 
+async def test_a_draining_server_refuses_new_inference_calls_and_still_answers_health(tmp_path):
+    """Before grpc closes the connections, new inference calls are refused and the last answer gets a
+    moment to be read (grpc's close can reset a connection whose client has not read its answer yet)."""
+    server = InferenceServer(server_config(tmp_path / "m"))
+    await server.start()
+    async with channel_for(server) as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        await stub.Segment(raw_request(scan(seed=0)))
+        started = time.monotonic()
+        left = await server.drain.drain(5.0)
+        assert 0.05 < time.monotonic() - started < 1.0 and 4.0 < left < 5.0  # nothing in flight: a short linger
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Segment(raw_request(scan(seed=1)))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING  # health is answered (stop() flips it)
+    await server.stop()
+
+
 async def test_stream_frames_are_batched_together_and_stay_in_order(server):
     async def requests():
         for i in range(16):
