@@ -97,9 +97,9 @@ class Publisher:
         if self.cfg.regression_baseline != "best":
             return live
         for domain, scans in live.items():
-            kept = self._best_scans.get(domain)
-            if kept is None or kept[0] != validation.revision(domain) or _miou(scans) >= _miou(kept[1]):
-                self._best_scans[domain] = (validation.revision(domain), scans)
+            kept, revision = self._best_scans.get(domain), validation.revision(domain)
+            if kept is None or kept[0] != revision or _score(scans).miou >= _score(kept[1]).miou:
+                self._best_scans[domain] = (revision, scans)
         return {domain: self._best_scans[domain][1] for domain in live}
 
     def judge(self, model: nn.Module, validation: ValidationSets, seed: int) -> Decision:
@@ -204,12 +204,13 @@ def finds_defects(per_scan: np.ndarray) -> bool:
     return bool(confusion[1:, 1:].sum() > 0)
 
 
+def _score(per_scan: np.ndarray) -> SegmentationScore:
+    """One domain's score from its per-scan confusions, as the whole set is scored."""
+    return score_confusion(per_scan.sum(axis=0), len(per_scan))
+
+
 def _scores(scans: dict[str, np.ndarray]) -> dict[str, SegmentationScore]:
-    return {domain: score_confusion(per_scan.sum(axis=0), len(per_scan)) for domain, per_scan in scans.items()}
-
-
-def _miou(per_scan: np.ndarray) -> float:
-    return score_confusion(per_scan.sum(axis=0), len(per_scan)).miou
+    return {domain: _score(per_scan) for domain, per_scan in scans.items()}
 
 
 def _brief(scores: dict[str, SegmentationScore]) -> dict[str, float]:

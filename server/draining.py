@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from weldstream.server.metrics import METHODS
+from weldstream.server.interceptors import unary_inference_method, with_behaviour
 
 LINGER_S = 0.2  # after the last answer, before the connections close
 
@@ -32,7 +32,7 @@ class Drain(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or details.method.rsplit("/", 1)[-1] not in METHODS:
+        if unary_inference_method(handler, details) is None:
             return handler
         behaviour = handler.unary_unary
 
@@ -46,8 +46,7 @@ class Drain(grpc.aio.ServerInterceptor):
                 self.in_flight -= 1
                 self.last_done = time.monotonic()
 
-        return grpc.unary_unary_rpc_method_handler(counted, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        return with_behaviour(handler, counted)
 
     async def drain(self, timeout_s: float) -> float:
         """Refuse new calls, wait for those in flight (at most ``timeout_s``), let the last answers be

@@ -19,6 +19,21 @@ import grpc
 from weldstream.server.metrics import METHODS, ServerMetrics
 
 
+def unary_inference_method(handler: Any, details: grpc.HandlerCallDetails) -> str | None:
+    """The method name of a unary inference call (one of METHODS); None for anything else (health,
+    reflection, streams), which these interceptors leave as it is."""
+    method = details.method.rsplit("/", 1)[-1]
+    if handler is None or handler.unary_unary is None or method not in METHODS:
+        return None
+    return method
+
+
+def with_behaviour(handler: Any, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Any:
+    """``handler`` with its unary behaviour replaced (the wrapper calls the original)."""
+    return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
+                                               response_serializer=handler.response_serializer)
+
+
 class RequestMetrics(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
@@ -26,8 +41,8 @@ class RequestMetrics(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        method = details.method.rsplit("/", 1)[-1]
-        if handler is None or handler.unary_unary is None or method not in METHODS:
+        method = unary_inference_method(handler, details)
+        if method is None:
             return handler
         behaviour = handler.unary_unary
         metrics = self._metrics
@@ -53,8 +68,7 @@ class RequestMetrics(grpc.aio.ServerInterceptor):
                 outcome["raised"] = grpc.StatusCode.UNKNOWN
                 raise
 
-        return grpc.unary_unary_rpc_method_handler(observed, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        return with_behaviour(handler, observed)
 
 
 def final_code(context: grpc.aio.ServicerContext, outcome: dict[str, grpc.StatusCode]) -> grpc.StatusCode:
