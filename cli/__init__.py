@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from weldstream.cli.verbs import Fill as OptionFill
+from weldstream.cli.verbs import accept_after
 from weldstream.cli_args import parse_size
 from weldstream.settings import add_settings, apply_environment, config_from_args
 
@@ -173,7 +175,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _bench_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
-    add_subcommands(p, "bench", BENCHMARKS, rest)
+    add_subcommands(p, "bench", BENCHMARKS, rest, global_options)
 
 
 def _bench_serve_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
@@ -300,26 +302,32 @@ BENCHMARKS: dict[str, tuple[str, Filler]] = {
 
 
 def add_subcommands(parser: argparse.ArgumentParser, dest: str, commands: dict[str, tuple[str, Filler]],
-                    argv: list[str]) -> None:
+                    argv: list[str], shared: OptionFill) -> None:
     """List every subcommand, but build the options (and import the room) of the one being run only.
 
     So ``weldstream serve`` never imports the benchmarks' matplotlib and Avalanche, and a base install
-    without the ``bench`` and ``dev`` extras runs ``serve`` and ``learn``.
+    without the ``bench`` and ``dev`` extras runs ``serve`` and ``learn``. The ``shared`` options of
+    ``parser`` are accepted after a subcommand too.
     """
     sub = parser.add_subparsers(dest=dest, required=True)
     chosen = next((i for i, word in enumerate(argv) if word in commands), None)
     for name, (help_text, fill) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if chosen is not None and argv[chosen] == name:
+            accept_after([p], shared)
             fill(p, argv[chosen + 1:])
+
+
+def global_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv`` (default: sys.argv[1:]); only the command it names gets its options."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="weldstream", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    add_subcommands(parser, "command", COMMANDS, argv)
+    global_options(parser)
+    add_subcommands(parser, "command", COMMANDS, argv, global_options)
     return parser
 
 

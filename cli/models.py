@@ -8,7 +8,8 @@ import getpass
 import time
 from collections.abc import Callable
 
-from weldstream.cli import _kafka_security_arguments, kafka_security
+from weldstream.cli import _kafka_security_arguments, global_options, kafka_security
+from weldstream.cli.verbs import accept_after
 from weldstream.errors import CorruptVersion
 from weldstream.features import REFERENCE_KEY
 from weldstream.pinning import Operator, OperatorConfig
@@ -18,22 +19,38 @@ from weldstream.weight_store import WeightStore
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_settings(p, OperatorConfig)
-    _kafka_security_arguments(p)
+    _group_options(p)
     sub = p.add_subparsers(dest="models_command", required=True)
-    sub.add_parser("list", help="every version: parent, strategy, per-domain mIoU; * marks the served one")
-    show = sub.add_parser("show", help="one version: manifest, scores, lineage, checksum, rounds, who served it")
+    verbs = [_verb(sub, "list", "every version: parent, strategy, per-domain mIoU; * marks the served one")]
+    show = _verb(sub, "show", "one version: manifest, scores, lineage, checksum, rounds, who served it")
     show.add_argument("version", type=int)
-    diff = sub.add_parser("diff", help="per-domain score changes from version A to version B")
+    diff = _verb(sub, "diff", "per-domain score changes from version A to version B")
     diff.add_argument("a", type=int)
     diff.add_argument("b", type=int)
+    verbs += [show, diff]
     for name, text in (("pin", "hold every server on version N until unpinned (the learner keeps learning)"),
                        ("unpin", "servers follow the newest version again"),
                        ("rollback", "pin the parent of the served version, or version N")):
-        action = sub.add_parser(name, help=text)
+        action = _verb(sub, name, text)
         if name != "unpin":
             action.add_argument("version", type=int, nargs=None if name == "pin" else "?")
         action.add_argument("--reason", default="", help="why, for the registry")
+        verbs.append(action)
+    accept_after(verbs, _verb_options)
+
+
+def _verb(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text)
+
+
+def _group_options(p: argparse.ArgumentParser) -> None:
+    add_settings(p, OperatorConfig)
+    _kafka_security_arguments(p)
+
+
+def _verb_options(p: argparse.ArgumentParser) -> None:
+    _group_options(p)
+    global_options(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -97,8 +97,8 @@ def apply_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str
         flag = next(s for s in action.option_strings if s.startswith("--"))
         name = env_name(flag)
         action.help = f"{action.help or ''} [env {name}]".strip() if action.help != argparse.SUPPRESS else action.help
-        if name not in environ:
-            continue
+        if name not in environ or action.default is argparse.SUPPRESS:
+            continue  # a SUPPRESS copy after a verb (weldstream.cli.verbs) sets a value only when typed
         text = environ[name]
         if action.nargs == 0:  # store_true / store_false / --x/--no-x
             action.default = _boolean(name, text, action)
