@@ -1,6 +1,6 @@
 """The learner's Kafka I/O: consumer, producer, rebalance listener and dead letters.
 
-Everything that talks to a broker lives here, so the learner's stages (``loop.LearnerLoop``) are plain
+Everything that talks to a broker lives here, so the learner's stages (``pipeline.LearnerLoop``) are plain
 methods that can be tested without one.
 """
 

@@ -11,8 +11,8 @@ from weldstream.dev.rig import labeled_scan
 from weldstream.learner.checkpoint import checkpoint_path, load_checkpoint
 from weldstream.learner.holdout import is_held_out
 from weldstream.learner.kafka_io import dead_letter_headers
-from weldstream.learner.loop import LearnerLoop
 from weldstream.learner.metrics import LearnerMetrics
+from weldstream.learner.pipeline import LearnerLoop
 from weldstream.simulator import generate_scan
 from weldstream.weight_store import Manifest
 
