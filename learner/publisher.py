@@ -28,6 +28,10 @@ from weldstream.weight_store import Manifest, WeightStore
 log = logging.getLogger(__name__)
 # Versions from an offline consolidation job carry this strategy prefix; the online learner adopts them.
 CONSOLIDATED = "consolidate-"
+# The served version counts as finding a domain's defects only from this mIoU up: below it its marks are
+# noise (an early version paints scattered pixels as defects), and a candidate that marks none is judged
+# by its score alone, like any other.
+FINDS_DEFECTS_MIOU = 0.05
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,11 @@ class Publisher:
                        if c.regressed(self.cfg.regression_tolerance, self.cfg.regression_confidence)}
         # (The untrained version 0 "finds" defects at random: against it, no rule about going blind.)
         blind = [domain for domain, scans in candidate.items()
-                 if self.live_version and domain in live and finds_defects(live[domain]) and not finds_defects(scans)]
+                 if self.live_version and domain in live and finds_defects(live[domain])
+                 and live_scores[domain].miou >= FINDS_DEFECTS_MIOU and not finds_defects(scans)]
         if blind:
-            # mIoU cannot fall below 0, so the bootstrap never flags a model that has gone blind on a
-            # domain whose live version still finds its defects; refuse that outright.
+            # mIoU cannot fall below 0, so a loose tolerance would pass a model that has gone blind on a
+            # domain whose live version really finds its defects; refuse that outright.
             reason = f"finds no defect on {blind}, served version {self.live_version} does"
             log.warning("refused candidate (seed %d): it %s", seed, reason)
             return Decision(False, scores, live_scores, {d: comparisons[d] for d in blind},

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from weldstream.learner.holdout import ValidationSets, scan_hash
-from weldstream.learner.publisher import Publisher
+from weldstream.learner.publisher import FINDS_DEFECTS_MIOU, Publisher
 from weldstream.learner.regression import compare
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.model import ModelConfig, build_model
@@ -147,6 +147,26 @@ def test_a_candidate_blind_to_a_domains_defects_is_refused_whatever_the_toleranc
     decision = publisher.consider(learner, validation, offsets=[])
     assert not decision.promoted and decision.manifest is None
     assert "ut" in decision.regressions and publisher.live_version == 1
+
+
+def test_an_early_version_that_marks_noise_does_not_block_an_honest_candidate(tmp_path) -> None:
+    """A served version whose defect marks are noise (mIoU under FINDS_DEFECTS_MIOU) must not refuse every
+    candidate that marks no defect yet: the candidate is judged by its score (here within the tolerance)."""
+    cfg = learner_config("unused:9092", tmp_path / "models", regression_tolerance=0.03)
+    store = WeightStore(cfg.model_dir)
+    noisy = _segment_everything_as(build_model(cfg.model, seed=1), cls=1)  # paints every pixel a crack
+    store.publish(noisy, cfg.model, parent_version=0)
+    validation = ValidationSets(cap=16)
+    for i in range(12):
+        mask = torch.zeros(64, 64, dtype=torch.uint8)
+        mask[i : i + 2, i : i + 30] = 1  # a thin crack: 60 of 4096 pixels, so painting everything scores 1.5 %
+        validation.add(f"scan-{i}", "ut", torch.randn(1, 64, 64), mask)
+    learner = ContinualLearner(cfg, CPU)
+    learner.adopt(noisy)
+    _segment_everything_as(learner.published, cls=0)  # marks no defect at all
+    decision = Publisher(cfg, store, CPU).consider(learner, validation, offsets=[])
+    assert decision.live_scores["ut"].miou < FINDS_DEFECTS_MIOU
+    assert decision.promoted and decision.manifest is not None and decision.manifest.version == 2, decision.reason
 
 
 def test_validation_sets_keep_to_their_byte_budget_by_scan_hash() -> None:
