@@ -79,6 +79,9 @@ def main() -> int:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
         if status != health_pb2.HealthCheckResponse.SERVING:
             raise SystemExit(f"base install check: server health is {status}")
+        served_by = [labels["backend"] for labels, on in scrape(server_metrics).get("inference_backend_info", []) if on]
+        if served_by != ["onnxruntime"]:
+            raise SystemExit(f"base install check: the base install serves with {served_by}, not onnxruntime")
         subprocess.run([str(FULL / "weldstream"), "--log-level", "WARNING", "simulate", "--kafka", kafka,
                         "--domain", "ut-pe100-5mhz", "--count", str(SCANS), "--size", "64x64", "--rate", "0"],
                        check=True)
@@ -88,7 +91,7 @@ def main() -> int:
         for process in processes[1:]:
             if process.poll() is not None:
                 raise SystemExit(f"base install check: a base process exited ({process.args})")
-        print(f"base install served (health SERVING) and learned ({consumed():.0f} scans consumed, "
+        print(f"base install served (health SERVING, ONNX Runtime) and learned ({consumed():.0f} scans consumed, "
               f"{value(scrape(learner_metrics), 'learner_steps_total'):.0f} steps)")
     finally:
         for process in reversed(processes):

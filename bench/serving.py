@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import statistics
 import tempfile
@@ -28,9 +27,11 @@ import torch
 from weldstream.codec import array_to_tensor
 from weldstream.dev.broker import free_port, wait_for_port
 from weldstream.dev.stack import Service
+from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, build_model
 from weldstream.preprocess import pad_to_multiple, window_intensities
-from weldstream.server.backends import BackendSettings
+from weldstream.server.backends import BackendSettings, resolved_name
+from weldstream.server.config import MODEL_NAME
 from weldstream.server.inference import predict_batch
 from weldstream.server.loader import fresh_model, with_backend
 from weldstream.threads import one_thread
@@ -48,7 +49,7 @@ class ServeBench:
     clients: int = 16
     threads: int = 0  # 0: torch's default
     device: str = "cpu"
-    backend: str = "onnxruntime"
+    backend: str = "auto"  # the server's default
     swap_requests: int = 600
 
 
@@ -84,14 +85,16 @@ def interleaved(calls: dict[str, Callable[[], object]], count: int, device: torc
     return times
 
 
-def latency_calls(cfg: ServeBench, stub: segmenter_pb2_grpc.SegmenterStub) -> tuple[dict[str, Callable[[], object]],
-                                                                                     str]:
+def latency_calls(cfg: ServeBench, channel: grpc.Channel) -> tuple[dict[str, Callable[[], object]], str]:
     """The calls timed at batch 1, on cfg.device, and the name of the backend the pipeline runs on:
 
     the hand-written fp32 eager forward; on CUDA the same under bf16 autocast; the server's backend
     alone; the server's pipeline in this process with and without regions (staging, windowing, forward,
-    argmax, fractions, regions); and gRPC Segment on the server process, with and without regions.
+    argmax, fractions, regions); gRPC Segment on the server process, with and without regions; and
+    KServe v2 ModelInfer with an FP32 scan, the call tritonclient makes.
     """
+    stub = segmenter_pb2_grpc.SegmenterStub(channel)
+    infer = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
     device = torch.device(cfg.device)
     by_hand = build_model(ModelConfig()).to(device).eval()
     x = torch.randn(1, 1, *cfg.size, device=device)
@@ -117,7 +120,7 @@ def latency_calls(cfg: ServeBench, stub: segmenter_pb2_grpc.SegmenterStub) -> tu
     def backend_forward() -> None:
         loaded.runner.predict(padded)
 
-    default, with_regions = _request(cfg.size), _request(cfg.size, regions=True)
+    default, with_regions, fp32 = _request(cfg.size), _request(cfg.size, regions=True), _infer_request(cfg.size)
     calls: dict[str, Callable[[], object]] = {"eager_fp32_forward": eager_fp32}
     if device.type == "cuda":
         calls["eager_bf16_forward"] = eager_bf16
@@ -129,6 +132,7 @@ def latency_calls(cfg: ServeBench, stub: segmenter_pb2_grpc.SegmenterStub) -> tu
         "pipeline_with_regions": lambda: predict_batch(loaded, [scan], True),
         "grpc_segment": lambda: stub.Segment(default),
         "grpc_segment_with_regions": lambda: stub.Segment(with_regions),
+        "kserve_model_infer_fp32": lambda: infer.ModelInfer(fp32),
     })
     return calls, loaded.runner.name
 
@@ -154,6 +158,39 @@ def _request(size: tuple[int, int], seed: int = 0, regions: bool | None = None) 
     """A request as a rig sends it; ``regions`` None leaves return_regions unset (no regions, the default)."""
     image = tensor_pb2.Image(tensor=array_to_tensor(_scan(size, seed)))
     return segmenter_pb2.SegmentRequest(scan_id="bench", image=image, return_regions=regions)
+
+
+def _infer_request(size: tuple[int, int]) -> grpc_predict_v2_pb2.ModelInferRequest:
+    """KServe v2 ModelInfer as tritonclient sends it: one FP32 scan (1, 1, H, W) in raw_input_contents,
+    every output."""
+    scan = _scan(size).astype("<f4")
+    tensor = grpc_predict_v2_pb2.ModelInferRequest.InferInputTensor(name="scan", datatype="FP32",
+                                                                    shape=[1, 1, *size])
+    return grpc_predict_v2_pb2.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor],
+                                                 raw_input_contents=[scan.tobytes()])
+
+
+def build_cost(cfg: ServeBench, repeats: int = 3) -> dict[str, float]:
+    """Seconds a swap spends building the served backend beside the live model (median of ``repeats``):
+    for ONNX Runtime the export, the session and the agreement check with eager; ``export_s`` alone."""
+    device = torch.device(cfg.device)
+    settings = BackendSettings(cfg.backend, threads=cfg.threads)
+    totals, exports = [], []
+    for _ in range(repeats):
+        loaded = fresh_model(ModelConfig(), device)
+        started = time.perf_counter()
+        with_backend(loaded, settings)
+        totals.append(time.perf_counter() - started)
+        if resolved_name(cfg.backend, device) == "onnxruntime":
+            from weldstream.server.onnx_backend import export_onnx
+
+            started = time.perf_counter()
+            export_onnx(loaded.module, loaded.config)
+            exports.append(time.perf_counter() - started)
+    cost = {"total_s": statistics.median(totals)}
+    if exports:
+        cost["export_s"] = statistics.median(exports)
+    return cost
 
 
 async def _concurrent(port: int, size: tuple[int, int], requests: int, clients: int) -> float:
@@ -253,18 +290,20 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
         with ServerProcess(model_dir, cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            calls, backend = latency_calls(cfg, segmenter_pb2_grpc.SegmenterStub(channel))
+            calls, backend = latency_calls(cfg, channel)
             rows = interleaved(calls, cfg.requests, torch.device(cfg.device))
             del calls
             batched = throughput(server.port, cfg.size, cfg.requests, cfg.clients)
         with ServerProcess(model_dir, cfg, "--max-batch-size", "1") as server:
             unbatched = throughput(server.port, cfg.size, cfg.requests, cfg.clients)
         swaps = swap_latency(Path(tmp) / "swap-models", cfg) if cfg.swap_requests else None
+    cost = build_cost(cfg)
     p50 = {name: _percentiles(values)[0] for name, values in rows.items()}
     p99 = {name: _percentiles(values)[1] for name, values in rows.items()}
     ratios = {
         "grpc_over_eager_fp32_forward": p50["grpc_segment"] / p50["eager_fp32_forward"],
         "grpc_with_regions_over_eager_fp32_forward": p50["grpc_segment_with_regions"] / p50["eager_fp32_forward"],
+        "kserve_fp32_over_eager_fp32_forward": p50["kserve_model_infer_fp32"] / p50["eager_fp32_forward"],
         "grpc_over_pipeline": p50["grpc_segment"] / p50["pipeline_mask_only"],
         "around_forward_share_mask_only": 1 - p50["backend_forward"] / p50["pipeline_mask_only"],
         "around_forward_share_with_regions": 1 - p50["backend_forward"] / p50["pipeline_with_regions"],
@@ -280,6 +319,7 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
                    "device_name": torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else "cpu"},
         "p50_ms": p50, "p99_ms": p99, "ratios": ratios,
         "throughput_rps": {"batching_on": batched, "batching_off": unbatched},
+        "backend_build": cost,
     }
     if swaps is not None:
         (q50, q99), (w50, w99) = _percentiles(swaps.steady_ms), _percentiles(swaps.swapping_ms)
@@ -289,67 +329,3 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
     return result
 
 
-ROWS = (
-    ("eager_fp32_forward", "eager fp32 forward, by hand (build_model, eval, inference_mode)"),
-    ("eager_fp32_forward_one_thread", "eager fp32 forward, by hand, on one thread"),
-    ("eager_bf16_forward", "eager bf16-autocast forward, by hand"),
-    ("backend_forward", "the server's backend forward alone"),
-    ("pipeline_mask_only", "in-process pipeline, mask only"),
-    ("pipeline_with_regions", "in-process pipeline, with regions"),
-    ("grpc_segment", "gRPC Segment (server process, default request: no regions)"),
-    ("grpc_segment_with_regions", "gRPC Segment, return_regions=true"),
-)
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """A Markdown report of one run."""
-    cfg, p50, p99, ratios = result["config"], result["p50_ms"], result["p99_ms"], result["ratios"]
-    height, width = cfg["size"]
-    lines = [
-        f"# weldstream bench serve: {height}x{width} uint16 scans, U-Net/mobilenet_v2 (untrained), "
-        f"device {cfg['device_name']}, {cfg['threads']} threads, backend {cfg['served_backend']}",
-        "",
-        f"torch {cfg['torch']}; load average at the end {', '.join(f'{v:.2f}' for v in cfg['load_average'])} "
-        f"on {cfg['cpu_count']} CPUs; {cfg['requests']} timed calls per row",
-        "",
-        "| latency at batch 1 | p50 ms | p99 ms |",
-        "| --- | --- | --- |",
-    ]
-    lines += [f"| {label} | {p50[key]:.1f} | {p99[key]:.1f} |" for key, label in ROWS if key in p50]
-    lines += [
-        "",
-        "| ratio (p50) | value | target |",
-        "| --- | --- | --- |",
-        f"| gRPC Segment ÷ eager fp32 forward | {ratios['grpc_over_eager_fp32_forward']:.2f}× | ≤ 1.0 on CPU |",
-        f"| gRPC Segment with regions ÷ eager fp32 forward | "
-        f"{ratios['grpc_with_regions_over_eager_fp32_forward']:.2f}× | |",
-        f"| gRPC Segment ÷ in-process pipeline | {ratios['grpc_over_pipeline']:.2f}× | |",
-        f"| work around the forward, share of the pipeline (mask only) | "
-        f"{ratios['around_forward_share_mask_only']:.1%} | ≤ 10 % at 512×512 |",
-        f"| work around the forward, share of the pipeline (with regions) | "
-        f"{ratios['around_forward_share_with_regions']:.1%} | |",
-    ]
-    if "grpc_over_eager_fp32_forward_one_thread" in ratios:
-        lines.append(f"| gRPC Segment ÷ eager fp32 forward on one thread | "
-                     f"{ratios['grpc_over_eager_fp32_forward_one_thread']:.2f}× | |")
-    if "grpc_over_eager_bf16_forward" in ratios:
-        lines.append(f"| gRPC Segment ÷ eager bf16 forward | {ratios['grpc_over_eager_bf16_forward']:.2f}× "
-                     "| ≤ 2 on GPU |")
-    rps = result["throughput_rps"]
-    lines += ["", f"Throughput, {cfg['clients']} concurrent clients: {rps['batching_on']:.1f} req/s with dynamic "
-                  f"batching (max batch 8), {rps['batching_off']:.1f} req/s without: "
-                  f"**{ratios['batching_gain']:.2f}×**."]
-    if "swap" in result:
-        swap = result["swap"]
-        lines += ["", f"Hot swap ({swap['swaps']} swaps; quiet and swapping phases of {SWAP_PHASE_S:.0f} s "
-                      f"alternate): p50 {swap['quiet_p50_ms']:.1f} → {swap['swapping_p50_ms']:.1f} ms "
-                      f"({swap['p50_ratio']:.2f}×), p99 {swap['quiet_p99_ms']:.1f} → {swap['swapping_p99_ms']:.1f} ms "
-                      f"(**{swap['p99_ratio']:.2f}×**, target ≤ 1.25)."]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(result: dict[str, Any], out: Path) -> None:
-    """table.md and results.json side by side in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(format_table(result))
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -185,8 +185,8 @@ def _bench_serve_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads of the forward, in the server and the "
                                                           "baselines (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...: every row runs on it")
-    p.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"),
-                   help="the server's --backend (onnxruntime serves on the CPU only)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="the server's --backend (auto, its default: onnxruntime on the CPU, torch on CUDA)")
     p.add_argument("--swap-requests", type=int, default=600,
                    help="requests timed in quiet and in swapping phases each (0: no swap rows)")
     p.add_argument("--out", type=Path, default=None, help="also write table.md and results.json into this folder")
@@ -221,7 +221,8 @@ def _bench_faults_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None
 
 
 def _run_bench_serve(args: argparse.Namespace) -> int:
-    from weldstream.bench.serving import ServeBench, format_table, run_serving_benchmark, write_report
+    from weldstream.bench.serving import ServeBench, run_serving_benchmark
+    from weldstream.bench.serving_report import format_table, write_report
 
     result = run_serving_benchmark(ServeBench(args.size, args.requests, args.clients, args.threads, args.device,
                                               args.backend, args.swap_requests))

@@ -20,7 +20,7 @@ from weldstream.errors import CorruptVersion
 from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, resolve_device
 from weldstream.registry import best_effort, open_configured
-from weldstream.server.backends import BackendSettings
+from weldstream.server.backends import BackendSettings, resolved_name
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.draining import Drain
@@ -87,7 +87,7 @@ class InferenceServer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         live = await asyncio.to_thread(initial_model, self.store, self.device, cfg.backend_settings)
-        self.metrics.record_backend(cfg.backend, live.runner.name, live.backend_refused)
+        self.metrics.record_backend(resolved_name(cfg.backend, live.device), live.runner.name, live.backend_refused)
         # A second module, built now while nothing is served, receives the first new version.
         spare = await asyncio.to_thread(fresh_model, live.config, self.device)
         self.slot = ModelSlot(live, spare)

@@ -5,6 +5,8 @@ confidence, the normalised entropy the server's doubt is made of and the pooled 
 drift monitor reads, all from one ``ServingHead`` module, so doubt and drift mean the same whatever
 the backend:
 
+- ``auto`` (the default): ``onnxruntime`` on the CPU, where it is the fastest verified backend (``bench
+  serve``), and ``torch`` on CUDA;
 - ``torch``: the eager module in channels_last layout; on CUDA under bf16 autocast (fp16 where the GPU
   has no bf16) and replayed from CUDA graphs captured per bucketed batch shape;
 - ``onnxruntime`` (CPU): the served weights exported to ONNX when the version is loaded, the head
@@ -30,7 +32,8 @@ from weldstream.simulator import domain_names, generate_scan
 from weldstream.tiles import PixelMaps, Predictor, ServingHead
 
 log = logging.getLogger(__name__)
-BACKENDS = ("torch", "onnxruntime")
+BUILT_BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", *BUILT_BACKENDS)  # what --backend takes
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIN_AGREEMENT = 0.999  # share of pixels whose class must match fp32 eager
 CHECK_SIZES = ((128, 128), (96, 160), (128, 128))  # one scan per size; an odd size exercises dynamic axes
@@ -136,7 +139,7 @@ def checked(candidate: Backend, reference: Backend, config: ModelConfig, device:
 class BackendSettings:
     """What the operator asked for (``serve --backend --precision --threads --cuda-graphs``)."""
 
-    name: str = "torch"
+    name: str = "auto"
     precision: str = "auto"
     threads: int = 0  # forward threads on the CPU (0: torch's count)
     cuda_graphs: bool = True
@@ -165,9 +168,16 @@ def build_backend(module: nn.Module, config: ModelConfig, device: torch.device, 
         return reference, BackendRefused("failed", repr(exc))
 
 
+def resolved_name(name: str, device: torch.device) -> str:
+    """The backend ``auto`` stands for on ``device``: ONNX Runtime on the CPU, torch elsewhere."""
+    if name != "auto":
+        return name
+    return "onnxruntime" if device.type == "cpu" else "torch"
+
+
 def _candidate(module: nn.Module, config: ModelConfig, device: torch.device, settings: BackendSettings,
                run_normal: RunNormal) -> Backend | None:
-    if settings.name == "onnxruntime":
+    if resolved_name(settings.name, device) == "onnxruntime":
         if device.type != "cpu":
             raise BackendRefused("failed", f"onnxruntime serves on the CPU only, not on {device}")
         from weldstream.server.onnx_backend import onnx_backend

@@ -52,8 +52,10 @@ class ServerConfig:
     threads: int = setting(0, help="CPU threads of the forward pass, torch's or ONNX Runtime's (0: torch's "
                                    "default); pre- and post-processing run on one")
     # How the forward runs (see weldstream.server.backends); anything but fp32 eager is checked against it.
-    backend: str = setting("torch", choices=BACKENDS,
-                           help="torch, or onnxruntime (CPU: the served weights exported to ONNX at each swap)")
+    backend: str = setting("auto", choices=BACKENDS,
+                           help="auto: onnxruntime on the CPU (the served weights exported to ONNX at each swap, "
+                                "served by fp32 eager torch if its masks disagree), torch on CUDA; torch forces "
+                                "eager torch")
     precision: str = setting("auto", choices=PRECISIONS,
                              help="auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on CPU; fp32 turns "
                                   "autocast off")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from weldstream.server.backends import BACKENDS
+from weldstream.server.backends import BUILT_BACKENDS
 
 METHODS = ("Segment", "SegmentStream", "GetModel", "ModelInfer", "ModelMetadata", "ModelReady",
            "ServerLive", "ServerReady", "ServerMetadata")
@@ -89,7 +89,7 @@ class ServerMetrics:
             self.swaps.labels(result)
         for backend in BACKEND_NAMES:
             self.backend.labels(backend)
-        for backend in BACKENDS:
+        for backend in BUILT_BACKENDS:  # counted by the backend auto stood for
             for reason in ("failed", "disagrees"):
                 self.backend_fallbacks.labels(backend, reason)
 

@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from weldstream.bench.serving import format_table, interleaved, write_report
+from weldstream.bench.serving import interleaved
+from weldstream.bench.serving_report import format_table, write_report
 
 
 def test_rows_are_timed_in_turns_of_a_block_each():
@@ -20,20 +21,27 @@ def test_rows_are_timed_in_turns_of_a_block_each():
 
 def test_the_report_holds_the_ratios_and_the_raw_figures(tmp_path):
     p50 = {"eager_fp32_forward": 40.0, "backend_forward": 20.0, "pipeline_mask_only": 21.0,
-           "pipeline_with_regions": 24.0, "grpc_segment": 26.0, "grpc_segment_with_regions": 30.0}
+           "pipeline_with_regions": 24.0, "grpc_segment": 26.0, "grpc_segment_with_regions": 30.0,
+           "kserve_model_infer_fp32": 28.0}
     result = {
         "config": {"size": [256, 256], "device_name": "cpu", "threads": 2, "served_backend": "onnxruntime",
+                   "backend": "auto",
                    "torch": torch.__version__, "load_average": [1.0, 1.0, 1.0], "cpu_count": 2, "requests": 10,
                    "clients": 4},
         "p50_ms": p50, "p99_ms": {k: 2 * v for k, v in p50.items()},
-        "ratios": {"grpc_over_eager_fp32_forward": 0.65, "grpc_with_regions_over_eager_fp32_forward": 0.75,
+        "ratios": {"grpc_over_eager_fp32_forward": 0.65, "kserve_fp32_over_eager_fp32_forward": 0.7,
+                   "grpc_with_regions_over_eager_fp32_forward": 0.75,
                    "grpc_over_pipeline": 1.25, "around_forward_share_mask_only": 1 / 21,
                    "around_forward_share_with_regions": 4 / 24, "batching_gain": 1.5},
         "throughput_rps": {"batching_on": 30.0, "batching_off": 20.0},
+        "backend_build": {"total_s": 4.25, "export_s": 3.5},
     }
     write_report(result, tmp_path / "out")
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| gRPC Segment ÷ eager fp32 forward | 0.65× | ≤ 1.0 on CPU |" in table
+    assert "| KServe ModelInfer (FP32) ÷ eager fp32 forward | 0.70× | ≤ 0.85 on CPU |" in table
+    assert "backend onnxruntime (auto, the server's default)" in table.splitlines()[0]
+    assert "4.2 s (the ONNX export 3.5 s of it)" in table
     assert "| eager fp32 forward, by hand (build_model, eval, inference_mode) | 40.0 | 80.0 |" in table
     assert "**1.50×**" in table and table == format_table(result)
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == result

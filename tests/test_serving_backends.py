@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from weldstream.cli import build_parser
 from weldstream.model import ModelConfig
 from weldstream.preprocess import pad_to_multiple, window_intensities
 from weldstream.server import onnx_backend as onnx_module
@@ -18,10 +19,13 @@ from weldstream.server.backends import (
     autocast_dtype,
     bucket_size,
     eager,
+    resolved_name,
 )
+from weldstream.server.config import ServerConfig
 from weldstream.server.cuda_graphs import GraphCache
 from weldstream.server.inference import predict_batch
 from weldstream.server.loader import fresh_model, with_backend
+from weldstream.settings import config_from_args
 from weldstream.simulator import domain_names, generate_scan
 
 CPU = torch.device("cpu")
@@ -75,11 +79,31 @@ def _flipped(backend: Backend) -> Backend:
     return Backend("onnxruntime", predict)
 
 
+def test_the_default_backend_is_onnxruntime_on_the_cpu_and_torch_elsewhere() -> None:
+    assert ServerConfig().backend == "auto" and BackendSettings().name == "auto"
+    assert resolved_name("auto", CPU) == "onnxruntime"
+    assert resolved_name("auto", torch.device("cuda")) == "torch"
+    assert resolved_name("torch", CPU) == "torch" and resolved_name("onnxruntime", CPU) == "onnxruntime"
+    loaded = with_backend(fresh_model(ModelConfig(), CPU), BackendSettings())
+    assert loaded.runner.name == "onnxruntime" and loaded.backend_refused == ""
+
+
+def test_backend_torch_forces_eager_on_the_cpu(monkeypatch) -> None:
+    def exported(*args, **kwargs):
+        raise AssertionError("--backend torch must not export")
+    monkeypatch.setattr(onnx_module, "export_onnx", exported)
+    args = build_parser(["serve", "--backend", "torch"]).parse_args(["serve", "--backend", "torch"])
+    settings = config_from_args(ServerConfig, args).backend_settings
+    loaded = with_backend(fresh_model(ModelConfig(), CPU), settings)
+    assert loaded.runner.name == "torch" and loaded.backend_refused == ""
+
+
 def test_a_disagreeing_export_is_served_by_eager_torch(monkeypatch) -> None:
     real = onnx_module.onnx_backend
     monkeypatch.setattr(onnx_module, "onnx_backend", lambda *args, **kwargs: _flipped(real(*args, **kwargs)))
-    loaded = with_backend(fresh_model(ModelConfig(), CPU), BackendSettings("onnxruntime"))
-    assert loaded.runner.name == "torch" and loaded.backend_refused == "disagrees"
+    for asked in ("onnxruntime", "auto"):
+        loaded = with_backend(fresh_model(ModelConfig(), CPU), BackendSettings(asked))
+        assert loaded.runner.name == "torch" and loaded.backend_refused == "disagrees"
 
 
 def test_a_failing_export_is_served_by_eager_torch(monkeypatch) -> None:
@@ -100,7 +124,8 @@ async def test_the_server_counts_a_refused_backend_and_serves_eagerly(tmp_path, 
 
     real = onnx_module.onnx_backend
     monkeypatch.setattr(onnx_module, "onnx_backend", lambda *args, **kwargs: _flipped(real(*args, **kwargs)))
-    server = await started(server_config(tmp_path / "models", backend="onnxruntime"))
+    server = await started(server_config(tmp_path / "models"))  # the default backend: auto
+    assert server.cfg.backend == "auto"
     fallbacks = server.metrics.registry.get_sample_value(
         "inference_backend_fallbacks_total", {"backend": "onnxruntime", "reason": "disagrees"})
     assert fallbacks == 1
@@ -212,7 +237,7 @@ async def test_a_swapped_in_version_gets_its_own_checked_onnx_session(tmp_path, 
 
     from .conftest import server_config
 
-    server = await started(server_config(tmp_path / "models", backend="onnxruntime", poll_interval_s=60))
+    server = await started(server_config(tmp_path / "models", poll_interval_s=60))  # the default backend
     assert server.slot.current().runner.name == "onnxruntime"
     WeightStore(tmp_path / "models").publish(build_model(ModelConfig(), seed=3).state_dict(), ModelConfig(),
                                              parent_version=0)
