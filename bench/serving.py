@@ -30,7 +30,8 @@ from weldstream.dev.stack import Service
 from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, build_model
 from weldstream.preprocess import pad_to_multiple, window_intensities
-from weldstream.server.backends import BackendSettings, resolved_name
+from weldstream.server.backend_choice import fastest_backend
+from weldstream.server.backends import BackendSettings
 from weldstream.server.config import MODEL_NAME
 from weldstream.server.inference import predict_batch
 from weldstream.server.loader import fresh_model, with_backend
@@ -181,7 +182,7 @@ def build_cost(cfg: ServeBench, repeats: int = 3) -> dict[str, float]:
         started = time.perf_counter()
         with_backend(loaded, settings)
         totals.append(time.perf_counter() - started)
-        if resolved_name(cfg.backend, device) == "onnxruntime":
+        if cfg.backend == "onnxruntime":
             from weldstream.server.onnx_backend import export_onnx
 
             started = time.perf_counter()
@@ -285,8 +286,14 @@ def swap_latency(model_dir: Path, cfg: ServeBench) -> SwapFigures:
 def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
     """Every row, as milliseconds and ratios (see ``format_table``)."""
     threads = cfg.threads or torch.get_num_threads()
-    cfg = ServeBench(**{**asdict(cfg), "threads": threads})
     torch.set_num_threads(threads)
+    # auto is resolved here as the server resolves it, and the server is given the choice, so the
+    # in-process rows and the server run the same backend.
+    device = torch.device(cfg.device)
+    chosen, auto_ms = fastest_backend(fresh_model(ModelConfig(), device).module, ModelConfig(), device,
+                                      BackendSettings(cfg.backend, threads=threads))
+    asked = cfg.backend
+    cfg = ServeBench(**{**asdict(cfg), "threads": threads, "backend": chosen})
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
         with ServerProcess(model_dir, cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -314,7 +321,8 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
     if "eager_bf16_forward" in p50:
         ratios["grpc_over_eager_bf16_forward"] = p50["grpc_segment"] / p50["eager_bf16_forward"]
     result: dict[str, Any] = {
-        "config": {**asdict(cfg), "size": list(cfg.size), "served_backend": backend, "torch": torch.__version__,
+        "config": {**asdict(cfg), "size": list(cfg.size), "served_backend": backend, "backend_asked": asked,
+                   "auto_timings_ms": auto_ms, "torch": torch.__version__,
                    "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count(),
                    "device_name": torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else "cpu"},
         "p50_ms": p50, "p99_ms": p99, "ratios": ratios,

@@ -26,7 +26,8 @@ def format_table(result: dict[str, Any]) -> str:
     """A Markdown report of one run."""
     cfg, p50, p99, ratios = result["config"], result["p50_ms"], result["p99_ms"], result["ratios"]
     height, width = cfg["size"]
-    asked = cfg["backend"] if cfg["backend"] != "auto" else "auto, the server's default"
+    asked = ("auto, the server's default: the fastest here" if cfg.get("backend_asked") == "auto"
+             else f"--backend {cfg['backend']}")
     lines = [
         f"# weldstream bench serve: {height}x{width} uint16 scans, U-Net/mobilenet_v2 (untrained), "
         f"device {cfg['device_name']}, {cfg['threads']} threads, backend {cfg['served_backend']} ({asked})",
@@ -66,6 +67,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines += ["", f"Throughput, {cfg['clients']} concurrent clients: {rps['batching_on']:.1f} req/s with dynamic "
                   f"batching (max batch 8), {rps['batching_off']:.1f} req/s without: "
                   f"**{ratios['batching_gain']:.2f}×**."]
+    if cfg.get("auto_timings_ms"):
+        lines += ["", "The server's start-up timing of each verified CPU backend (auto), median ms of a 256×256 "
+                      "forward: " + ", ".join(f"{name} {ms:.1f}" for name, ms in cfg["auto_timings_ms"].items())
+                  + "."]
     if "backend_build" in result:
         cost = result["backend_build"]
         export = f" (the ONNX export {cost['export_s']:.1f} s of it)" if "export_s" in cost else ""

@@ -185,8 +185,9 @@ def _bench_serve_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads of the forward, in the server and the "
                                                           "baselines (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...: every row runs on it")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
-                   help="the server's --backend (auto, its default: onnxruntime on the CPU, torch on CUDA)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "torchscript", "onnxruntime"),
+                   help="the server's --backend (auto, its default: the fastest verified on the CPU, torch on "
+                        "CUDA)")
     p.add_argument("--swap-requests", type=int, default=600,
                    help="requests timed in quiet and in swapping phases each (0: no swap rows)")
     p.add_argument("--out", type=Path, default=None, help="also write table.md and results.json into this folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -20,7 +21,8 @@ from weldstream.errors import CorruptVersion
 from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, resolve_device
 from weldstream.registry import best_effort, open_configured
-from weldstream.server.backends import BackendSettings, resolved_name
+from weldstream.server.backend_choice import fastest_backend
+from weldstream.server.backends import BackendSettings
 from weldstream.server.batcher import Batcher
 from weldstream.server.config import ServerConfig
 from weldstream.server.draining import Drain
@@ -86,8 +88,16 @@ class InferenceServer:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        live = await asyncio.to_thread(initial_model, self.store, self.device, cfg.backend_settings)
-        self.metrics.record_backend(resolved_name(cfg.backend, live.device), live.runner.name, live.backend_refused)
+        if cfg.backend == "auto":
+            # Resolved once, on the first version, for the life of the server (see backend_choice).
+            live = await asyncio.to_thread(initial_model, self.store, self.device, BackendSettings("torch"))
+            chosen, _ = await asyncio.to_thread(fastest_backend, live.module, live.config, self.device,
+                                                cfg.backend_settings)
+            self.cfg = cfg = dataclasses.replace(cfg, backend=chosen)
+            live = await asyncio.to_thread(with_backend, live, cfg.backend_settings)
+        else:
+            live = await asyncio.to_thread(initial_model, self.store, self.device, cfg.backend_settings)
+        self.metrics.record_backend(cfg.backend, live.runner.name, live.backend_refused)
         # A second module, built now while nothing is served, receives the first new version.
         spare = await asyncio.to_thread(fresh_model, live.config, self.device)
         self.slot = ModelSlot(live, spare)

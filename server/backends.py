@@ -5,10 +5,12 @@ confidence, the normalised entropy the server's doubt is made of and the pooled 
 drift monitor reads, all from one ``ServingHead`` module, so doubt and drift mean the same whatever
 the backend:
 
-- ``auto`` (the default): ``onnxruntime`` on the CPU, where it is the fastest verified backend (``bench
-  serve``), and ``torch`` on CUDA;
+- ``auto`` (the default): on the CPU the fastest verified backend, measured once when the server starts
+  (``fastest_backend``: ``torchscript``, ``onnxruntime`` and fp32 eager timed on the first version), and
+  ``torch`` on CUDA;
 - ``torch``: the eager module in channels_last layout; on CUDA under bf16 autocast (fp16 where the GPU
   has no bf16) and replayed from CUDA graphs captured per bucketed batch shape;
+- ``torchscript`` (CPU): the serving head traced, frozen and optimised for inference (fp32, oneDNN);
 - ``onnxruntime`` (CPU): the served weights exported to ONNX when the version is loaded, the head
   (argmax, confidence, entropy, pooled features) included in the graph.
 
@@ -32,7 +34,8 @@ from weldstream.simulator import domain_names, generate_scan
 from weldstream.tiles import PixelMaps, Predictor, ServingHead
 
 log = logging.getLogger(__name__)
-BUILT_BACKENDS = ("torch", "onnxruntime")
+BUILT_BACKENDS = ("torch", "torchscript", "onnxruntime")
+CPU_CANDIDATES = ("torchscript", "onnxruntime", "torch")  # what auto times on the CPU, in order of preference
 BACKENDS = ("auto", *BUILT_BACKENDS)  # what --backend takes
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIN_AGREEMENT = 0.999  # share of pixels whose class must match fp32 eager
@@ -139,7 +142,7 @@ def checked(candidate: Backend, reference: Backend, config: ModelConfig, device:
 class BackendSettings:
     """What the operator asked for (``serve --backend --precision --threads --cuda-graphs``)."""
 
-    name: str = "auto"
+    name: str = "torch"  # never auto here: the server resolves auto first (backend_choice.fastest_backend)
     precision: str = "auto"
     threads: int = 0  # forward threads on the CPU (0: torch's count)
     cuda_graphs: bool = True
@@ -154,6 +157,8 @@ class BackendSettings:
 def build_backend(module: nn.Module, config: ModelConfig, device: torch.device, settings: BackendSettings,
                   run_normal: RunNormal = on_this_thread) -> tuple[Backend, BackendRefused | None]:
     """The backend a version is served by, and why it is not the one asked for (None when it is)."""
+    if settings.name == "auto":
+        raise ValueError("resolve backend auto with weldstream.server.backend_choice.fastest_backend first")
     reference = eager(module)
     try:
         candidate = _candidate(module, config, device, settings, run_normal)
@@ -168,16 +173,15 @@ def build_backend(module: nn.Module, config: ModelConfig, device: torch.device, 
         return reference, BackendRefused("failed", repr(exc))
 
 
-def resolved_name(name: str, device: torch.device) -> str:
-    """The backend ``auto`` stands for on ``device``: ONNX Runtime on the CPU, torch elsewhere."""
-    if name != "auto":
-        return name
-    return "onnxruntime" if device.type == "cpu" else "torch"
-
-
 def _candidate(module: nn.Module, config: ModelConfig, device: torch.device, settings: BackendSettings,
                run_normal: RunNormal) -> Backend | None:
-    if resolved_name(settings.name, device) == "onnxruntime":
+    if settings.name == "torchscript":
+        if device.type != "cpu":
+            raise BackendRefused("failed", f"torchscript serves on the CPU only, not on {device}")
+        from weldstream.server.torchscript_backend import torchscript_backend
+
+        return torchscript_backend(module, config)
+    if settings.name == "onnxruntime":
         if device.type != "cpu":
             raise BackendRefused("failed", f"onnxruntime serves on the CPU only, not on {device}")
         from weldstream.server.onnx_backend import onnx_backend

@@ -53,8 +53,8 @@ class ServerConfig:
                                    "default); pre- and post-processing run on one")
     # How the forward runs (see weldstream.server.backends); anything but fp32 eager is checked against it.
     backend: str = setting("auto", choices=BACKENDS,
-                           help="auto: onnxruntime on the CPU (the served weights exported to ONNX at each swap, "
-                                "served by fp32 eager torch if its masks disagree), torch on CUDA; torch forces "
+                           help="auto: on the CPU the fastest of torchscript, onnxruntime and eager torch, timed at "
+                                "start (each checked against fp32 eager's masks), torch on CUDA; torch forces "
                                 "eager torch")
     precision: str = setting("auto", choices=PRECISIONS,
                              help="auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on CPU; fp32 turns "

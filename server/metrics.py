@@ -16,7 +16,8 @@ MAX_RIG_LABELS = 32
 OTHER_RIG = "other"
 UNNAMED_RIG = "unnamed"
 REVIEW_RESULTS = ("sent", "duplicate", "rate_limited", "sampled_out", "queue_full", "failed")
-BACKEND_NAMES = ("torch", "torch-bf16", "torch-fp16", "torch-bf16-graphs", "torch-fp16-graphs", "onnxruntime")
+BACKEND_NAMES = ("torch", "torchscript", "torch-bf16", "torch-fp16", "torch-bf16-graphs", "torch-fp16-graphs",
+                 "onnxruntime")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -89,7 +90,7 @@ class ServerMetrics:
             self.swaps.labels(result)
         for backend in BACKEND_NAMES:
             self.backend.labels(backend)
-        for backend in BUILT_BACKENDS:  # counted by the backend auto stood for
+        for backend in BUILT_BACKENDS:
             for reason in ("failed", "disagrees"):
                 self.backend_fallbacks.labels(backend, reason)
 

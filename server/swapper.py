@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from weldstream.errors import CorruptVersion
-from weldstream.server.backends import resolved_name
 from weldstream.server.config import ServerConfig
 from weldstream.server.loader import load_version, loader_thread
 from weldstream.server.metrics import ServerMetrics
@@ -119,8 +118,7 @@ class Swapper:
             self._metrics.swaps.labels("stale").inc()
             return False
         self._metrics.swaps.labels("swapped").inc()
-        self._metrics.record_backend(resolved_name(self._cfg.backend, candidate.device), candidate.runner.name,
-                                     candidate.backend_refused)
+        self._metrics.record_backend(self._cfg.backend, candidate.runner.name, candidate.backend_refused)
         self._metrics.versions_behind.set(max(0, latest - candidate.version))
         label_time = (candidate.manifest.metrics.get("label_time_median", 0.0) if candidate.manifest else 0.0)
         if label_time > 0:

@@ -15,8 +15,10 @@ torch.set_num_threads(2)
 
 
 def server_config(model_dir: Path, **overrides) -> ServerConfig:
+    # Eager torch unless a test asks: auto times every CPU backend at start (seconds a server), which the
+    # backend tests and every `weldstream serve` subprocess in the suite exercise.
     base = dict(model_dir=model_dir, host="127.0.0.1", grpc_port=0, metrics_port=0, grace_s=5.0, kafka=None,
-                poll_interval_s=0.2)
+                poll_interval_s=0.2, backend="torch")
     base.update(overrides)
     return ServerConfig(**base)
 

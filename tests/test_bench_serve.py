@@ -25,7 +25,8 @@ def test_the_report_holds_the_ratios_and_the_raw_figures(tmp_path):
            "kserve_model_infer_fp32": 28.0}
     result = {
         "config": {"size": [256, 256], "device_name": "cpu", "threads": 2, "served_backend": "onnxruntime",
-                   "backend": "auto",
+                   "backend": "onnxruntime", "backend_asked": "auto",
+                   "auto_timings_ms": {"torchscript": 30.0, "onnxruntime": 20.0, "torch": 40.0},
                    "torch": torch.__version__, "load_average": [1.0, 1.0, 1.0], "cpu_count": 2, "requests": 10,
                    "clients": 4},
         "p50_ms": p50, "p99_ms": {k: 2 * v for k, v in p50.items()},
@@ -40,7 +41,8 @@ def test_the_report_holds_the_ratios_and_the_raw_figures(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| gRPC Segment ÷ eager fp32 forward | 0.65× | ≤ 1.0 on CPU |" in table
     assert "| KServe ModelInfer (FP32) ÷ eager fp32 forward | 0.70× | ≤ 0.85 on CPU |" in table
-    assert "backend onnxruntime (auto, the server's default)" in table.splitlines()[0]
+    assert "backend onnxruntime (auto, the server's default: the fastest here)" in table.splitlines()[0]
+    assert "torchscript 30.0, onnxruntime 20.0, torch 40.0" in table
     assert "4.2 s (the ONNX export 3.5 s of it)" in table
     assert "| eager fp32 forward, by hand (build_model, eval, inference_mode) | 40.0 | 80.0 |" in table
     assert "**1.50×**" in table and table == format_table(result)

@@ -11,7 +11,9 @@ from weldstream.cli import build_parser
 from weldstream.model import ModelConfig
 from weldstream.preprocess import pad_to_multiple, window_intensities
 from weldstream.server import onnx_backend as onnx_module
+from weldstream.server.backend_choice import fastest_backend
 from weldstream.server.backends import (
+    CPU_CANDIDATES,
     MIN_AGREEMENT,
     Backend,
     BackendSettings,
@@ -19,7 +21,6 @@ from weldstream.server.backends import (
     autocast_dtype,
     bucket_size,
     eager,
-    resolved_name,
 )
 from weldstream.server.config import ServerConfig
 from weldstream.server.cuda_graphs import GraphCache
@@ -79,13 +80,40 @@ def _flipped(backend: Backend) -> Backend:
     return Backend("onnxruntime", predict)
 
 
-def test_the_default_backend_is_onnxruntime_on_the_cpu_and_torch_elsewhere() -> None:
-    assert ServerConfig().backend == "auto" and BackendSettings().name == "auto"
-    assert resolved_name("auto", CPU) == "onnxruntime"
-    assert resolved_name("auto", torch.device("cuda")) == "torch"
-    assert resolved_name("torch", CPU) == "torch" and resolved_name("onnxruntime", CPU) == "onnxruntime"
-    loaded = with_backend(fresh_model(ModelConfig(), CPU), BackendSettings())
-    assert loaded.runner.name == "onnxruntime" and loaded.backend_refused == ""
+def test_auto_serves_the_fastest_verified_cpu_backend(monkeypatch) -> None:
+    assert ServerConfig().backend == "auto"
+    module = fresh_model(ModelConfig(), CPU).module
+    speeds = {"torchscript": 30.0, "onnxruntime": 20.0, "torch": 40.0}
+    names = iter(CPU_CANDIDATES)  # the timer is called once per verified candidate, in this order
+    chosen, timings = fastest_backend(module, ModelConfig(), CPU, BackendSettings("auto"),
+                                      timer=lambda predict, image: speeds[next(names)])
+    assert chosen == "onnxruntime" and timings == speeds
+    speeds["torchscript"] = 10.0
+    names = iter(CPU_CANDIDATES)
+    chosen, _ = fastest_backend(module, ModelConfig(), CPU, BackendSettings("auto"),
+                                timer=lambda predict, image: speeds[next(names)])
+    assert chosen == "torchscript"
+    assert fastest_backend(module, ModelConfig(), torch.device("cuda"), BackendSettings("auto"))[0] == "torch"
+    assert fastest_backend(module, ModelConfig(), CPU, BackendSettings("torch"))[0] == "torch"
+
+
+def test_auto_never_chooses_a_backend_whose_masks_disagree(monkeypatch) -> None:
+    real = onnx_module.onnx_backend
+    monkeypatch.setattr(onnx_module, "onnx_backend", lambda *args, **kwargs: _flipped(real(*args, **kwargs)))
+    chosen, timings = fastest_backend(fresh_model(ModelConfig(), CPU).module, ModelConfig(), CPU,
+                                      BackendSettings("auto"), timer=lambda predict, image: 1.0)
+    assert "onnxruntime" not in timings and chosen == "torchscript"
+
+
+def test_torchscript_masks_agree_with_eager_at_any_batch_and_size() -> None:
+    loaded = fresh_model(ModelConfig(), CPU)
+    frozen = with_backend(loaded, BackendSettings("torchscript"))
+    assert frozen.runner.name == "torchscript" and frozen.backend_refused == ""
+    scans = simulated(3) + simulated(2, (77, 201))
+    for ours, reference in zip(predict_batch(frozen, scans), predict_batch(loaded, scans), strict=True):
+        assert np.mean(ours.mask == reference.mask) >= MIN_AGREEMENT  # fp32 both; summation order differs
+        np.testing.assert_allclose(ours.confidence, reference.confidence, atol=1e-4)
+        assert ours.doubt == pytest.approx(reference.doubt, abs=1e-4)
 
 
 def test_backend_torch_forces_eager_on_the_cpu(monkeypatch) -> None:
@@ -101,9 +129,8 @@ def test_backend_torch_forces_eager_on_the_cpu(monkeypatch) -> None:
 def test_a_disagreeing_export_is_served_by_eager_torch(monkeypatch) -> None:
     real = onnx_module.onnx_backend
     monkeypatch.setattr(onnx_module, "onnx_backend", lambda *args, **kwargs: _flipped(real(*args, **kwargs)))
-    for asked in ("onnxruntime", "auto"):
-        loaded = with_backend(fresh_model(ModelConfig(), CPU), BackendSettings(asked))
-        assert loaded.runner.name == "torch" and loaded.backend_refused == "disagrees"
+    loaded = with_backend(fresh_model(ModelConfig(), CPU), BackendSettings("onnxruntime"))
+    assert loaded.runner.name == "torch" and loaded.backend_refused == "disagrees"
 
 
 def test_a_failing_export_is_served_by_eager_torch(monkeypatch) -> None:
@@ -124,8 +151,7 @@ async def test_the_server_counts_a_refused_backend_and_serves_eagerly(tmp_path, 
 
     real = onnx_module.onnx_backend
     monkeypatch.setattr(onnx_module, "onnx_backend", lambda *args, **kwargs: _flipped(real(*args, **kwargs)))
-    server = await started(server_config(tmp_path / "models"))  # the default backend: auto
-    assert server.cfg.backend == "auto"
+    server = await started(server_config(tmp_path / "models", backend="onnxruntime"))
     fallbacks = server.metrics.registry.get_sample_value(
         "inference_backend_fallbacks_total", {"backend": "onnxruntime", "reason": "disagrees"})
     assert fallbacks == 1
@@ -136,6 +162,22 @@ async def test_the_server_counts_a_refused_backend_and_serves_eagerly(tmp_path, 
             image=tensor_pb2.Image(tensor=array_to_tensor(scan))))
     (expected,) = predict_batch(fresh_model(ModelConfig(), CPU), [scan])
     assert response.mask.data == expected.mask.tobytes()
+
+
+async def test_a_default_server_serves_every_version_with_the_backend_it_chose(tmp_path, started) -> None:
+    from weldstream.model import build_model
+    from weldstream.weight_store import WeightStore
+
+    from .conftest import server_config
+
+    server = await started(server_config(tmp_path / "models", backend="auto", poll_interval_s=60))
+    chosen = server.cfg.backend
+    assert chosen in CPU_CANDIDATES and server.slot.current().runner.name == chosen
+    assert server.metrics.registry.get_sample_value("inference_backend_info", {"backend": chosen}) == 1
+    WeightStore(tmp_path / "models").publish(build_model(ModelConfig(), seed=3).state_dict(), ModelConfig(),
+                                             parent_version=0)
+    assert await server.swapper.swap_to_served()
+    assert server.slot.current().version == 1 and server.slot.current().runner.name == chosen
 
 
 def test_backend_agreement_is_the_share_of_equal_pixels() -> None:
@@ -237,7 +279,7 @@ async def test_a_swapped_in_version_gets_its_own_checked_onnx_session(tmp_path, 
 
     from .conftest import server_config
 
-    server = await started(server_config(tmp_path / "models", poll_interval_s=60))  # the default backend
+    server = await started(server_config(tmp_path / "models", backend="onnxruntime", poll_interval_s=60))
     assert server.slot.current().runner.name == "onnxruntime"
     WeightStore(tmp_path / "models").publish(build_model(ModelConfig(), seed=3).state_dict(), ModelConfig(),
                                              parent_version=0)
