@@ -3,9 +3,10 @@
 Freezing inlines the weights as constants, so batch norm folds into the convolutions, and
 ``optimize_for_inference`` moves the convolutions to oneDNN's blocked layout: the same fp32 arithmetic
 as eager torch up to summation order (masks agree on all but near-tied pixels, checked like every
-backend) at about 0.7 of eager's time on a 2-core CPU at 256x256 and 512x512. The head (argmax, confidence, entropy, pooled features) is traced
-with the module, as in the ONNX export, so doubt and drift read the same maps. Traced at one small size,
-it runs at any batch, height and width: the U-Net has no shape-dependent branches.
+backend) at about 0.7 of eager's time on a 2-core CPU at 256x256 and 512x512. The head (argmax,
+confidence, entropy, pooled features) is traced with the module, as in the ONNX export, so doubt and
+drift read the same maps. Traced at one small size, it runs at any batch, height and width: the U-Net
+has no shape-dependent branches.
 """
 
 from __future__ import annotations
