@@ -68,7 +68,7 @@ def format_table(result: dict[str, Any]) -> str:
                   f"batching (max batch 8), {rps['batching_off']:.1f} req/s without: "
                   f"**{ratios['batching_gain']:.2f}×**."]
     if cfg.get("auto_timings_ms"):
-        lines += ["", "The server's start-up timing of each verified CPU backend (auto), median ms of a 256×256 "
+        lines += ["", "The server's start-up timing of each verified CPU backend (auto), median ms of a 384×384 "
                       "forward: " + ", ".join(f"{name} {ms:.1f}" for name, ms in cfg["auto_timings_ms"].items())
                   + "."]
     if "backend_build" in result:

@@ -84,15 +84,16 @@ def test_auto_serves_the_fastest_verified_cpu_backend(monkeypatch) -> None:
     assert ServerConfig().backend == "auto"
     module = fresh_model(ModelConfig(), CPU).module
     speeds = {"torchscript": 30.0, "onnxruntime": 20.0, "torch": 40.0}
-    names = iter(CPU_CANDIDATES)  # the timer is called once per verified candidate, in this order
-    chosen, timings = fastest_backend(module, ModelConfig(), CPU, BackendSettings("auto"),
-                                      timer=lambda predict, image: speeds[next(names)])
-    assert chosen == "onnxruntime" and timings == speeds
+    timed: list[list[str]] = []
+
+    def timer(predictors, image):
+        timed.append(list(predictors))
+        return {name: speeds[name] for name in predictors}
+
+    chosen, timings = fastest_backend(module, ModelConfig(), CPU, BackendSettings("auto"), timer=timer)
+    assert chosen == "onnxruntime" and timings == speeds and timed == [list(CPU_CANDIDATES)]
     speeds["torchscript"] = 10.0
-    names = iter(CPU_CANDIDATES)
-    chosen, _ = fastest_backend(module, ModelConfig(), CPU, BackendSettings("auto"),
-                                timer=lambda predict, image: speeds[next(names)])
-    assert chosen == "torchscript"
+    assert fastest_backend(module, ModelConfig(), CPU, BackendSettings("auto"), timer=timer)[0] == "torchscript"
     assert fastest_backend(module, ModelConfig(), torch.device("cuda"), BackendSettings("auto"))[0] == "torch"
     assert fastest_backend(module, ModelConfig(), CPU, BackendSettings("torch"))[0] == "torch"
 
@@ -101,7 +102,7 @@ def test_auto_never_chooses_a_backend_whose_masks_disagree(monkeypatch) -> None:
     real = onnx_module.onnx_backend
     monkeypatch.setattr(onnx_module, "onnx_backend", lambda *args, **kwargs: _flipped(real(*args, **kwargs)))
     chosen, timings = fastest_backend(fresh_model(ModelConfig(), CPU).module, ModelConfig(), CPU,
-                                      BackendSettings("auto"), timer=lambda predict, image: 1.0)
+                                      BackendSettings("auto"), timer=lambda found, image: dict.fromkeys(found, 1.0))
     assert "onnxruntime" not in timings and chosen == "torchscript"
 
 
