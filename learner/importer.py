@@ -1,7 +1,10 @@
 """`weldstream import DIR`: a folder of labeled scans onto the labeled topic, each pair checked first.
 
 Pairs that fail a check are skipped and reported with the reason (the learner's own decoder is the
-check, see ``scan_folder.read_pair``); the rest are produced at the chosen rate, keyed by scan id.
+check, see ``scan_folder.read_pair``); the rest are produced at the chosen rate, keyed by scan id. With
+``--to s3://bucket/datasets/NAME`` the good pairs are kept as a dataset in the bucket instead
+(``weldstream.datasets``), which ``consolidate --data`` and ``bench cl --data`` read back; DIR may itself
+be such a dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from weldstream.codec import tensor_to_array
+from weldstream.datasets import DatasetWriter, is_remote, local_folder
 from weldstream.errors import InvalidInput
 from weldstream.kafka_security import KafkaSecurity
 from weldstream.learner.scan_folder import FolderOptions, Pair, find_pairs, read_pair
@@ -46,11 +51,16 @@ class ImportConfig:
                                           help="GDXray-style series whose masks are another series: W0001=W0002,...")
     dry_run: bool = setting(False, help="check every pair and report; send nothing")
     report: str | None = setting("", parse=optional_text, help="also write the report (JSON) to this file")
+    to: str | None = setting("", parse=optional_text,
+                             help="keep the checked pairs as a dataset in an S3-compatible bucket "
+                                  "(s3://bucket/datasets/NAME; AWS_* variables) instead of sending them to Kafka")
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
         if self.rate < 0:
             raise ValueError("rate must be >= 0")
+        if self.to and not is_remote(self.to):
+            raise ValueError(f"--to takes an s3://bucket/prefix URL, got {self.to!r}")
 
 
 @dataclass
@@ -71,15 +81,17 @@ class ImportReport:
 
 
 async def import_folder(root: Path, cfg: ImportConfig, options: FolderOptions | None = None) -> ImportReport:
-    """Check every pair under ``root`` and produce the good ones to ``cfg.topic``; returns the report."""
-    root = Path(root)
+    """Check every pair under ``root`` (a folder, or a dataset in a bucket) and produce the good ones to
+    ``cfg.topic``, or keep them in the dataset ``cfg.to``; returns the report."""
+    root = await asyncio.to_thread(local_folder, root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
     options = options or FolderOptions(cfg.domain, cfg.rig_id, cfg.binary_class, cfg.mask_series)
     pairs: list[Pair] = await asyncio.to_thread(lambda: list(find_pairs(root, options)))
     report = ImportReport()
     producer = None
-    if not cfg.dry_run:
+    dataset = DatasetWriter(cfg.to) if cfg.to and not cfg.dry_run else None
+    if not cfg.dry_run and dataset is None:
         await ensure_topics(cfg.kafka, security=cfg.kafka_security)
         producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka, **cfg.kafka_security.client_kwargs(),
                                     acks="all", enable_idempotence=False,
@@ -99,6 +111,10 @@ async def import_folder(root: Path, cfg: ImportConfig, options: FolderOptions | 
                 report.skipped.append((str(pair.image), str(exc)))
                 continue
             seen[pair.scan_id] = pair.image
+            if dataset is not None:
+                await asyncio.to_thread(dataset.add, pair.scan_id, pair.domain, message.rig_id,
+                                        message.image.encoded.data, pair.image.suffix.lower(),
+                                        tensor_to_array(message.mask, "mask"))
             if producer is not None:
                 await producer.send(cfg.topic, message.SerializeToString(), key=pair.scan_id.encode())
             report.sent += 1
@@ -109,6 +125,8 @@ async def import_folder(root: Path, cfg: ImportConfig, options: FolderOptions | 
                     await asyncio.sleep(delay)
         if producer is not None:
             await producer.flush()
+        if dataset is not None:
+            await asyncio.to_thread(dataset.close)
     finally:
         if producer is not None:
             await producer.stop()
