@@ -247,7 +247,8 @@ def _run_bench_gem(args: argparse.Namespace) -> int:
 def _import_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     from weldstream.learner.importer import ImportConfig
 
-    p.add_argument("folder", type=Path, help="images and masks: an index CSV, images/ + masks/, or series folders")
+    p.add_argument("folder", help="images and masks: an index CSV, images/ + masks/, or series folders; or a "
+                                  "dataset kept with --to (s3://bucket/datasets/NAME)")
     add_settings(p, ImportConfig)
     _kafka_security_arguments(p)
     p.set_defaults(run=_run_import)
@@ -258,7 +259,8 @@ def _run_import(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(ImportConfig, args, kafka_security=kafka_security(args))
     report = asyncio.run(import_folder(args.folder, cfg))
-    print(report.summary("would send" if cfg.dry_run else f"sent to {cfg.topic} on {cfg.kafka}:"))
+    where = f"kept in {cfg.to}:" if cfg.to else f"sent to {cfg.topic} on {cfg.kafka}:"
+    print(report.summary("would send" if cfg.dry_run else where))
     return 0 if report.sent else 1
 
 
