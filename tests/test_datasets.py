@@ -41,6 +41,23 @@ async def test_an_imported_dataset_comes_back_as_the_pairs_that_passed(s3_store_
     assert local_folder(tmp_path / "scans") == tmp_path / "scans"
 
 
+async def test_the_benchmark_reads_a_dataset_from_the_bucket(s3_store_url, tmp_path):
+    from weldstream.bench.cl.config import BenchConfig
+    from weldstream.bench.cl.stream import build_stream
+    from weldstream.simulator.dataset import write_dataset
+
+    for domain, seed in (("ut-pe100-5mhz", 0), ("xray-film-steel-x52", 50)):
+        write_dataset(tmp_path / "sim" / domain, domain, 8, seed=seed, size=(64, 64))
+    url = f"{s3_store_url}/datasets/bench"
+    report = await import_folder(tmp_path / "sim", ImportConfig(kafka="unused:9092", rate=0, to=url))
+    assert report.sent == 16
+    from_bucket = build_stream(BenchConfig(data=url, size=(64, 64), test_share=0.3))
+    from_folder = build_stream(BenchConfig(data=tmp_path / "sim", size=(64, 64), test_share=0.3))
+    assert from_bucket.names == from_folder.names == ["ut-pe100-5mhz", "xray-film-steel-x52"]
+    for ours, theirs in zip(from_bucket.domains, from_folder.domains, strict=True):
+        assert len(ours.x_test) == len(theirs.x_test) and len(ours.x_train) == len(theirs.x_train)
+
+
 async def test_a_damaged_file_in_the_bucket_is_refused_by_name(s3_store_url, tmp_path):
     expected = _broken_folder(tmp_path / "scans")
     url = f"{s3_store_url}/datasets/damaged"

@@ -2,7 +2,7 @@
 
 Layout under ``s3://bucket/prefix/``: ``images/<scan id><suffix>`` (the original PNG or TIFF bytes),
 ``masks/<scan id>.png`` (the checked class map as an 8-bit PNG) and ``index.csv`` with one row a pair
-(image, mask, domain, scan_id, rig_id and the sha256 of each file). The index is written last, so a
+(image, mask, domain, scan_id, rig_id, the image's dtype and the sha256 of each file). The index is written last, so a
 reader sees the pairs of a finished upload only. A fetched copy is an ordinary folder in the index-CSV
 layout every folder reader takes (``weldstream import``, ``consolidate --data``, ``bench cl --data``); each
 file is checked against its sha256 on the way down and kept, so a second fetch downloads nothing new.
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from weldstream.codec import encode_png
+from weldstream.codec import decode_file, encode_png
 
 INDEX = "index.csv"
-COLUMNS = ("image", "mask", "domain", "scan_id", "rig_id", "image_sha256", "mask_sha256")
+COLUMNS = ("image", "mask", "domain", "scan_id", "rig_id", "dtype", "image_sha256", "mask_sha256")
+FORMATS = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}
 
 
 class DamagedDataset(ValueError):
@@ -53,11 +54,13 @@ class DatasetWriter:
     def add(self, scan_id: str, domain: str, rig_id: str, image: bytes, image_suffix: str, mask: np.ndarray) -> None:
         """One checked pair: the image as it came, the mask as the class map the importer read."""
         mask_png = encode_png(np.ascontiguousarray(mask, dtype=np.uint8))
+        dtype = str(decode_file(image, FORMATS[image_suffix.lower()], "image").dtype)
         image_name, mask_name = f"images/{scan_id}{image_suffix}", f"masks/{scan_id}.png"
         self.bucket.put(image_name, image)
         self.bucket.put(mask_name, mask_png)
         self.rows.append({"image": image_name, "mask": mask_name, "domain": domain, "scan_id": scan_id,
-                          "rig_id": rig_id, "image_sha256": _sha256(image), "mask_sha256": _sha256(mask_png)})
+                          "rig_id": rig_id, "dtype": dtype, "image_sha256": _sha256(image),
+                          "mask_sha256": _sha256(mask_png)})
 
     def close(self) -> int:
         """Write the index (last); returns how many pairs it lists."""

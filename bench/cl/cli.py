@@ -44,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="minutes-long pipeline check: 3 domains, tiny splits, 1 seed")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
     p.add_argument("--data", type=Path, default=None,
-                   help="folder dataset (index.csv with a domain column, or one sub-folder per domain) "
-                        "instead of the simulator")
+                   help="folder dataset (index.csv with a domain column, or one sub-folder per domain), or a "
+                        "dataset in a bucket (s3://bucket/datasets/NAME, see import --to), instead of the simulator")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.add_argument("--strategies", type=_strategies, default=None, help=f"comma list from {','.join(STRATEGIES)}")
     p.add_argument("--train-per-domain", type=int, default=None, help="simulated train scans per domain")

@@ -119,12 +119,13 @@ def _index_files(folder: Path) -> list[Path]:
 
 
 def _from_folder(cfg: BenchConfig) -> Stream:
+    from weldstream.datasets import local_folder
     from weldstream.simulator import read_dataset
 
     assert cfg.data is not None
     by_domain: dict[str, dict[str, list]] = {}
     modality: dict[str, str] = {}
-    for index in _index_files(Path(cfg.data)):
+    for index in _index_files(local_folder(cfg.data)):
         for row, image, mask in read_dataset(index):
             domain = str(row.get("domain") or "")
             if not domain:
