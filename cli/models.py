@@ -14,8 +14,9 @@ from weldstream.errors import CorruptVersion
 from weldstream.features import REFERENCE_KEY
 from weldstream.pinning import Operator, OperatorConfig
 from weldstream.registry import Registry, VersionRow, open_registry
+from weldstream.s3_client import StoreUnavailable
 from weldstream.settings import add_settings, config_from_args
-from weldstream.weight_store import WeightStore
+from weldstream.stores import VersionStore, configured_store
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,20 +56,20 @@ def _verb_options(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(OperatorConfig, args, kafka_security=kafka_security(args))
-    store = WeightStore(cfg.model_dir)
+    store = configured_store(cfg.store, cfg.model_dir)
     registry = open_registry(cfg.registry, cfg.model_dir)
     try:
         registry.sync(store)
         command: Callable[..., int] = COMMANDS[args.models_command]
         return command(args, cfg, store, registry)
-    except (ValueError, FileNotFoundError, CorruptVersion) as exc:
+    except (ValueError, FileNotFoundError, CorruptVersion, StoreUnavailable) as exc:  # unreachable or refused too
         print(f"weldstream models {args.models_command}: {exc}")
         return 2
     finally:
         registry.close()
 
 
-def _list(args: argparse.Namespace, cfg: OperatorConfig, store: WeightStore, registry: Registry) -> int:
+def _list(args: argparse.Namespace, cfg: OperatorConfig, store: VersionStore, registry: Registry) -> int:
     versions = registry.versions()
     if not versions:
         print(f"no versions in {store.root}")
@@ -85,7 +86,7 @@ def _list(args: argparse.Namespace, cfg: OperatorConfig, store: WeightStore, reg
     return 0
 
 
-def _show(args: argparse.Namespace, cfg: OperatorConfig, store: WeightStore, registry: Registry) -> int:
+def _show(args: argparse.Namespace, cfg: OperatorConfig, store: VersionStore, registry: Registry) -> int:
     row = registry.version(args.version)
     if row is None:
         raise ValueError(f"no version {args.version} in {store.root}")
@@ -119,7 +120,7 @@ def _show(args: argparse.Namespace, cfg: OperatorConfig, store: WeightStore, reg
     return 0
 
 
-def _diff(args: argparse.Namespace, cfg: OperatorConfig, store: WeightStore, registry: Registry) -> int:
+def _diff(args: argparse.Namespace, cfg: OperatorConfig, store: VersionStore, registry: Registry) -> int:
     for version in (args.a, args.b):
         if registry.version(version) is None:
             raise ValueError(f"no version {version} in {store.root}")
@@ -137,7 +138,7 @@ def _diff(args: argparse.Namespace, cfg: OperatorConfig, store: WeightStore, reg
     return 0
 
 
-def _operate(args: argparse.Namespace, cfg: OperatorConfig, store: WeightStore, registry: Registry) -> int:
+def _operate(args: argparse.Namespace, cfg: OperatorConfig, store: VersionStore, registry: Registry) -> int:
     operator = Operator(cfg, store, registry, cfg.actor or getpass.getuser())
     if args.models_command == "pin":
         change = asyncio.run(operator.pin(args.version, args.reason))

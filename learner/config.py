@@ -11,6 +11,7 @@ from weldstream.model import ModelConfig
 from weldstream.registry import REGISTRY_HELP
 from weldstream.replay import StepConfig
 from weldstream.settings import comma_list, optional_path, setting
+from weldstream.stores import MODEL_DIR_HELP, STORE_HELP, store_location
 from weldstream.topics import DEAD_LETTER, DEFAULT_KAFKA, LABELED_SCANS, MODELS
 from weldstream.weight_store import DEFAULT_MODEL_DIR
 
@@ -18,7 +19,8 @@ from weldstream.weight_store import DEFAULT_MODEL_DIR
 @dataclass(frozen=True)
 class LearnerConfig:
     kafka: str = setting(DEFAULT_KAFKA, help="Kafka bootstrap HOST:PORT")
-    model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
+    model_dir: Path = setting(DEFAULT_MODEL_DIR, help=MODEL_DIR_HELP)
+    store: str = setting("", parse=store_location, help=STORE_HELP)
     registry: str = setting("", help=REGISTRY_HELP)
     metrics_port: int = setting(8003, help="Prometheus /metrics port (-1: off)")
     metrics_host: str = setting("0.0.0.0", help="address /metrics and /healthz listen on")

@@ -8,6 +8,7 @@ from pathlib import Path
 from weldstream.kafka_security import KafkaSecurity
 from weldstream.registry import REGISTRY_HELP
 from weldstream.settings import optional_text, setting
+from weldstream.stores import MODEL_DIR_HELP, STORE_HELP, store_location
 from weldstream.topics import DEFAULT_KAFKA, LABELED_SCANS, MODELS
 from weldstream.weight_store import DEFAULT_MODEL_DIR
 
@@ -30,7 +31,8 @@ class ConsolidateConfig:
     data: str | None = setting("", parse=optional_text, help="read labeled scans from this folder instead of Kafka")
     topic: str = LABELED_SCANS
     models_topic: str = MODELS
-    model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
+    model_dir: Path = setting(DEFAULT_MODEL_DIR, help=MODEL_DIR_HELP)
+    store: str = setting("", parse=store_location, help=STORE_HELP)
     registry: str = setting("", help=REGISTRY_HELP)
     epochs: int = setting(2, help="passes over each domain's crops (joint: over all of them)")
     domains: tuple[str, ...] = setting((), parse=parse_domains,

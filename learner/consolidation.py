@@ -17,8 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -34,18 +33,14 @@ from weldstream.learner.config import LearnerConfig
 from weldstream.learner.consolidate_config import ConsolidateConfig
 from weldstream.learner.corpus import Corpus, read_folder, read_labeled_topic
 from weldstream.learner.crops import cut_crop, defect_pixels
+from weldstream.learner.progress import progress_bar
 from weldstream.learner.publisher import CONSOLIDATED, Decision, Publisher
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import auto_crop_size
 from weldstream.model import ModelConfig, build_model, resolve_device
 from weldstream.registry import Round, best_effort, open_configured
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepConfig, gem_step
-from weldstream.weight_store import WeightStore
-
-try:
-    from tqdm import tqdm
-except ImportError:  # the base install: progress goes to the log
-    tqdm = None
+from weldstream.stores import VersionStore, configured_store
 
 log = logging.getLogger(__name__)
 PROGRESS_FILE = "consolidation-progress.pt"
@@ -69,7 +64,7 @@ class Outcome:
 class Consolidation:
     """One job's training state; ``run()`` trains every unit not done yet, then judges and publishes."""
 
-    def __init__(self, cfg: ConsolidateConfig, corpus: Corpus, store: WeightStore, device: torch.device,
+    def __init__(self, cfg: ConsolidateConfig, corpus: Corpus, store: VersionStore, device: torch.device,
                  stop: threading.Event, progress: Callable[[int, int], None] = lambda done, total: None) -> None:
         self.cfg, self.corpus, self.store, self.device, self.stop = cfg, corpus, store, device, stop
         self.progress = progress
@@ -251,7 +246,7 @@ async def consolidate(cfg: ConsolidateConfig, stop: threading.Event | None = Non
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    store = WeightStore(cfg.model_dir)
+    store = configured_store(cfg.store, cfg.model_dir)
     started_at = time.time()
     if cfg.data:
         corpus = await asyncio.to_thread(read_folder, Path(cfg.data), ModelConfig(), cfg.holdout_share)
@@ -292,29 +287,3 @@ def _saved_offsets(cfg: ConsolidateConfig) -> dict[int, int] | None:
     if state is None or not state.get("offsets"):
         return None
     return {int(o["partition"]): int(o["offset"]) for o in state["offsets"] if o["topic"] == cfg.topic}
-
-
-@contextmanager
-def progress_bar(enabled: bool, title: str) -> Iterator[Callable[[int, int], None]]:
-    """A tqdm bar on stderr (the ``consolidate`` extra), or a log line every tenth of the way without it."""
-    bar: Any = None
-    logged = [0]
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if not enabled:
-            return
-        if tqdm is None:
-            if done * 10 // total > logged[0]:
-                logged[0] = done * 10 // total
-                log.info("%s: %d/%d steps", title, done, total)
-            return
-        if bar is None:
-            bar = tqdm(total=total, initial=done - 1, desc=title, unit="step", dynamic_ncols=True)
-        bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()

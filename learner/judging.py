@@ -1,7 +1,9 @@
 """Between training chunks: checkpoint, judge a candidate, announce it if published, commit the offsets.
 
 Delivery: offsets are committed only after a checkpoint holding everything learned from (or still
-pending for) those messages is on disk, so a crash at any point re-reads, and never skips, a scan.
+pending for) those messages is on disk, so a crash at any point re-reads, and never skips, a scan. The
+checkpoint is local, so a weight store that does not answer stops only publishing: what was learned is
+in the checkpoint and in the next candidate, which is judged and published once the store answers.
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ async def _checkpoint_judge_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer
         return
     try:
         manifest = await publish(loop)
-    except OSError as exc:
+    except OSError as exc:  # StoreUnavailable, a full disk under a directory store: the next judgement tries again
         loop.last_publish = time.monotonic()
-        log.error("could not publish a version (%s); will try again after --publish-every-s", exc)
+        loop.store_failed(exc)
         manifest = None
+    else:
+        loop.store_answered()
     if manifest is not None:
         try:
             await announce(producer, loop.cfg.models_topic, manifest)
@@ -68,6 +72,15 @@ async def _checkpoint_judge_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer
     except (CommitFailedError, KafkaError) as exc:
         # The checkpoint already holds these scans; a restart seeks past them (SeekToCheckpoint).
         log.warning("offset commit failed (%s); will retry at the next checkpoint", exc)
+
+
+async def follow_store(loop: LearnerLoop) -> None:
+    """Look at the store now (an announcement came): adopt a consolidation, follow a pin; a store that does not
+    answer is counted and looked at again at the next judgement."""
+    try:
+        await asyncio.to_thread(loop.sync_with_store)
+    except OSError as exc:
+        loop.store_failed(exc)
 
 
 async def publish(loop: LearnerLoop) -> Manifest | None:

@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 from weldstream.announcements import follow_announcements
 from weldstream.learner import kafka_io
 from weldstream.learner.config import LearnerConfig
-from weldstream.learner.judging import publish_and_commit
+from weldstream.learner.judging import follow_store, publish_and_commit
 from weldstream.learner.metrics import LearnerMetrics
 from weldstream.learner.pipeline import LearnerLoop
 from weldstream.metrics_http import start_metrics_server
@@ -92,7 +92,7 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
             if training is None:
                 if announced.is_set():
                     announced.clear()
-                    await asyncio.to_thread(loop.sync_with_store)
+                    await follow_store(loop)
                 if loop.publish_due():
                     await publish_and_commit(loop, consumer, producer)
                 if loop.learner.has_work():

@@ -48,6 +48,10 @@ class LearnerMetrics:
         self.checkpoint_failures = Counter("learner_checkpoint_failures_total",
                                            "Checkpoints that could not be written (a full disk); nothing is "
                                            "committed or published until one is.", registry=r)
+        self.store_errors = Counter("learner_store_errors_total",
+                                    "Weight-store calls that failed (unreachable, refused, an I/O error): training "
+                                    "and checkpoints go on, and the newest candidate is published at a later "
+                                    "judgement.", registry=r)
         self.progress = Gauge("learner_loop_progress_timestamp_seconds",
                               "When the learning loop last made progress (unix time); /healthz fails when stale.",
                               registry=r)

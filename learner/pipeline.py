@@ -13,6 +13,7 @@ import time
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from weldstream.backoff import Backoff
 from weldstream.errors import CorruptVersion, InvalidInput
 from weldstream.learner.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from weldstream.learner.config import LearnerConfig
@@ -26,7 +27,7 @@ from weldstream.model import resolve_device
 from weldstream.registry import best_effort, open_configured
 from weldstream.replay import StepStats
 from weldstream.signing import read_key
-from weldstream.weight_store import WeightStore
+from weldstream.stores import configured_store
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class LearnerLoop:
         self.cfg = cfg
         self.metrics = metrics
         self.device = resolve_device(cfg.device)
-        self.store = WeightStore(cfg.model_dir, read_key(cfg.signing_key_file) if cfg.signing_key_file else None)
+        self.store = configured_store(cfg.store, cfg.model_dir,
+                                      read_key(cfg.signing_key_file) if cfg.signing_key_file else None)
         self.learner = ContinualLearner(cfg, self.device)
         self.validation = ValidationSets(cfg.validation_per_domain, cfg.validation_mb << 20)
         self.ledger = Ledger(cfg.model_dir)
@@ -53,6 +55,8 @@ class LearnerLoop:
         self.judging_s = 0.0  # how long the last checkpoint-and-judge took
         self.dirty = False  # consumed something not yet in a checkpoint
         self.scans_at_checkpoint = 0
+        self.store_backoff = Backoff()  # while the weight store does not answer: when to judge again
+        self.store_retry_at = 0.0
         self.publisher = Publisher(cfg, self.store, self.device)
         # The newest stored version already looked at for a consolidation to adopt. Not the parent version:
         # a consolidation that lands while the learner judges gets a lower number than the learner's own
@@ -190,6 +194,8 @@ class LearnerLoop:
         """Every --publish-every-steps steps, once judging would take at most --judging-share of the time
         since the last judgement; or every --publish-every-s seconds, whichever comes first."""
         cfg = self.cfg
+        if time.monotonic() < self.store_retry_at:
+            return False  # the weight store did not answer the last judgement: back off
         steps = self.learner.steps - self.steps_at_publish
         elapsed = time.monotonic() - self.last_publish
         judging_paid = elapsed >= self.judging_s * (1 - cfg.judging_share) / cfg.judging_share
@@ -225,6 +231,20 @@ class LearnerLoop:
         self.store_seen = max(self.store_seen, versions[-1] if versions else 0)
         self.publisher.follow_served()
         return adopted
+
+    def store_failed(self, exc: OSError) -> None:
+        """The weight store did not answer: training and checkpoints go on; nothing is lost, since the newest
+        candidate (which holds everything learned) is judged and published at a later judgement."""
+        self.metrics.store_errors.inc()
+        wait = self.store_backoff.failed()
+        self.store_retry_at = time.monotonic() + wait
+        log.warning("weight store %s failed (%s); training and checkpoints go on, judging again in %.0f s at the "
+                    "earliest", self.store.root, exc, wait)
+
+    def store_answered(self) -> None:
+        if failures := self.store_backoff.reset():
+            self.store_retry_at = 0.0
+            log.info("weight store %s answers again after %d failed tries", self.store.root, failures)
 
     # -- stage 4: the checkpoint, which ``judging`` writes before it judges or commits anything
     async def checkpoint(self) -> bool:

@@ -23,7 +23,8 @@ from weldstream.learner.regression import Comparison, compare
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.model import build_model
 from weldstream.scoring import SegmentationScore, score_confusion
-from weldstream.weight_store import Manifest, WeightStore
+from weldstream.stores import VersionStore
+from weldstream.weight_store import Manifest
 
 log = logging.getLogger(__name__)
 # Versions from an offline consolidation job carry this strategy prefix; the online learner adopts them.
@@ -55,7 +56,7 @@ class Publisher:
     They differ only while a pin holds the servers on an older version.
     """
 
-    def __init__(self, cfg: LearnerConfig, store: WeightStore, device: torch.device) -> None:
+    def __init__(self, cfg: LearnerConfig, store: VersionStore, device: torch.device) -> None:
         self.cfg = cfg
         self.store = store
         self.device = device
@@ -147,7 +148,7 @@ class Publisher:
             scores={d: {"miou": s.miou, "dice": s.dice, "samples": s.samples} for d, s in decision.scores.items()},
             **details)
         self.parent_version = manifest.version
-        if self.store.pinned() is None:
+        if self._unpinned():
             self.live_version = manifest.version
             self._live_model.load_state_dict(model.state_dict())
             self._live_scans = {domain: (validation.revision(domain), scans)
@@ -155,6 +156,16 @@ class Publisher:
         log.info("published version %d (parent %d): %s", manifest.version, manifest.parent_version,
                  _brief(decision.scores))
         return replace(decision, manifest=manifest, candidate_scans={})
+
+    def _unpinned(self) -> bool:
+        """Whether servers follow the newest version. After a publish the version is out whatever this says, so
+        a store that does not answer means no: the baseline stays, and the next ``follow_served`` corrects it."""
+        try:
+            return self.store.pinned() is None
+        except OSError as exc:
+            log.warning("cannot tell whether a pin holds the servers (%s); comparing with version %d until the "
+                        "store answers", exc, self.live_version)
+            return False
 
     def adopt(self, version: int) -> None:
         """Another trainer's version (a consolidation) is now what the learner's weights descend from."""

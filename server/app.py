@@ -35,15 +35,17 @@ from weldstream.server.model_slot import LoadedModel, ModelSlot
 from weldstream.server.review import ReviewPolicy, ReviewPublisher
 from weldstream.server.security import BearerAuth, read_tokens, server_credentials
 from weldstream.server.segmenter_service import SegmenterServicer
+from weldstream.server.store_health import STORE_SERVICE, StoreHealth
 from weldstream.server.swapper import Swapper
 from weldstream.server.watch import ScanWatch
 from weldstream.signing import read_key
+from weldstream.stores import VersionStore, configured_store
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc
-from weldstream.weight_store import WeightStore
 
 log = logging.getLogger(__name__)
 # A health service name that answers SERVING whenever the process runs, for liveness probes: with
-# --ready-when-trained the other names say NOT_SERVING until a trained version is live.
+# --ready-when-trained the other names say NOT_SERVING until a trained version is live. (STORE_SERVICE says
+# whether the weight store answers; the others stay SERVING through a store outage.)
 LIVENESS_SERVICE = "weldstream.liveness"
 SERVICE_NAMES = (
     segmenter_pb2.DESCRIPTOR.services_by_name["Segmenter"].full_name,
@@ -51,7 +53,7 @@ SERVICE_NAMES = (
 )
 
 
-def initial_model(store: WeightStore, device: torch.device,
+def initial_model(store: VersionStore, device: torch.device,
                   backend: BackendSettings | None = None) -> LoadedModel:
     """The pinned (else newest) stored version, or the newest one below it that loads and checks, or a fresh
     untrained version 0 when none does.
@@ -68,6 +70,10 @@ def initial_model(store: WeightStore, device: torch.device,
         except CorruptVersion as exc:
             log.error("not serving version %d: %s", version, exc)
     log.warning("no usable model version in %s; serving an untrained version 0", store.root)
+    return untrained_model(device, backend)
+
+
+def untrained_model(device: torch.device, backend: BackendSettings | None = None) -> LoadedModel:
     return with_backend(fresh_model(ModelConfig(), device), backend or BackendSettings())
 
 
@@ -77,7 +83,9 @@ class InferenceServer:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.metrics = ServerMetrics()
-        self.store = WeightStore(cfg.model_dir, read_key(cfg.signing_key_file) if cfg.signing_key_file else None)
+        self.store = configured_store(cfg.store, cfg.model_dir,
+                                      read_key(cfg.signing_key_file) if cfg.signing_key_file else None)
+        self.store_health = StoreHealth(self.metrics, cfg.poll_interval_s, str(self.store.root))
         self.device = resolve_device(cfg.device)
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -90,13 +98,13 @@ class InferenceServer:
             torch.set_num_threads(cfg.threads)
         if cfg.backend == "auto":
             # Resolved once, on the first version, for the life of the server (see backend_choice).
-            live = await asyncio.to_thread(initial_model, self.store, self.device, BackendSettings("torch"))
+            live = await asyncio.to_thread(self._first_model, BackendSettings("torch"))
             chosen, _ = await asyncio.to_thread(fastest_backend, live.module, live.config, self.device,
                                                 cfg.backend_settings)
             self.cfg = cfg = dataclasses.replace(cfg, backend=chosen)
             live = await asyncio.to_thread(with_backend, live, cfg.backend_settings)
         else:
-            live = await asyncio.to_thread(initial_model, self.store, self.device, cfg.backend_settings)
+            live = await asyncio.to_thread(self._first_model, cfg.backend_settings)
         self.metrics.record_backend(cfg.backend, live.runner.name, live.backend_refused)
         # A second module, built now while nothing is served, receives the first new version.
         spare = await asyncio.to_thread(fresh_model, live.config, self.device)
@@ -154,7 +162,8 @@ class InferenceServer:
         self._stack.callback(self._close_registry, registry_thread)
         self._registry_thread = registry_thread
         self._record_serving()
-        self.swapper = Swapper(cfg, self.store, self.slot, self.metrics, on_swap=self._swapped)
+        self.swapper = Swapper(cfg, self.store, self.slot, self.metrics, on_swap=self._swapped,
+                               store_health=self.store_health, on_store=self._health_changed)
         await self.swapper.start()
         self._stack.push_async_callback(self.swapper.close)
 
@@ -166,6 +175,16 @@ class InferenceServer:
                  "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
                  ", bearer tokens" if cfg.auth_token_file else "", self.metrics_port, self.device)
 
+    def _first_model(self, backend: BackendSettings) -> LoadedModel:
+        """On a worker thread: what to serve at start; the untrained version 0 while the store does not answer
+        (the swapper follows the store once it does)."""
+        try:
+            return initial_model(self.store, self.device, backend)
+        except OSError as exc:  # StoreUnavailable, or a directory store's I/O error
+            self.store_health.failed(exc)
+            log.error("cannot read the weight store %s at start (%s): serving an untrained version 0 until it "
+                      "answers, then following it", self.store.root, exc)
+            return untrained_model(self.device, backend)
 
     def _record_serving(self) -> None:
         if self.registry is not None:
@@ -192,10 +211,15 @@ class InferenceServer:
             health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
+        await self.health.set(STORE_SERVICE, health_pb2.HealthCheckResponse.SERVING if self.store_health.up else
+                              health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _swapped(self) -> None:
         self._publish_model_metrics()
         self._record_serving()
+        await self._health_changed()
+
+    async def _health_changed(self) -> None:
         if self.ready.is_set():
             await self._publish_health()
 

@@ -10,6 +10,7 @@ from weldstream.limits import MAX_SCAN_SIDE, request_bytes, response_bytes, scan
 from weldstream.registry import REGISTRY_HELP
 from weldstream.server.backends import BACKENDS, PRECISIONS, BackendSettings
 from weldstream.settings import optional_path, optional_text, setting
+from weldstream.stores import MODEL_DIR_HELP, STORE_HELP, store_location
 from weldstream.topics import DEFAULT_KAFKA, MODELS, REVIEW
 from weldstream.weight_store import DEFAULT_MODEL_DIR
 
@@ -18,7 +19,8 @@ MODEL_NAME = "weld-seg"
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
+    model_dir: Path = setting(DEFAULT_MODEL_DIR, help=MODEL_DIR_HELP)
+    store: str = setting("", parse=store_location, help=STORE_HELP)
     registry: str = setting("", help=REGISTRY_HELP)
     # How this replica appears in the registry's serving history.
     server_name: str = setting("", help="this replica's name in the registry ('' : hostname:grpc-port)")

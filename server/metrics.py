@@ -52,6 +52,12 @@ class ServerMetrics:
         self.swaps = Counter("inference_model_swaps_total",
                              "Hot swaps by result: swapped, stale, retry (transient load error) or failed "
                              "(a damaged version, refused for good).", ["result"], registry=r)
+        self.store_up = Gauge("inference_store_up",
+                              "1 while the weight store answers this server's polls, 0 during an outage (the live "
+                              "version is served on and polls back off).", registry=r)
+        self.store_errors = Counter("inference_store_errors_total",
+                                    "Weight-store calls that failed: polls for what to serve, and version "
+                                    "downloads (unreachable, timed out, credentials refused).", registry=r)
         self.swap_seconds = Histogram("inference_model_swap_duration_seconds",
                                       "Load + verify + warm-up time of a new version.", registry=r)
         self.freshness_seconds = Histogram(

@@ -4,7 +4,9 @@ Two triggers feed one loop: announcements on Kafka (`weld.models`, immediate) an
 the weight store (the fallback when Kafka is down or a message was missed). The store says what to
 serve: an operator's pin (held, even when it is older than the live version) or else the newest
 version. Loading, checksum verification and warm-up happen beside the live model on the low-priority
-loader thread, into the module the previous swap retired; only then is the slot swapped.
+loader thread, into the module the previous swap retired; only then is the slot swapped. A store that does
+not answer (an unreachable bucket, an unreadable directory) never stops serving: the live version stays, and
+polls back off until it answers (see store_health).
 """
 
 from __future__ import annotations
@@ -16,23 +18,29 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from weldstream.errors import CorruptVersion
+from weldstream.s3_client import StoreUnavailable
 from weldstream.server.config import ServerConfig
 from weldstream.server.loader import load_version, loader_thread
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
-from weldstream.weight_store import WeightStore
+from weldstream.server.store_health import StoreHealth
+from weldstream.stores import VersionStore
 
 log = logging.getLogger(__name__)
 
 
 class Swapper:
-    def __init__(self, cfg: ServerConfig, store: WeightStore, slot: ModelSlot, metrics: ServerMetrics,
-                 on_swap: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, cfg: ServerConfig, store: VersionStore, slot: ModelSlot, metrics: ServerMetrics,
+                 on_swap: Callable[[], Awaitable[None]], store_health: StoreHealth | None = None,
+                 on_store: Callable[[], Awaitable[None]] | None = None) -> None:
         self._cfg = cfg
         self._store = store
         self._slot = slot
         self._metrics = metrics
         self._on_swap = on_swap
+        # on_store: called when the store stops or starts answering again.
+        self.store_health = store_health or StoreHealth(metrics, cfg.poll_interval_s, str(store.root))
+        self._on_store = on_store
         self._wake = asyncio.Event()
         self._refused: set[int] = set()
         self._loader = loader_thread()
@@ -79,7 +87,7 @@ class Swapper:
     async def _swap_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval_s)
+                await asyncio.wait_for(self._wake.wait(), self.store_health.next_poll_s())
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -90,9 +98,15 @@ class Swapper:
         beside the live one and swap to it; True if it went live.
 
         A damaged version (CorruptVersion) is refused for good. Any other load error (a file not there
-        yet, CUDA out of memory) is transient: the version is tried again at the next poll or announcement.
+        yet, a download cut, CUDA out of memory) is transient: the version is tried again at the next poll or
+        announcement. A store that does not say what to serve leaves the live version in place.
         """
-        pinned, latest = await asyncio.to_thread(lambda: (self._store.pinned(), self._store.latest()))
+        try:
+            pinned, latest = await asyncio.to_thread(lambda: (self._store.pinned(), self._store.latest()))
+        except OSError as exc:  # StoreUnavailable, or a directory store's I/O error
+            await self._record_store(exc)
+            return False
+        await self._record_store(None)
         target = pinned if pinned is not None else latest
         live = self._slot.current()
         self._metrics.versions_behind.set(max(0, (latest or 0) - live.version))
@@ -110,6 +124,8 @@ class Swapper:
             return False
         except Exception as exc:  # noqa: BLE001 - transient; the next poll tries again
             self._metrics.swaps.labels("retry").inc()
+            if isinstance(exc, StoreUnavailable):
+                self._metrics.store_errors.inc()
             log.warning("could not load version %d yet (%r); will try again", target, exc)
             return False
         self._metrics.swap_seconds.observe(time.perf_counter() - started)
@@ -125,6 +141,12 @@ class Swapper:
             self._metrics.freshness_seconds.observe(max(0.0, time.time() - label_time))
         await self._on_swap()
         return True
+
+    async def _record_store(self, error: OSError | None) -> None:
+        """Record whether the store answered a poll; tell the server when that changes."""
+        changed = self.store_health.failed(error) if error is not None else self.store_health.answered()
+        if changed and self._on_store is not None:
+            await self._on_store()
 
     def _run_normal(self, build: Callable[[], object]) -> object:
         return self._builder.submit(build).result()

@@ -1,8 +1,9 @@
 """An operator's hold on what is served: pin a version, unpin, roll back.
 
-The weight store's pin file says what every server serves; the registry keeps the history of who
-changed it and why; an announcement on ``weld.models`` makes every replica (and the learner, whose
-promotion guard compares with what is served) look at the store at once instead of at its next poll.
+The weight store's pin (a file, or a bucket's head object) says what every server serves; the registry
+keeps the history of who changed it and why; an announcement on ``weld.models`` makes every replica (and
+the learner, whose promotion guard compares with what is served) look at the store at once instead of at
+its next poll.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from weldstream.announcements import announce_once
 from weldstream.kafka_security import KafkaSecurity
 from weldstream.registry import REGISTRY_HELP, Registry
 from weldstream.settings import optional_text, setting
+from weldstream.stores import MODEL_DIR_HELP, STORE_HELP, VersionStore, store_location
 from weldstream.topics import DEFAULT_KAFKA, MODELS
-from weldstream.weight_store import DEFAULT_MODEL_DIR, WeightStore
+from weldstream.weight_store import DEFAULT_MODEL_DIR
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     """Where the `models` commands find the store and the registry, and whom they tell."""
 
-    model_dir: Path = setting(DEFAULT_MODEL_DIR, help="weight store directory")
+    model_dir: Path = setting(DEFAULT_MODEL_DIR, help=MODEL_DIR_HELP)
+    store: str = setting("", parse=store_location, help=STORE_HELP)
     registry: str = setting("", help=REGISTRY_HELP)
     kafka: str | None = setting(DEFAULT_KAFKA, parse=optional_text,
                                 help="announce pins and rollbacks on this Kafka bootstrap ('' : don't; servers "
@@ -40,7 +43,7 @@ class Change:
 
 
 class Operator:
-    def __init__(self, cfg: OperatorConfig, store: WeightStore, registry: Registry, actor: str) -> None:
+    def __init__(self, cfg: OperatorConfig, store: VersionStore, registry: Registry, actor: str) -> None:
         self.cfg = cfg
         self.store = store
         self.registry = registry

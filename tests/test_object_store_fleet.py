@@ -1,0 +1,211 @@
+"""A fleet on a bucket, no shared directory: servers with local caches only follow what is published to a real
+S3 server (SeaweedFS) and what an operator pins there, without a failed request; a store outage costs no request
+and no version, on the servers' side and on the learner's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from aiokafka.structs import TopicPartition
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from weldstream.backoff import Backoff
+from weldstream.codec import array_to_tensor
+from weldstream.learner.checkpoint import checkpoint_path, load_checkpoint
+from weldstream.learner.judging import publish_and_commit
+from weldstream.learner.metrics import LearnerMetrics
+from weldstream.learner.pipeline import LearnerLoop
+from weldstream.model import ModelConfig, build_model
+from weldstream.object_store import ObjectWeightStore
+from weldstream.pinning import Operator, OperatorConfig
+from weldstream.registry import open_registry
+from weldstream.server.app import InferenceServer
+from weldstream.server.store_health import STORE_SERVICE
+from weldstream.stores import CACHE_DIR, configured_store
+from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
+
+from .conftest import learner_config, server_config
+from .test_cli import weldstream
+from .test_learner_delivery import Announcements
+from .test_learner_faults import TOPIC, FakeConsumer, scan_record
+from .test_learner_stream import wait_for
+
+FOLLOW_S = 60.0  # generous: a busy two-core machine loads, checks and warms 16 MB versions slowly
+POLL_S = 0.3
+OUTAGE_S = 10.0  # the issue's 30 s, shortened: the servers' backoff has reached 8 s by then
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def publish_next(store: ObjectWeightStore) -> int:
+    version = (store.latest() or 0) + 1
+    state = build_model(ModelConfig(), seed=version).state_dict()
+    return store.publish(state, ModelConfig(), parent_version=version - 1, strategy="replay-gem").version
+
+
+def serving(servers: list[InferenceServer], version: int) -> bool:
+    return all(s.slot.current().version == version for s in servers)
+
+
+def store_up(server: InferenceServer) -> float:
+    return server.metrics.store_up._value.get()
+
+
+async def health(server: InferenceServer, service: str) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return reply.status
+
+
+class Calls:
+    """A client per server calling Segment one call after another until the block ends; failures and the
+    versions that answered are kept."""
+
+    def __init__(self, servers: list[InferenceServer]) -> None:
+        image = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+        self.request = segmenter_pb2.SegmentRequest(scan_id="s", image=tensor_pb2.Image(tensor=array_to_tensor(image)))
+        self.servers = servers
+        self.failures: list[BaseException] = []
+        self.seen: dict[int, set[int]] = {s.port: set() for s in servers}
+        self._done = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _call(self, server: InferenceServer) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = segmenter_pb2_grpc.SegmenterStub(channel)
+            while not self._done.is_set():
+                try:
+                    self.seen[server.port].add((await stub.Segment(self.request)).model_version)
+                except grpc.aio.AioRpcError as err:
+                    self.failures.append(err)
+                await asyncio.sleep(0.01)  # leaves the low-priority loader some of the two cores
+
+    def answered_by(self, version: int) -> bool:
+        """Whether every server has answered a call with ``version``."""
+        return all(version in seen for seen in self.seen.values())
+
+    async def follow(self, version: int, what: str) -> None:
+        """Until every server serves ``version`` and has answered a call with it."""
+        await wait_for(lambda: serving(self.servers, version) and self.answered_by(version), FOLLOW_S, what)
+
+    async def __aenter__(self) -> Calls:
+        self._tasks = [asyncio.create_task(self._call(server)) for server in self.servers]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._done.set()
+        await asyncio.gather(*self._tasks)
+
+
+def test_backoff_doubles_up_to_its_cap_and_an_answer_resets_it():
+    backoff = Backoff(first_s=1.0, cap_s=30.0)
+    assert backoff.delay() == 0.0
+    assert [backoff.failed() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff.reset() == 7 and backoff.delay() == 0.0
+    assert Backoff(failures=10_000).delay() == 30.0  # no overflow after a long outage
+
+
+async def test_two_servers_with_local_caches_follow_the_bucket_and_an_operator(s3_store_url, tmp_path, started):
+    publisher = ObjectWeightStore(s3_store_url, cache_dir=tmp_path / "publisher")
+    await asyncio.to_thread(publish_next, publisher)
+    servers = [await started(server_config(tmp_path / f"server-{i}", store=s3_store_url, poll_interval_s=POLL_S))
+               for i in range(2)]
+    assert serving(servers, 1)
+    operator_dir = tmp_path / "operator"  # a third host's local directory: its registry and cache only
+    async with Calls(servers) as calls:
+        for _ in range(3):  # the learner publishes while the rigs call
+            newest = await asyncio.to_thread(publish_next, publisher)
+            await asyncio.sleep(0.5)
+        assert newest == 4
+        await calls.follow(4, "both servers to follow the bucket to version 4")
+
+        pinned = await asyncio.to_thread(weldstream, "models", "pin", "2", "--store", s3_store_url, "--model-dir",
+                                         str(operator_dir), "--kafka", "", "--reason", "audit")
+        assert pinned.returncode == 0, pinned.stderr[-2000:]
+        assert "pin: served version 4 -> 2" in pinned.stdout
+        await calls.follow(2, "both servers to follow the pin")
+
+        cfg = OperatorConfig(model_dir=operator_dir, store=s3_store_url, kafka=None)
+        registry = open_registry(cfg.registry, cfg.model_dir)
+        operator = Operator(cfg, configured_store(cfg.store, cfg.model_dir), registry, "test")
+        rolled = await asyncio.to_thread(asyncio.run, operator.rollback(reason="bad version"))
+        assert (rolled.served_before, rolled.served_now) == (2, 1)
+        await calls.follow(1, "both servers to follow the rollback")
+        await asyncio.to_thread(asyncio.run, operator.unpin())
+        await wait_for(lambda: serving(servers, 4), FOLLOW_S, "both servers to follow the unpin to the newest")
+        registry.close()
+    assert not calls.failures, calls.failures[:3]
+    for server in servers:  # no shared directory: each holds only its own cache of the versions it loaded
+        local = Path(server.cfg.model_dir)
+        assert not (local / "versions").exists() and any((local / CACHE_DIR).iterdir())
+
+
+async def test_a_store_outage_fails_no_request_and_servers_follow_when_it_returns(seaweed_s3, s3_store_url,
+                                                                                 tmp_path, started):
+    publisher = ObjectWeightStore(s3_store_url, cache_dir=tmp_path / "publisher")
+    await asyncio.to_thread(publish_next, publisher)
+    server = await started(server_config(tmp_path / "server", store=s3_store_url, poll_interval_s=POLL_S))
+    assert serving([server], 1) and store_up(server) == 1
+    async with Calls([server]) as calls:
+        went_down = time.monotonic()
+        await asyncio.to_thread(seaweed_s3.stop)
+        try:
+            await wait_for(lambda: store_up(server) == 0, FOLLOW_S, "the server to notice the outage")
+            # still serving the live version: only the store's own health name says it is gone
+            assert (await health(server, ""), await health(server, STORE_SERVICE)) == (SERVING, NOT_SERVING)
+            # a server started now serves the untrained version 0 and follows the store once it is back
+            late = await started(server_config(tmp_path / "late", store=s3_store_url, poll_interval_s=POLL_S))
+            assert late.slot.current().untrained and store_up(late) == 0
+            await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - went_down)))
+        finally:
+            await asyncio.to_thread(seaweed_s3.start)
+        await wait_for(lambda: store_up(server) == 1 and store_up(late) == 1, FOLLOW_S,
+                       "both servers to find the store back")
+        await wait_for(lambda: serving([server, late], 1), FOLLOW_S, "the late server to follow the store")
+        two = await asyncio.to_thread(publish_next, publisher)
+        await calls.follow(two, "a version published after the outage")
+        await wait_for(lambda: serving([late], two), FOLLOW_S, "the late server to follow it too")
+    assert not calls.failures, calls.failures[:3]
+    assert calls.seen[server.port] == {1, two}  # version 1 answered all through the outage
+    assert await health(server, STORE_SERVICE) == SERVING
+    assert server.metrics.store_errors._value.get() >= 1 and late.metrics.store_errors._value.get() >= 1
+
+
+async def test_a_publish_during_an_outage_lands_once_the_store_is_back(seaweed_s3, s3_store_url, tmp_path):
+    cfg = learner_config("unused:9092", tmp_path / "learner", store=s3_store_url, holdout_share=0.5,
+                         max_steps_per_scan=2)
+    loop = LearnerLoop(cfg, LearnerMetrics())
+    for seed in range(8):
+        loop.accept(scan_record("ut-pe100-5mhz", seed, offset=seed))
+    loop.record_steps(loop.learner.train_for(4, 30.0))
+    consumer, producer = FakeConsumer({TopicPartition(TOPIC, 0)}), Announcements()
+    publish = loop.store.publish
+
+    def publish_into_an_outage(*args, **kwargs):
+        seaweed_s3.stop()  # the store goes away after the candidate was judged, before it is written
+        return publish(*args, **kwargs)
+
+    loop.store.publish = publish_into_an_outage
+    try:
+        await publish_and_commit(loop, consumer, producer)
+    finally:
+        loop.store.publish = publish
+        if not seaweed_s3.running:
+            await asyncio.to_thread(seaweed_s3.start)
+    assert producer.versions == [] and loop.metrics.store_errors._value.get() == 1
+    # the checkpoint is local: it holds what was learned, so the offsets are committed all the same
+    assert consumer.commits == [{TopicPartition(TOPIC, 0): 8}]
+    assert load_checkpoint(checkpoint_path(cfg.model_dir), loop.device)["learner"]["steps"] == loop.learner.steps
+    assert loop.steps_at_publish < loop.learner.steps  # the candidate is still to publish
+
+    loop.record_steps(loop.learner.train_for(2, 30.0))  # training goes on meanwhile
+    await publish_and_commit(loop, consumer, producer)
+    assert producer.versions == [1] and loop.store_backoff.failures == 0
+    reader = ObjectWeightStore(s3_store_url, cache_dir=tmp_path / "reader")
+    assert reader.versions() == [1] and reader.manifest(1).metrics["steps"] == loop.learner.steps
+    await publish_and_commit(loop, consumer, producer)  # nothing new learned: nothing published again
+    assert reader.versions() == [1] and producer.versions == [1]
