@@ -28,7 +28,9 @@ class ConsolidateConfig:
     kafka: str | None = setting(DEFAULT_KAFKA, parse=optional_text,
                                 help="replay the labeled topic of this Kafka bootstrap and announce the result "
                                      "('' : neither; then give --data)")
-    data: str | None = setting("", parse=optional_text, help="read labeled scans from this folder instead of Kafka")
+    data: str | None = setting("", parse=optional_text,
+                               help="read labeled scans from this folder, or a dataset in a bucket "
+                                    "(s3://bucket/datasets/NAME), instead of Kafka")
     topic: str = LABELED_SCANS
     models_topic: str = MODELS
     model_dir: Path = setting(DEFAULT_MODEL_DIR, help=MODEL_DIR_HELP)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from weldstream.announcements import announce_once
+from weldstream.datasets import local_folder
 from weldstream.learner.augment import augment
 from weldstream.learner.checkpoint import load_checkpoint, save_checkpoint
 from weldstream.learner.config import LearnerConfig
@@ -249,7 +250,8 @@ async def consolidate(cfg: ConsolidateConfig, stop: threading.Event | None = Non
     store = configured_store(cfg.store, cfg.model_dir)
     started_at = time.time()
     if cfg.data:
-        corpus = await asyncio.to_thread(read_folder, Path(cfg.data), ModelConfig(), cfg.holdout_share)
+        folder = await asyncio.to_thread(local_folder, cfg.data)  # a folder, or a dataset in a bucket
+        corpus = await asyncio.to_thread(read_folder, folder, ModelConfig(), cfg.holdout_share)
     else:
         assert cfg.kafka is not None  # the config checks that one of the two is given
         corpus = await read_labeled_topic(cfg.kafka, cfg.topic, ModelConfig(), cfg.holdout_share,

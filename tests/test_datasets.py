@@ -51,6 +51,13 @@ async def test_the_benchmark_reads_a_dataset_from_the_bucket(s3_store_url, tmp_p
     url = f"{s3_store_url}/datasets/bench"
     report = await import_folder(tmp_path / "sim", ImportConfig(kafka="unused:9092", rate=0, to=url))
     assert report.sent == 16
+    # consolidate --data reads the same fetched folder through the learner's corpus reader.
+    from weldstream.learner.corpus import read_folder
+    from weldstream.model import ModelConfig
+
+    corpus = read_folder(local_folder(url, tmp_path / "fetched"), ModelConfig(), 0.25)
+    held_out = sum(corpus.validation.size(d) for d in corpus.validation.domains())
+    assert sum(len(v) for v in corpus.train.values()) + held_out == 16 and corpus.invalid == 0
     from_bucket = build_stream(BenchConfig(data=url, size=(64, 64), test_share=0.3))
     from_folder = build_stream(BenchConfig(data=tmp_path / "sim", size=(64, 64), test_share=0.3))
     assert from_bucket.names == from_folder.names == ["ut-pe100-5mhz", "xray-film-steel-x52"]
