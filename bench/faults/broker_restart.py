@@ -7,7 +7,15 @@ import asyncio
 from pathlib import Path
 
 from weldstream.bench.faults.learner_kills import produce
-from weldstream.bench.faults.processes import FaultTimeout, scrape, start_learner, start_server, stop, tail, wait_until
+from weldstream.bench.faults.processes import (
+    FaultTimeout,
+    served_version,
+    start_learner,
+    start_server,
+    stop,
+    tail,
+    wait_until,
+)
 from weldstream.bench.faults.report import FaultResult
 from weldstream.dev.broker import EmbeddedBroker, free_port
 from weldstream.learner.ledger import read_ledger
@@ -37,7 +45,7 @@ async def broker_restart(work: Path, scans: int, rate: float, seed: int) -> Faul
         await wait_until(lambda: first <= {e.scan_id for e in read_ledger(model_dir)}, 180, "the first scans")
         await wait_until(lambda: (store.latest() or 0) >= 1, 180, "a first version")
         before = store.latest()
-        await wait_until(lambda: _served(metrics_port) >= before, 60, "the server to serve it")
+        await wait_until(lambda: served_version(metrics_port) >= before, 60, "the server to serve it")
         broker.stop()
         await asyncio.sleep(2.0)
         broker = EmbeddedBroker(port).start()
@@ -48,7 +56,7 @@ async def broker_restart(work: Path, scans: int, rate: float, seed: int) -> Faul
                          "the scans sent after the restart in the ledger")
         await wait_until(lambda: (store.latest() or 0) > before, 180, "a version learned after the restart")
         after = store.latest()
-        await wait_until(lambda: _served(metrics_port) >= after, 60, "the server to serve it")
+        await wait_until(lambda: served_version(metrics_port) >= after, 60, "the server to serve it")
         alive = learner.poll() is None and server.poll() is None
     except FaultTimeout as exc:
         result.measured = (f"{exc}; learner alive {learner.poll() is None}, server alive {server.poll() is None}; "
@@ -67,7 +75,3 @@ async def broker_restart(work: Path, scans: int, rate: float, seed: int) -> Faul
                        f"1..{before} before, up to {after} after, each version's parent the one before: "
                        f"{'yes' if lineage else 'no'}; exit codes {learner_code}, {server_code}")
     return result
-
-
-def _served(metrics_port: int) -> float:
-    return scrape(metrics_port)[("inference_model_version", ())]

@@ -66,6 +66,14 @@ def is_live(metrics_port: int) -> bool:
         return False
 
 
+def served_version(metrics_port: int) -> float:
+    """The version a server serves, or -1 while its /metrics does not answer yet (it is still starting)."""
+    try:
+        return scrape(metrics_port)[("inference_model_version", ())]
+    except OSError:
+        return -1.0
+
+
 def scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample on a /metrics page: (name, sorted labels) -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import torch
 
-from weldstream.bench.faults.processes import FaultTimeout, scrape, start_server, stop, tail, wait_until
+from weldstream.bench.faults.processes import FaultTimeout, scrape, served_version, start_server, stop, tail, wait_until
 from weldstream.bench.faults.report import FaultResult
 from weldstream.codec import array_to_tensor
 from weldstream.dev.broker import free_port
@@ -107,7 +107,7 @@ async def damaged_versions(work: Path) -> FaultResult:
                                  f"the server to refuse the {name}")
                 rows[name] = {"version": version, "counted": counter, "serving": await served()}
             final = _publish(store, seed=99)
-            await wait_until(lambda: _current_version(metrics_port) == final, 60, "the next good version")
+            await wait_until(lambda: served_version(metrics_port) == final, 60, "the next good version")
             rows["next good version"] = {"version": final, "serving": await served()}
             behind = scrape(metrics_port)[("inference_model_versions_behind", ())]
     except (FaultTimeout, grpc.aio.AioRpcError) as exc:
@@ -126,7 +126,3 @@ async def damaged_versions(work: Path) -> FaultResult:
 
 def version_seed(name: str) -> int:
     return 10 + list(DAMAGES).index(name)
-
-
-def _current_version(metrics_port: int) -> float:
-    return scrape(metrics_port)[("inference_model_version", ())]
