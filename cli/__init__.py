@@ -14,9 +14,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from weldstream.cli.bench import (
+    bench_cl_arguments,
+    bench_faults_arguments,
+    bench_gem_arguments,
+    bench_review_arguments,
+    bench_serve_arguments,
+    bench_store_arguments,
+)
 from weldstream.cli.verbs import Fill as OptionFill
 from weldstream.cli.verbs import accept_after
-from weldstream.cli_args import parse_size
 from weldstream.settings import add_settings, apply_environment, config_from_args
 
 
@@ -178,72 +185,6 @@ def _bench_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     add_subcommands(p, "bench", BENCHMARKS, rest, global_options)
 
 
-def _bench_serve_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
-    p.add_argument("--size", type=parse_size, default=(256, 256), help="scan size")
-    p.add_argument("--requests", type=int, default=200, help="timed requests per row")
-    p.add_argument("--clients", type=int, default=16, help="concurrent clients in the batching rows")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads of the forward, in the server and the "
-                                                          "baselines (0: torch's default)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...: every row runs on it")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "torchscript", "onnxruntime"),
-                   help="the server's --backend (auto, its default: the fastest verified on the CPU, torch on "
-                        "CUDA)")
-    p.add_argument("--swap-requests", type=int, default=600,
-                   help="requests timed in quiet and in swapping phases each (0: no swap rows)")
-    p.add_argument("--out", type=Path, default=None, help="also write table.md and results.json into this folder")
-    p.set_defaults(run=_run_bench_serve)
-
-
-def _bench_gem_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
-    p.add_argument("--size", type=parse_size, default=(128, 128), help="scan size")
-    p.add_argument("--batch", type=int, default=8, help="scans per step")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per row")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
-    p.set_defaults(run=_run_bench_gem)
-
-
-def _bench_cl_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
-    from weldstream.bench.cl import cli as cl_cli
-
-    cl_cli.add_arguments(p)
-    p.set_defaults(run=cl_cli.run)
-
-
-def _bench_review_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
-    from weldstream.bench.review import cli as review_cli
-
-    review_cli.add_arguments(p)
-
-
-def _bench_faults_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
-    from weldstream.bench.faults import cli as faults_cli
-
-    faults_cli.add_arguments(p)
-
-
-def _run_bench_serve(args: argparse.Namespace) -> int:
-    from weldstream.bench.serving import ServeBench, run_serving_benchmark
-    from weldstream.bench.serving_report import format_table, write_report
-
-    result = run_serving_benchmark(ServeBench(args.size, args.requests, args.clients, args.threads, args.device,
-                                              args.backend, args.swap_requests))
-    print(format_table(result))
-    if args.out is not None:
-        write_report(result, args.out)
-    return 0
-
-
-def _run_bench_gem(args: argparse.Namespace) -> int:
-    import torch
-
-    from weldstream.bench.gem_step import benchmark_steps, format_table
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    rows = benchmark_steps(batch=args.batch, size=args.size, repeats=args.repeats, device=device)
-    print(format_table(rows))
-    return 0
-
-
 def _import_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     from weldstream.learner.importer import ImportConfig
 
@@ -296,12 +237,14 @@ COMMANDS: dict[str, tuple[str, Filler]] = {
     "bench": ("benchmarks that print side-by-side ratios", _bench_arguments),
 }
 BENCHMARKS: dict[str, tuple[str, Filler]] = {
-    "serve": ("gRPC Segment latency vs in-process, batching on vs off, swap latency", _bench_serve_arguments),
-    "gem-step": ("GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains", _bench_gem_arguments),
-    "cl": ("continual-learning strategies on a drifting weld stream (report + plots)", _bench_cl_arguments),
-    "faults": ("kill, damage and attack the running system; a report of what held", _bench_faults_arguments),
+    "serve": ("gRPC Segment latency vs in-process, batching on vs off, swap latency", bench_serve_arguments),
+    "gem-step": ("GEM / A-GEM step time vs a naive step with 1, 3, 5 past domains", bench_gem_arguments),
+    "cl": ("continual-learning strategies on a drifting weld stream (report + plots)", bench_cl_arguments),
+    "faults": ("kill, damage and attack the running system; a report of what held", bench_faults_arguments),
     "review": ("review-first vs random labelling on a drifting stream, and the drift detector",
-               _bench_review_arguments),
+               bench_review_arguments),
+    "store": ("how soon a published version reaches every replica: a shared directory vs an S3 bucket",
+              bench_store_arguments),
 }
 
 

@@ -19,5 +19,7 @@ async def test_quick_fault_suite_passes_every_row(tmp_path):
     assert kills["lost"] == 0 and kills["accounted"] == kills["produced"]
     assert kills["hostile_dead_lettered_with_reason"] == kills["hostile"]
     assert next(r for r in results if r.fault.startswith("server SIGKILL")).figures["requests_lost"] == 0
+    outage = next(r for r in results if r.fault.startswith("store outage"))
+    assert outage.figures["failed"] == 0 and outage.figures["requests"] > 0, outage.figures
     assert "| fault | what was done | expected | measured | pass |" in md.read_text()
     assert len(json.loads(raw.read_text())["results"]) == len(results)

@@ -33,16 +33,17 @@ class Plan:
     swap_every_s: float
     neighbour_clients: int
     neighbour_s: float
+    store_outage_s: float  # the S3 server down under two replicas, nothing published meanwhile
 
 
 FULL = Plan(learner_kills=10, scans=300, rate=4.0, big_record_bytes=50 << 20, fuzz_examples=5000, server_kills=3,
             clients=8, restart_scans=40,
             soak_clients=32, soak_s=300.0, swap_every_s=10.0,
-            neighbour_clients=4, neighbour_s=60.0)
+            neighbour_clients=4, neighbour_s=60.0, store_outage_s=30.0)
 QUICK = Plan(learner_kills=2, scans=18, rate=6.0, big_record_bytes=3 << 20, fuzz_examples=300, server_kills=1,
              clients=4, restart_scans=9,
              soak_clients=4, soak_s=6.0, swap_every_s=2.0,
-             neighbour_clients=0, neighbour_s=0.0)
+             neighbour_clients=0, neighbour_s=0.0, store_outage_s=8.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +69,7 @@ async def run_faults(plan: Plan, seed: int = 0) -> list[FaultResult]:
     from weldstream.bench.faults.server_kill import server_kills
     from weldstream.bench.faults.soak import soak
     from weldstream.bench.faults.store_damage import damaged_versions
+    from weldstream.bench.faults.store_outage import store_outage
 
     results = []
     with tempfile.TemporaryDirectory(prefix="weldstream-faults-") as tmp:
@@ -76,6 +78,7 @@ async def run_faults(plan: Plan, seed: int = 0) -> list[FaultResult]:
             ("learner", lambda d: learner_kills(d, plan.learner_kills, plan.scans, plan.rate,
                                                 plan.big_record_bytes, seed)),
             ("store", damaged_versions),
+            ("store-outage", lambda d: store_outage(d, plan.store_outage_s)),
             ("server", lambda d: server_kills(d, plan.server_kills, plan.clients)),
             ("broker", lambda d: broker_restart(d, plan.restart_scans, plan.rate, seed)),
             ("disk", lambda d: disk_full(d, plan.restart_scans, plan.rate, seed)),
