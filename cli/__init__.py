@@ -219,6 +219,13 @@ def _models_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.set_defaults(run=models.run)
 
 
+def _console_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.cli import console
+
+    console.add_arguments(p)
+    p.set_defaults(run=console.run)
+
+
 Filler = Callable[[argparse.ArgumentParser, list[str]], None]
 
 COMMANDS: dict[str, tuple[str, Filler]] = {
@@ -233,6 +240,8 @@ COMMANDS: dict[str, tuple[str, Filler]] = {
                     "the learner's promotion guard", _consolidate_arguments),
     "models": ("the model registry: list, show, diff; pin, unpin, rollback what every server serves",
                _models_arguments),
+    "console": ("the web console: inspectors label what the server doubts, operators run the model's life",
+                _console_arguments),
     "demo": ("run the whole loop: broker, server, learner, drifting rig and a client", _demo_arguments),
     "bench": ("benchmarks that print side-by-side ratios", _bench_arguments),
 }

@@ -1,5 +1,5 @@
-"""Laptop tooling: the demo, its console view, the embedded broker, the simulated rig and the local stack.
+"""Laptop tooling: the demo, its terminal dashboard, the embedded broker, the simulated rig and the local stack.
 
 A room beside production: nothing in the server, learner, replay or common package imports it; the
-embedded broker and the console's packages come with the ``dev`` extra.
+embedded broker and the dashboard's packages come with the ``dev`` extra.
 """

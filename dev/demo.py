@@ -1,7 +1,7 @@
 """`weldstream demo`: broker, server, learner, a drifting simulated rig and a calling client, all live.
 
 The server and learner run as real child processes (`weldstream serve`, `weldstream learn`), the rig
-and the client run here; a console view shows the loop learning while the scans drift. The loop is
+and the client run here; a terminal dashboard shows the loop learning while the scans drift. The loop is
 closed: the server sends the scans it doubts to `weld.scans.review`, and the simulated inspector labels
 those first (with the true masks the rig knows), random scans of the rig's domain otherwise.
 """
@@ -26,7 +26,7 @@ from rich.live import Live
 from weldstream.cli_args import parse_size
 from weldstream.codec import array_to_tensor
 from weldstream.dev.broker import EmbeddedBroker, free_port
-from weldstream.dev.console import render
+from weldstream.dev.dashboard import render
 from weldstream.dev.inspector import SentScans, follow_review, inspect
 from weldstream.dev.rig import Schedule
 from weldstream.dev.stack import Service, scrape, value, wait_ready
@@ -60,12 +60,13 @@ class DemoConfig:
     strategy: str = setting(StepConfig.strategy, choices=STRATEGIES,
                             help="the learner's continual-learning step (default: the learner's own)")
     publish_every_steps: int = setting(20, help="the learner considers a version every N steps")
-    live_view: bool = setting(True, flag="--live", help="a live console view (--no-live prints snapshots, for CI logs)")
+    live_view: bool = setting(True, flag="--live",
+                              help="a live terminal dashboard (--no-live prints snapshots, for CI logs)")
 
 
 @dataclass
 class DemoState:
-    """What the rig and the client have seen, for the console and the summary."""
+    """What the rig and the client have seen, for the dashboard and the summary."""
 
     rig_domain: str = ""
     produced: int = 0

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from weldstream.errors import InvalidInput
 from weldstream.learner.config import LearnerConfig
 from weldstream.limits import record_bytes
+from weldstream.topics import dead_letter_headers
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,6 @@ def open_producer(cfg: LearnerConfig) -> AIOKafkaProducer:
     """
     return AIOKafkaProducer(bootstrap_servers=cfg.kafka, **cfg.kafka_security.client_kwargs(), acks="all",
                             enable_idempotence=False, max_request_size=largest_record(cfg))
-
-
-def dead_letter_headers(message: ConsumerRecord, exc: InvalidInput) -> list[tuple[str, bytes]]:
-    """Why a record was refused and where it came from, so it can be fixed and produced again."""
-    return [("reason", str(exc).encode()), ("field", exc.field.encode()),
-            ("source.topic", message.topic.encode()), ("source.partition", str(message.partition).encode()),
-            ("source.offset", str(message.offset).encode())]
 
 
 async def send_dead_letter(producer: AIOKafkaProducer, topic: str, message: ConsumerRecord,

@@ -10,10 +10,10 @@ from weldstream.announcements import announcement
 from weldstream.dev.rig import labeled_scan
 from weldstream.learner.checkpoint import checkpoint_path, load_checkpoint
 from weldstream.learner.holdout import is_held_out
-from weldstream.learner.kafka_io import dead_letter_headers
 from weldstream.learner.metrics import LearnerMetrics
 from weldstream.learner.pipeline import LearnerLoop
 from weldstream.simulator import generate_scan
+from weldstream.topics import dead_letter_headers
 from weldstream.weight_store import Manifest
 
 from .conftest import learner_config

@@ -27,11 +27,19 @@ class Connection:
     def channel(self, options: list[tuple[str, int]]) -> grpc.Channel:
         if self.tls_ca is None and self.tls_cert is None:
             return grpc.insecure_channel(self.target, options=options)
-        credentials = grpc.ssl_channel_credentials(
+        return grpc.secure_channel(self.target, self._credentials(), options=options)
+
+    def aio_channel(self, options: list[tuple[str, int]]) -> grpc.aio.Channel:
+        """The same connection for an asyncio client (the web console)."""
+        if self.tls_ca is None and self.tls_cert is None:
+            return grpc.aio.insecure_channel(self.target, options=options)
+        return grpc.aio.secure_channel(self.target, self._credentials(), options=options)
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
             root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
             private_key=self.tls_key.read_bytes() if self.tls_key else None,
             certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None)
-        return grpc.secure_channel(self.target, credentials, options=options)
 
     def metadata(self) -> list[tuple[str, str]]:
         if self.token_file is None:

@@ -113,8 +113,7 @@ class Registry:
         self.dialect = dialect
         self.where = where
         self._lock = threading.Lock()
-        for statement in _TABLES:
-            self._execute(statement.format(serial=_SERIAL[dialect]))
+        self.ensure_tables(_TABLES)
 
     def close(self) -> None:
         with self._lock:
@@ -202,6 +201,31 @@ class Registry:
             spans.append(Serving(server, int(served), float(since), float(following[2]) if following else None))
         spans.sort(key=lambda s: (s.since, s.server))
         return [s for s in spans if version is None or s.version == version]
+
+    # -- for other rooms' tables in the same database (the console's review queue and accounts)
+    def ensure_tables(self, statements: Sequence[str]) -> None:
+        """Create tables (``{serial}`` becomes the dialect's auto-increment key) unless they exist."""
+        for statement in statements:
+            self._execute(statement.format(serial=_SERIAL[self.dialect]))
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        """One write in its own transaction (``?`` placeholders); returns how many rows it changed, which
+        is what a conditional update (a claim, a state change) needs to know whether it won."""
+        with self._lock:
+            cursor = self._db.cursor()
+            try:
+                cursor.execute(self._sql(statement), tuple(params))
+                changed = cursor.rowcount
+                self._db.commit()
+                return changed
+            except BaseException:
+                self._db.rollback()
+                raise
+            finally:
+                cursor.close()
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._query(statement, params)
 
     # -- plumbing
     def _sql(self, statement: str) -> str:

@@ -6,7 +6,9 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 
+from weldstream.errors import InvalidInput
 from weldstream.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,13 @@ REVIEW = "weld.scans.review"
 
 # Labeled scans are partitioned by scan id for producer throughput; the learner reads all partitions.
 DEFAULT_PARTITIONS = {LABELED_SCANS: 3, DEAD_LETTER: 1, MODELS: 1, REVIEW: 1}
+
+
+def dead_letter_headers(message: ConsumerRecord, exc: InvalidInput) -> list[tuple[str, bytes]]:
+    """Why a record was refused and where it came from, so it can be fixed and produced again."""
+    return [("reason", str(exc).encode()), ("field", exc.field.encode()),
+            ("source.topic", message.topic.encode()), ("source.partition", str(message.partition).encode()),
+            ("source.offset", str(message.offset).encode())]
 
 
 async def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None,

@@ -1,4 +1,4 @@
-"""The demo's live console view: what the stream, the learner and the server are doing right now."""
+"""The demo's terminal dashboard: what the stream, the learner and the server are doing right now."""
 
 from __future__ import annotations
 
