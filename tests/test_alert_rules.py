@@ -1,4 +1,4 @@
-"""The review loop's alert rules and dashboard panels name metrics the server really exports."""
+"""The alert rules and the review loop's dashboard panels name metrics the server and learner really export."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from weldstream.learner.metrics import LearnerMetrics
 from weldstream.server.metrics import ServerMetrics
 
 DEPLOY = Path(__file__).parents[1] / "deploy"
@@ -18,18 +19,19 @@ DEPLOY = Path(__file__).parents[1] / "deploy"
 
 def exported() -> set[str]:
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
-    return {family.name + suffix for family in ServerMetrics().registry.collect()
-            for suffix in suffixes.get(family.type, ("",))}
+    families = [*ServerMetrics().registry.collect(), *LearnerMetrics().registry.collect()]
+    return {family.name + suffix for family in families for suffix in suffixes.get(family.type, ("",))}
 
 
 def metric_names(expr: str) -> set[str]:
-    return {m for m in re.findall(r"\b(inference_[a-z_]+)", expr)}
+    return {m for m in re.findall(r"\b((?:inference|learner)_[a-z_]+)", expr)}
 
 
 def test_alert_rules_name_exported_metrics():
     groups = yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert {r["alert"] for r in rules} >= {"WeldstreamRigDrifting", "WeldstreamDriftEvent", "WeldstreamHighDoubt"}
+    assert {r["alert"] for r in rules} >= {"WeldstreamRigDrifting", "WeldstreamDriftEvent", "WeldstreamHighDoubt",
+                                           "WeldstreamStoreUnreachable", "WeldstreamLearnerCannotPublish"}
     known = exported()
     for rule in rules:
         assert metric_names(rule["expr"]) and metric_names(rule["expr"]) <= known, rule["alert"]
