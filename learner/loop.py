@@ -16,12 +16,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 
 from weldstream.announcements import follow_announcements
+from weldstream.backoff import Backoff
 from weldstream.learner import kafka_io
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.judging import follow_store, publish_and_commit
 from weldstream.learner.metrics import LearnerMetrics
 from weldstream.learner.pipeline import LearnerLoop
 from weldstream.metrics_http import start_metrics_server
+from weldstream.s3_client import StoreUnavailable
 from weldstream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,24 @@ async def take_records(loop: LearnerLoop, consumer: AIOKafkaConsumer, producer: 
             loop.dead_lettered(message, error, outcome)
 
 
+async def _open(cfg: LearnerConfig, metrics: LearnerMetrics, stop: asyncio.Event) -> LearnerLoop | None:
+    """The learner's state, once its store answers: a learner started while the bucket is unreachable waits
+    (backing off 1-30 s, counted in learner_store_errors_total) instead of exiting; None if stopped first."""
+    backoff = Backoff()
+    while True:
+        try:
+            return await asyncio.to_thread(LearnerLoop, cfg, metrics)
+        except StoreUnavailable as exc:
+            metrics.store_errors.inc()
+            wait = backoff.failed()
+            log.warning("the store is unreachable (%s); trying again in %.0f s", exc, wait)
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+                return None
+            except TimeoutError:
+                pass
+
+
 async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
     """Consume, learn and publish until `stop` is set; then finish the step, checkpoint, commit, close."""
     stop = stop or asyncio.Event()
@@ -59,7 +79,9 @@ async def run(cfg: LearnerConfig, stop: asyncio.Event | None = None) -> None:
         torch.set_num_threads(cfg.threads)
     metrics = LearnerMetrics()
     Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
-    loop = await asyncio.to_thread(LearnerLoop, cfg, metrics)
+    loop = await _open(cfg, metrics, stop)
+    if loop is None:
+        return
     http = start_probe_server(loop) if cfg.metrics_port >= 0 else None
     await ensure_topics(cfg.kafka, security=cfg.kafka_security)
     producer = kafka_io.open_producer(cfg)

@@ -169,3 +169,23 @@ async def test_a_publish_during_an_outage_lands_once_the_store_is_back(seaweed_s
     assert reader.versions() == [1] and reader.manifest(1).metrics["steps"] == loop.learner.steps
     await publish_and_commit(loop, consumer, producer)  # nothing new learned: nothing published again
     assert reader.versions() == [1] and producer.versions == [1]
+
+
+async def test_a_learner_started_while_the_store_is_down_waits_for_it(seaweed_s3, s3_store_url, broker, tmp_path,
+                                                                      caplog):
+    from weldstream.learner.loop import run
+
+    caplog.set_level("INFO", logger="weldstream.learner.loop")
+    cfg = learner_config(broker.bootstrap, tmp_path / "learner", store=s3_store_url)
+    await asyncio.to_thread(seaweed_s3.stop)
+    stop = asyncio.Event()
+    learner = asyncio.create_task(run(cfg, stop))
+    try:
+        await asyncio.sleep(2.5)
+        assert not learner.done()  # waiting for the store, not exited
+        assert "the store is unreachable" in caplog.text and "learning from" not in caplog.text
+    finally:
+        await asyncio.to_thread(seaweed_s3.start)
+    await wait_for(lambda: "learning from" in caplog.text, FOLLOW_S, "the learner to start once the store is back")
+    stop.set()
+    await asyncio.wait_for(learner, 60)
