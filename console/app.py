@@ -20,6 +20,9 @@ from fastapi.staticfiles import StaticFiles
 from weldstream.console import routes_review, routes_session
 from weldstream.console.config import ConsoleConfig
 from weldstream.console.kafka_io import ReviewFeed, open_producer
+from weldstream.console.rig_watch import watch_rigs
+from weldstream.console.routes_models import router as models_router
+from weldstream.console.routes_rigs import router as rigs_router
 from weldstream.console.services import Services, open_services
 from weldstream.topics import ensure_topics
 
@@ -40,6 +43,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc.producer = open_producer(cfg)
         await svc.producer.start()
         svc.tasks.append(asyncio.create_task(ReviewFeed(cfg, svc.queue, svc.producer).run(), name="review-feed"))
+    svc.tasks.append(asyncio.create_task(watch_rigs(svc), name="rig-watch"))
     try:
         yield
     finally:
@@ -59,6 +63,8 @@ def create_app(cfg: ConsoleConfig, svc: Services | None = None) -> FastAPI:
     app.state.services = svc or open_services(cfg)
     app.include_router(routes_session.router)
     app.include_router(routes_review.router)
+    app.include_router(models_router)
+    app.include_router(rigs_router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.get("/", include_in_schema=False)
