@@ -21,8 +21,10 @@ from weldstream.console import routes_review, routes_session
 from weldstream.console.config import ConsoleConfig
 from weldstream.console.kafka_io import ReviewFeed, open_producer
 from weldstream.console.rig_watch import watch_rigs
+from weldstream.console.routes_datasets import router as datasets_router
 from weldstream.console.routes_models import router as models_router
 from weldstream.console.routes_rigs import router as rigs_router
+from weldstream.console.routes_segment import router as segment_router
 from weldstream.console.services import Services, open_services
 from weldstream.topics import ensure_topics
 
@@ -65,6 +67,8 @@ def create_app(cfg: ConsoleConfig, svc: Services | None = None) -> FastAPI:
     app.include_router(routes_review.router)
     app.include_router(models_router)
     app.include_router(rigs_router)
+    app.include_router(datasets_router)
+    app.include_router(segment_router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.get("/", include_in_schema=False)
