@@ -19,6 +19,7 @@ $(GENERATED): pyproject.toml $(PROTOS)
 
 $(INSTALLED): $(GENERATED)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps label-studio-sdk==2.1.2
 	touch $@
 
 proto: $(INSTALLED)

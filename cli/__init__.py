@@ -219,6 +219,13 @@ def _models_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.set_defaults(run=models.run)
 
 
+def _label_studio_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.cli import label_studio
+
+    label_studio.add_arguments(p)
+    p.set_defaults(run=label_studio.run)
+
+
 def _console_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     from weldstream.cli import console
 
@@ -242,6 +249,8 @@ COMMANDS: dict[str, tuple[str, Filler]] = {
                _models_arguments),
     "console": ("the web console: inspectors label what the server doubts, operators run the model's life",
                 _console_arguments),
+    "label-studio": ("Label Studio as a second labelling door: push review scans with pre-labels, sync annotations "
+                     "back (the console is its ML backend and webhook)", _label_studio_arguments),
     "demo": ("run the whole loop: broker, server, learner, drifting rig and a client", _demo_arguments),
     "bench": ("benchmarks that print side-by-side ratios", _bench_arguments),
 }

@@ -17,7 +17,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from weldstream.console import routes_review, routes_session
+from weldstream.console import routes_label_studio, routes_review, routes_session
 from weldstream.console.config import ConsoleConfig
 from weldstream.console.kafka_io import ReviewFeed, open_producer
 from weldstream.console.rig_watch import watch_rigs
@@ -65,6 +65,7 @@ def create_app(cfg: ConsoleConfig, svc: Services | None = None) -> FastAPI:
     app.state.services = svc or open_services(cfg)
     app.include_router(routes_session.router)
     app.include_router(routes_review.router)
+    app.include_router(routes_label_studio.router)
     app.include_router(models_router)
     app.include_router(rigs_router)
     app.include_router(datasets_router)

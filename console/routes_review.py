@@ -7,19 +7,18 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, Field
 
-from weldstream.codec import array_to_tensor, decode_image, tensor_to_array
+from weldstream.codec import decode_image, tensor_to_array
 from weldstream.console.accounts import Account
 from weldstream.console.auth import require, services
 from weldstream.console.imaging import class_map, display_png, png
+from weldstream.console.labeled_scans import SEND_TIMEOUT_S, labeled_scan, pixels_changed, send_labeled
 from weldstream.console.review_queue import Refused
 from weldstream.errors import InvalidInput
 from weldstream.v1 import stream_pb2
 
 router = APIRouter(prefix="/api/review", tags=["review"])
-SEND_TIMEOUT_S = 30.0
 REJECT_REASONS = ("not a weld", "unusable scan", "duplicate", "other")
 PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
 
@@ -99,22 +98,15 @@ async def label(scan_id: str, request: Request, account: Annotated[Account, Depe
         raise _refused(exc) from None
     scan = svc.queue.scan(scan_id)
     domain = domain or svc.queue.last_domain(taken.rig_id) or taken.rig_id
-    labeled_at = Timestamp()
-    labeled_at.GetCurrentTime()
-    message = stream_pb2.LabeledScan(
-        scan_id=scan_id, rig_id=scan.rig_id, domain=domain, image=scan.image, mask=array_to_tensor(mask),
-        labeled_by=account.name, labeled_at=labeled_at, prelabel_version=scan.model_version)
-    if scan.HasField("captured_at"):
-        message.captured_at.CopyFrom(scan.captured_at)
+    message = labeled_scan(scan, mask, domain, account.name)
     try:
-        sent = await asyncio.wait_for(svc.producer.send_and_wait(
-            svc.cfg.labeled_topic, message.SerializeToString(), key=scan_id.encode()), SEND_TIMEOUT_S)
+        sent = await send_labeled(svc.producer, svc.cfg.labeled_topic, message, SEND_TIMEOUT_S)
     except Exception as exc:
         svc.queue.give_back(scan_id, account.name, svc.cfg.lease_s)
         raise HTTPException(503, f"Kafka did not acknowledge the label ({type(exc).__name__}: {exc}); "
                                  "it is still yours, try again") from None
     svc.queue.finish(scan_id, account.name, "labeled", labeled_domain=domain)
-    changed = int((mask != tensor_to_array(scan.mask, "mask")).sum()) if scan.HasField("mask") else int(mask.size)
+    changed = pixels_changed(scan, mask)
     svc.record_action("label", account.name, f"scan {scan_id} domain {domain}: {changed} px changed from the "
                                              f"pre-label", version=scan.model_version)
     return {"scan_id": scan_id, "domain": domain, "labeled_by": account.name, "prelabel_version": scan.model_version,
