@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from importlib import resources
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -31,6 +31,14 @@ from weldstream.topics import ensure_topics
 log = logging.getLogger(__name__)
 STATIC = resources.files("weldstream.console") / "static"
 PAGES = ("login", "review", "try", "datasets", "models", "rigs")
+# The pages load nothing but the console's own files: no CDN, no inline script, no framing by another site.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; "
+                               "base-uri 'self'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 @contextlib.asynccontextmanager
@@ -60,8 +68,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(cfg: ConsoleConfig, svc: Services | None = None) -> FastAPI:
+    # FastAPI's /docs and /redoc pages load their scripts from a CDN; /openapi.json is the API's contract.
     app = FastAPI(title="weldstream console", summary="Review station, scans, datasets, models and rigs",
-                  lifespan=_lifespan)
+                  lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.services = svc or open_services(cfg)
     app.include_router(routes_session.router)
     app.include_router(routes_review.router)
@@ -71,6 +80,13 @@ def create_app(cfg: ConsoleConfig, svc: Services | None = None) -> FastAPI:
     app.include_router(datasets_router)
     app.include_router(segment_router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:
