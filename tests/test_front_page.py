@@ -129,13 +129,29 @@ def test_the_command_table_lists_every_command():
     assert {tuple(words) for words in COMMANDS} == expected
 
 
+def help_text(words: list[str], capsys, monkeypatch) -> str:
+    """`weldstream WORDS --help` in this process (the entry point itself is run once below); only the
+    command's own room is imported, as in a real call."""
+    from weldstream.cli import main
+
+    for name in [k for k in os.environ if k.startswith("WELDSTREAM_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(SystemExit) as exited:
+        main([*words, "--help"])
+    assert exited.value.code == 0, f"weldstream {' '.join(words)} --help: {capsys.readouterr().err[-2000:]}"
+    return capsys.readouterr().out
+
+
 @pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
-def test_every_command_in_the_table_answers_help(words: list[str]):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WELDSTREAM_")}
-    done = subprocess.run([sys.executable, "-m", "weldstream.cli", *words, "--help"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, f"weldstream {' '.join(words)} --help: {done.stderr[-2000:]}"
-    assert "usage: weldstream" in done.stdout
+def test_every_command_in_the_table_answers_help(words: list[str], capsys, monkeypatch):
+    assert "usage: weldstream" in help_text(words, capsys, monkeypatch)
+
+
+def test_the_installed_command_answers_help():
+    done = subprocess.run([sys.executable, "-m", "weldstream.cli", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0 and "usage: weldstream" in done.stdout, done.stderr[-2000:]
+    assert all(words[0] in done.stdout for words in COMMANDS)
 
 
 # --- documented examples ------------------------------------------------------------------------------
