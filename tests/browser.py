@@ -65,3 +65,19 @@ async def chromium() -> AsyncIterator[Browser]:
             yield Browser(browser)
         finally:
             await browser.close()
+
+
+async def until(page, expression: str, arg: object = None, timeout: float = 30_000, every_s: float = 0.1) -> object:
+    """Like ``page.wait_for_function``, which Playwright re-evaluates from a string and so cannot run on a
+    page whose Content-Security-Policy forbids eval (the console's): polls ``page.evaluate`` instead."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout / 1000
+    while True:
+        value = await page.evaluate(expression, arg)
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"{expression!r} did not hold within {timeout / 1000:.0f} s")
+        await asyncio.sleep(every_s)

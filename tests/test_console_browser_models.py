@@ -8,7 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from tests.browser import Browser, chromium, needs_chromium
+from tests.browser import Browser, chromium, needs_chromium, until
 from tests.console_stack import PASSWORD, add_account, console_config, running_console, with_server
 from weldstream.console import rig_watch
 from weldstream.registry import Round, open_registry
@@ -57,7 +57,7 @@ async def test_an_operator_pins_through_the_dialog_and_both_replicas_follow(brok
         await page.click("#confirm-ok")
         await page.wait_for_selector("#message.ok")
         await wait_for(lambda: serving(replicas, 6), FOLLOW_S, "both replicas to follow the pin made in the page")
-        await page.wait_for_function(
+        await until(page,
             "document.querySelectorAll('#replicas tbody tr').length === 2 && "
             "[...document.querySelectorAll('#replicas tbody tr')].every(r => r.children[1].textContent === 'v6')",
             timeout=15000)
@@ -92,7 +92,7 @@ async def test_the_rigs_page_shows_every_rig_with_its_lines(tmp_path, started, m
             await segment(server.port, rigs[:seed + 1] * (seed + 1), seed=seed)
             await asyncio.sleep(0.8)
         page = await logged_in(browser, url, "vic", "rigs")
-        await page.wait_for_function("document.querySelectorAll('#rigs tbody tr[data-rig]').length === 3",
+        await until(page, "document.querySelectorAll('#rigs tbody tr[data-rig]').length === 3",
                                      timeout=15000)
         assert sorted(await page.locator("#rigs tbody tr[data-rig]").evaluate_all(
             "rows => rows.map(r => r.dataset.rig)")) == sorted(rigs)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser import SCREEN, TABLET, chromium, needs_chromium
+from tests.browser import SCREEN, TABLET, chromium, needs_chromium, until
 from tests.console_stack import (
     PASSWORD,
     add_account,
@@ -93,7 +93,7 @@ async def queue_ids(page) -> list[str]:
 
 
 async def opened(page, scan_id: str) -> None:
-    await page.wait_for_function("(id) => reviewStation.state().scanId === id", arg=scan_id, timeout=20_000)
+    await until(page, "(id) => reviewStation.state().scanId === id", arg=scan_id, timeout=20_000)
 
 
 @pytest.fixture
@@ -115,14 +115,14 @@ async def test_an_inspector_paints_erases_fills_and_submits_exactly_those_pixels
         ben = await browser.logged_in(url, "ben", PASSWORD, SCREEN)
         ann = await browser.logged_in(url, "ann", PASSWORD, SCREEN)
         for page in (ann, ben):
-            await page.wait_for_function("document.querySelectorAll('.queue-item').length === 4")
+            await until(page, "document.querySelectorAll('.queue-item').length === 4")
         assert await queue_ids(ann) == ["s-high", "s-mid", "s-low", "s-last"]  # most doubtful first
         assert await ann.text_content("#counts") == "4 queued · 0 claimed · 0 labeled · 0 rejected"
         await ann.select_option("#rig-filter", "rig-2")
-        await ann.wait_for_function("document.querySelectorAll('.queue-item').length === 1")
+        await until(ann, "document.querySelectorAll('.queue-item').length === 1")
         assert await queue_ids(ann) == ["s-high"]
         await ann.select_option("#rig-filter", "")
-        await ann.wait_for_function("document.querySelectorAll('.queue-item').length === 4")
+        await until(ann, "document.querySelectorAll('.queue-item').length === 4")
 
         await ann.click(".queue-item >> nth=0")
         await opened(ann, "s-high")
@@ -131,7 +131,7 @@ async def test_an_inspector_paints_erases_fills_and_submits_exactly_those_pixels
 
         # Ben is not offered ann's scan: not by the API, not in his page, and opening it anyway is refused.
         assert "s-high" not in [i["scan_id"] for i in (await ben_api.get("/api/review")).json()["items"]]
-        await ben.wait_for_function("![...document.querySelectorAll('.queue-item')].some("
+        await until(ben, "![...document.querySelectorAll('.queue-item')].some("
                                     "(e) => e.dataset.scanId === 's-high')", timeout=15_000)
         assert await ben.evaluate("reviewStation.open('s-high')") is False
         assert "claimed by ann" in await ben.text_content("#queue-message")
@@ -180,7 +180,7 @@ async def test_an_inspector_paints_erases_fills_and_submits_exactly_those_pixels
 
         await ann.fill("#domain", "ut-test")
         await ann.click("#submit")
-        await ann.wait_for_function("document.querySelector('#action-message').textContent.includes('labeled')")
+        await until(ann, "document.querySelector('#action-message').textContent.includes('labeled')")
         assert "ut-test" in await ann.text_content("#action-message")
         await opened(ann, "s-mid")  # on to the next one, claimed
         assert "s-mid" not in [i["scan_id"] for i in (await ben_api.get("/api/review")).json()["items"]]
@@ -288,7 +288,7 @@ async def test_a_tablet_paints_with_touch_and_pinches_to_zoom(station, broker):
         np.testing.assert_array_equal(await page_labels(ben), expected)
 
         await ben.click("#submit")
-        await ben.wait_for_function("document.querySelector('#action-message').textContent.includes('labeled')")
+        await until(ben, "document.querySelector('#action-message').textContent.includes('labeled')")
         assert browser.errors == []
 
     [message] = await read_labeled(broker.bootstrap, 1)
