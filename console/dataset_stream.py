@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from weldstream.console.dataset_jobs import Jobs
 from weldstream.errors import InvalidInput
 from weldstream.learner.scan_folder import FolderOptions, Pair, find_pairs, read_pair
+from weldstream.pacing import keep_pace
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5
@@ -140,10 +141,7 @@ async def _stream(job: DatasetJob, jobs: Jobs, good: list[Pair], producer: AIOKa
         while pending and (len(pending) >= IN_FLIGHT or pending[0].done()):
             await _acknowledged(job, pending.popleft())
         _report(job, jobs)
-        if job.rate > 0:
-            delay = started + queued / job.rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        await keep_pace(started, queued, job.rate)
     while pending:
         await _acknowledged(job, pending.popleft())
 

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 
 from weldstream.classes import DEFECT_CLASSES
+from weldstream.codec import PNG_MAGIC
 from weldstream.errors import InvalidInput
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WINDOW_PERCENTILES = (0.5, 99.5)
 
 

@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from weldstream.codec import check_scan, decode_file, encode_png, encode_tiff
+from weldstream.codec import PNG_MAGIC, TIFF_MAGICS, check_scan, decode_file, encode_png, encode_tiff
 from weldstream.errors import InvalidInput
 from weldstream.limits import MAX_SCAN_SIDE
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 DICOM_MAGIC_AT = 128
 SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom", ".dicom": "dicom"}
 NAMES = "PNG, TIFF or DICONDE/DICOM"

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer
 from google.protobuf.message import DecodeError
 
-from weldstream.dev.rig import Schedule, keep_pace, labeled_producer, labeled_scan, next_scan
+from weldstream.dev.rig import Schedule, labeled_producer, labeled_scan, next_scan
+from weldstream.pacing import keep_pace
 from weldstream.simulator import ScanSample
 from weldstream.topics import LABELED_SCANS, REVIEW
 from weldstream.v1 import stream_pb2

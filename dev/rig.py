@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from weldstream.codec import array_to_tensor
 from weldstream.kafka_security import KafkaSecurity
 from weldstream.limits import record_bytes
+from weldstream.pacing import keep_pace
 from weldstream.simulator import ScanSample, domain_names, generate_scan
 from weldstream.topics import LABELED_SCANS, ensure_topics
 from weldstream.v1 import stream_pb2, tensor_pb2
@@ -80,14 +81,6 @@ async def next_scan(domain: str, counters: dict[str, int], seed: int, size: tupl
     """The domain's next simulated scan in this rig's sequence (``counters``: scans drawn per domain)."""
     index = counters[domain] = counters.get(domain, -1) + 1
     return await asyncio.to_thread(generate_scan, domain, seed * 1_000_003 + index, size)
-
-
-async def keep_pace(started: float, count: int, rate: float) -> None:
-    """Sleep until ``count`` items at ``rate`` a second since ``started`` are due (rate 0: no wait)."""
-    if rate > 0:
-        delay = started + count / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
 
 
 async def produce_stream(bootstrap: str, schedule: Schedule, rate: float, size: tuple[int, int], seed: int = 0,

@@ -24,6 +24,7 @@ from weldstream.datasets import DatasetWriter, is_remote, local_folder
 from weldstream.errors import InvalidInput
 from weldstream.kafka_security import KafkaSecurity
 from weldstream.learner.scan_folder import FolderOptions, Pair, find_pairs, read_pair
+from weldstream.pacing import keep_pace
 from weldstream.settings import optional_text, setting
 from weldstream.topics import DEFAULT_KAFKA, LABELED_SCANS, ensure_topics
 
@@ -119,10 +120,8 @@ async def import_folder(root: Path, cfg: ImportConfig, options: FolderOptions | 
                 await producer.send(cfg.topic, message.SerializeToString(), key=pair.scan_id.encode())
             report.sent += 1
             report.per_domain[pair.domain] += 1
-            if cfg.rate > 0 and producer is not None:
-                delay = started + report.sent / cfg.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            if producer is not None:
+                await keep_pace(started, report.sent, cfg.rate)
         if producer is not None:
             await producer.flush()
         if dataset is not None:

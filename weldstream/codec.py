@@ -23,8 +23,8 @@ DTYPES: dict[int, np.dtype] = {
 }
 DTYPE_ENUMS: dict[np.dtype, int] = {np.dtype(v.newbyteorder("=")): k for k, v in DTYPES.items()}
 ENCODINGS = ("png", "tiff")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def tensor_to_array(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:
@@ -133,9 +133,9 @@ def decode_scan(image: tensor_pb2.Image, field: str, max_side: int, channels: in
 
 
 def _sniff_format(data: bytes) -> str:
-    if data.startswith(_PNG_MAGIC):
+    if data.startswith(PNG_MAGIC):
         return "png"
-    if data[:4] in _TIFF_MAGICS:
+    if data[:4] in TIFF_MAGICS:
         return "tiff"
     return "unknown"
 
