@@ -33,6 +33,7 @@ from weldstream.server.loader import fresh_model, load_version, with_backend
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel, ModelSlot
 from weldstream.server.review import ReviewPolicy, ReviewPublisher
+from weldstream.server.rig_normalisation import RigNormaliser
 from weldstream.server.security import BearerAuth, read_tokens, server_credentials
 from weldstream.server.segmenter_service import SegmenterServicer
 from weldstream.server.store_health import STORE_SERVICE, StoreHealth
@@ -110,8 +111,14 @@ class InferenceServer:
         spare = await asyncio.to_thread(fresh_model, live.config, self.device)
         self.slot = ModelSlot(live, spare)
         self._publish_model_metrics()
+        loop = asyncio.get_running_loop()
+        self.rig_norm = RigNormaliser(cfg.rig_norm_settings, self.metrics,
+                                      on_switch=lambda rig: loop.call_soon_threadsafe(self._rig_switched, rig))
+        await asyncio.to_thread(self.rig_norm.restore, live)
+        self.rig_norm.start()
+        self._stack.push_async_callback(asyncio.to_thread, self.rig_norm.close)
         self.batcher = Batcher(self.slot, self.metrics, cfg.max_batch_size, cfg.max_queue_delay_ms / 1000,
-                               cfg.max_queue, cfg.max_batch_pixels, cfg.max_queue_pixels)
+                               cfg.max_queue, cfg.max_batch_pixels, cfg.max_queue_pixels, self.rig_norm.statistics)
         self.batcher.start()
         self._stack.push_async_callback(self.batcher.close)
         self.review: ReviewPublisher | None = None
@@ -122,7 +129,7 @@ class InferenceServer:
             self.review.start()
             self._stack.push_async_callback(self.review.close)
         self.watch = ScanWatch(self.slot, self.metrics, cfg.review_doubt, DriftConfig(threshold=cfg.drift_threshold),
-                               self.review)
+                               self.review, self.rig_norm)
 
         options = [("grpc.max_receive_message_length", cfg.max_receive_bytes),
                    ("grpc.max_send_message_length", cfg.max_send_bytes)]
@@ -163,7 +170,8 @@ class InferenceServer:
         self._registry_thread = registry_thread
         self._record_serving()
         self.swapper = Swapper(cfg, self.store, self.slot, self.metrics, on_swap=self._swapped,
-                               store_health=self.store_health, on_store=self._health_changed)
+                               store_health=self.store_health, on_store=self._health_changed,
+                               prepare=self.rig_norm.prepare)
         await self.swapper.start()
         self._stack.push_async_callback(self.swapper.close)
 
@@ -214,7 +222,14 @@ class InferenceServer:
         await self.health.set(STORE_SERVICE, health_pb2.HealthCheckResponse.SERVING if self.store_health.up else
                               health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    def _rig_switched(self, rig: str) -> None:
+        """A rig's scans are normalised by other statistics now: its drift starts afresh against them."""
+        watch = getattr(self, "watch", None)  # statistics restored at start switch rigs before it exists
+        if watch is not None:
+            watch.drift.forget(rig)
+
     async def _swapped(self) -> None:
+        self.rig_norm.follow(self.slot.current().version)
         self._publish_model_metrics()
         self._record_serving()
         await self._health_changed()

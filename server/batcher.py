@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,6 +22,10 @@ from weldstream.server.errors import DeadlineExpired
 from weldstream.server.inference import Prediction, predict_batch
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import ModelSlot
+from weldstream.server.rig_normalisation import VERSION_STATISTICS, Served
+
+# (rig label, version) -> the statistics that version normalises that rig's scans with
+StatisticsOf = Callable[[str, int], Served]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,7 @@ class _Pending:
     deadline: float | None  # time.monotonic() after which nobody waits for the answer
     pixels: int
     regions: bool = True  # find defect regions for these scans
+    rig: str = ""  # the rig's label (bounded, see RigLabels); its statistics are looked up per batch
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -51,8 +57,10 @@ class Batcher:
     """
 
     def __init__(self, slot: ModelSlot, metrics: ServerMetrics, max_batch_size: int, max_queue_delay_s: float,
-                 max_queue: int, max_batch_pixels: int, max_queue_pixels: int) -> None:
+                 max_queue: int, max_batch_pixels: int, max_queue_pixels: int,
+                 statistics_of: StatisticsOf | None = None) -> None:
         self._slot = slot
+        self._statistics_of = statistics_of
         self._metrics = metrics
         self._max_batch = max_batch_size
         self._delay = max_queue_delay_s
@@ -70,14 +78,16 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batcher")
 
-    async def submit(self, scan: np.ndarray, deadline: float | None = None, regions: bool = True) -> Prediction:
+    async def submit(self, scan: np.ndarray, deadline: float | None = None, regions: bool = True,
+                     rig: str = "") -> Prediction:
         """Queue one scan and wait for its prediction."""
-        return (await self.submit_many([scan], deadline, regions))[0]
+        return (await self.submit_many([scan], deadline, regions, rig))[0]
 
     async def submit_many(self, scans: list[np.ndarray], deadline: float | None = None,
-                          regions: bool = True) -> list[Prediction]:
+                          regions: bool = True, rig: str = "") -> list[Prediction]:
         """Queue one request's scans; they run in one forward pass, on one version. ``regions``: whether
-        the request wants defect regions (extracted on the host, so only for the scans that ask)."""
+        the request wants defect regions (extracted on the host, so only for the scans that ask); ``rig``:
+        the rig's label, whose normalisation statistics (for the version the batch runs on) it gets."""
         if self._closing:
             raise ModelUnavailable("server is shutting down")
         self.check_alive()
@@ -86,7 +96,7 @@ class Batcher:
                 or self._held_pixels + pixels > self._max_queue_pixels):
             raise Overloaded(f"inference queue is full ({self._held_scans} scans, {self._held_pixels} pixels "
                              f"of at most {self._max_queue} and {self._max_queue_pixels})")
-        pending = _Pending(list(scans), asyncio.get_running_loop().create_future(), deadline, pixels, regions)
+        pending = _Pending(list(scans), asyncio.get_running_loop().create_future(), deadline, pixels, regions, rig)
         self._hold(pending, +1)
         pending.future.add_done_callback(lambda _: self._hold(pending, -1))
         self._waiting.append(pending)
@@ -116,6 +126,9 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
         self._executor.shutdown(wait=True)
+
+    def _statistics(self, rig: str, version: int) -> Served:
+        return self._statistics_of(rig, version) if self._statistics_of is not None and rig else VERSION_STATISTICS
 
     def _fits(self, batch_scans: int, batch_pixels: int, pending: _Pending) -> bool:
         return (batch_scans + len(pending.scans) <= self._max_batch
@@ -174,8 +187,10 @@ class Batcher:
             started = time.perf_counter()
             try:
                 with self._slot.lease() as loaded:  # the whole batch runs on this version
+                    statistics = [self._statistics(pending.rig, loaded.version) for pending in live
+                                  for _ in pending.scans]
                     predictions = await loop.run_in_executor(self._executor, predict_batch, loaded, scans,
-                                                             regions)
+                                                             regions, statistics)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the worker
                 log.exception("inference failed for a batch of %d", len(scans))
                 for pending in live:
@@ -183,6 +198,8 @@ class Batcher:
                         pending.future.set_exception(exc)
                 continue
             self._metrics.inference_seconds.observe(time.perf_counter() - started)
+            for prediction in predictions:
+                self._metrics.normalisation_scans.labels(prediction.normalisation.source, prediction.backend).inc()
             for pending in live:
                 mine, predictions = predictions[:len(pending.scans)], predictions[len(pending.scans):]
                 if not pending.future.done():

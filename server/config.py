@@ -9,6 +9,7 @@ from weldstream.kafka_security import KafkaSecurity
 from weldstream.limits import MAX_SCAN_SIDE, request_bytes, response_bytes, scan_pixels
 from weldstream.registry import REGISTRY_HELP
 from weldstream.server.backends import BACKENDS, PRECISIONS, BackendSettings
+from weldstream.server.rig_normalisation import RigNormConfig
 from weldstream.settings import optional_path, optional_text, setting
 from weldstream.stores import MODEL_DIR_HELP, STORE_HELP, store_location
 from weldstream.topics import DEFAULT_KAFKA, MODELS, REVIEW
@@ -62,6 +63,16 @@ class ServerConfig:
                              help="auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on CPU; fp32 turns "
                                   "autocast off")
     cuda_graphs: bool = setting(True, help="on CUDA, replay the forward from CUDA graphs per batch shape")
+    # Per-rig normalisation (server/rig_normalisation.py): a shifted rig is served with BatchNorm statistics
+    # learned from its own scans.
+    rig_normalisation: bool = setting(True, help="serve each shifted rig with BatchNorm statistics re-estimated "
+                                                 "from its own served scans (no labels)")
+    rig_norm_min_scans: int = setting(8, help="scans a rig sends before its own statistics are used")
+    rig_keep_distance: float = setting(2.0, help="a rig whose median drift distance is at most this looks like a "
+                                                 "learned domain and keeps the version's statistics")
+    rig_state_dir: Path | None = setting(None, parse=optional_path,
+                                         help="where rigs' statistics and scan reservoirs are kept across restarts "
+                                              "(default: rig-statistics beside --model-dir)")
     grace_s: float = 10.0
     # Hot swap: follow announcements on this Kafka cluster (None: poll the weight store only).
     kafka: str | None = setting(DEFAULT_KAFKA, parse=optional_text,
@@ -99,6 +110,8 @@ class ServerConfig:
             raise ValueError("review_doubt must be in [0, 1] and review_sample in (0, 1]")
         if self.review_rate <= 0 or self.review_burst < 1 or self.review_queue < 1 or self.drift_threshold <= 0:
             raise ValueError("review_rate and drift_threshold must be > 0, review_burst and review_queue >= 1")
+        if self.rig_norm_min_scans < 1 or self.rig_keep_distance < 0:
+            raise ValueError("rig_norm_min_scans must be >= 1 and rig_keep_distance >= 0")
         if self.max_queue_pixels < self.max_scan_pixels or self.max_batch_pixels < 1:
             raise ValueError(f"max_queue_pixels must hold at least one largest scan ({self.max_scan_pixels}) "
                              "and max_batch_pixels must be >= 1")
@@ -106,6 +119,12 @@ class ServerConfig:
     @property
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(self.backend, self.precision, self.threads, self.cuda_graphs)
+
+    @property
+    def rig_norm_settings(self) -> RigNormConfig:
+        state_dir = self.rig_state_dir if self.rig_state_dir is not None else self.model_dir.parent / "rig-statistics"
+        return RigNormConfig(enabled=self.rig_normalisation, min_scans=self.rig_norm_min_scans,
+                             keep_distance=self.rig_keep_distance, state_dir=state_dir)
 
     @property
     def max_scan_pixels(self) -> int:

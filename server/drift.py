@@ -125,6 +125,10 @@ class DriftMonitor:
         self._bootstrap = []
         self._rigs = {}
 
+    def forget(self, rig: str) -> None:
+        """The rig's scans are normalised differently from now on: its score and detector start afresh."""
+        self._rigs.pop(rig, None)
+
     def observe(self, rig: str, features: np.ndarray) -> DriftReading:
         """One scan of ``rig`` served by the followed version."""
         if self.references is None:

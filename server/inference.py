@@ -19,13 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weldstream.norm_stats import with_statistics
 from weldstream.preprocess import as_channels, window_intensities
-from weldstream.server.backends import bucket_size
+from weldstream.server.backends import Backend, bucket_size
 from weldstream.server.doubt import scan_doubt
 from weldstream.server.model_slot import LoadedModel
 from weldstream.server.regions import Region, class_fractions, defect_regions
+from weldstream.server.rig_normalisation import VERSION_STATISTICS, Served
 from weldstream.server.staging import fetch, host_threads, stage, torch_dtype
-from weldstream.tiles import segment_maps
+from weldstream.tiles import PixelMaps, ServingHead, segment_maps
 
 BUCKET_LIMIT = 64  # the largest bucket; a larger batch runs at its own size
 
@@ -40,26 +42,33 @@ class Prediction:
     classes: tuple[str, ...]  # the class names of the version that made this mask
     doubt: float = 0.0  # 0..1, see server/doubt.py
     features: np.ndarray | None = None  # (C,) every encoder stage pooled, for drift (weldstream/features.py)
+    normalisation: Served = VERSION_STATISTICS  # the BatchNorm statistics it was normalised with
+    backend: str = ""  # what ran its forward pass
 
 
 @torch.inference_mode()
 def predict_batch(loaded: LoadedModel, scans: list[np.ndarray],
-                  with_regions: bool | Sequence[bool] = True) -> list[Prediction]:
-    """Scans of any sizes -> predictions in the same order; ``with_regions`` for all scans or per scan.
+                  with_regions: bool | Sequence[bool] = True,
+                  statistics: Sequence[Served] | None = None) -> list[Prediction]:
+    """Scans of any sizes -> predictions in the same order; ``with_regions`` for all scans or per scan;
+    ``statistics``: per scan, the BatchNorm statistics to normalise it with (default: the version's).
 
-    Scans are grouped by size (and dtype) and each group runs as one batch (large scans in tiles, see
-    ``tiles``), so a scan's result does not depend on which other scans shared its batch.
+    Scans are grouped by size, dtype and statistics, and each group runs as one batch (large scans in
+    tiles, see ``tiles``), so a scan's result does not depend on which other scans shared its batch.
     """
     wants = [with_regions] * len(scans) if isinstance(with_regions, bool) else list(with_regions)
+    served = list(statistics) if statistics is not None else [VERSION_STATISTICS] * len(scans)
     groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
     for index, scan in enumerate(scans):
-        groups[(as_channels(scan).shape, torch_dtype(scan))].append(index)
+        groups[(as_channels(scan).shape, torch_dtype(scan), id(served[index]))].append(index)
 
-    runner, device = loaded.runner, loaded.device
+    device = loaded.device
     results: list[Prediction | None] = [None] * len(scans)
     num_classes = len(loaded.config.classes)
     for indices in groups.values():
         count = len(indices)
+        normalisation = served[indices[0]]
+        runner = loaded.runner if normalisation.buffers is None else rig_runner(loaded, normalisation)
         with host_threads(device):
             images = window_intensities(stage([scans[i] for i in indices], device))
             if runner.pads_batches:
@@ -88,8 +97,24 @@ def predict_batch(loaded: LoadedModel, scans: list[np.ndarray],
                     classes=tuple(loaded.config.classes),
                     doubt=float(doubts[row]),
                     features=pooled[row] if pooled is not None else None,
+                    normalisation=normalisation,
+                    backend=runner.name,
                 )
     return [r for r in results if r is not None]
+
+
+def rig_runner(loaded: LoadedModel, served: Served) -> Backend:
+    """fp32 eager torch with a rig's own BatchNorm statistics, for this call only (the faster backends fold
+    the version's statistics into their convolutions, so a rig with its own runs eagerly: counted in
+    ``inference_normalisation_scans_total{backend="torch"}``). Runs on the inference thread, the only one
+    that runs the live module."""
+    assert served.buffers is not None
+    head = ServingHead(loaded.module)
+
+    def predict(padded: torch.Tensor) -> PixelMaps:
+        x = padded.contiguous(memory_format=torch.channels_last)
+        return PixelMaps(*with_statistics(head, served.buffers, x, prefix="module."))
+    return Backend("torch", predict)
 
 
 def _pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -100,12 +100,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         rig = rig_of(infer_rig(request), context)
         scans = scans_from_infer(request, self._cfg.model_name, self._cfg.max_side)
         # one unit for the batcher: every scan of the request runs on the same version
-        predictions = await self._batcher.submit_many(scans, deadline_of(context), REGIONS in wanted)
+        predictions = await self._batcher.submit_many(scans, deadline_of(context), REGIONS in wanted,
+                                                      self._watch.rig_label(rig))
         for index, (scan, prediction) in enumerate(zip(scans, predictions, strict=True)):
             scan_id = f"{request.id}/{index}" if request.id else ""
             self._watch.observe(scan_id, rig, scan, prediction)
         version = predictions[0].version
         response = pb.ModelInferResponse(model_name=self._cfg.model_name, model_version=str(version), id=request.id)
+        # which BatchNorm statistics normalised the scans (one rig per request, so one answer)
+        response.parameters["normalisation"].string_param = predictions[0].normalisation.source
+        response.parameters["normalisation_scans"].int64_param = predictions[0].normalisation.scans
         height, width = predictions[0].mask.shape
         same_size = all(p.mask.shape == (height, width) for p in predictions)
         if not same_size:  # cannot happen for one input tensor; guards the stacking below

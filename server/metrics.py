@@ -88,6 +88,23 @@ class ServerMetrics:
             "Versions served by fp32 eager torch instead of the backend asked for, by that backend and reason "
             "(failed: export or session error; disagrees: masks differ from fp32 eager on the check scans).",
             ["backend", "reason"], registry=r)
+        self.normalisation_scans = Counter(
+            "inference_normalisation_scans_total",
+            "Scans served by which BatchNorm statistics (rig: the rig's own; version: the version's trained "
+            "ones) and the backend that ran them (a rig's own statistics run on eager torch).",
+            ["source", "backend"], registry=r)
+        self.rig_statistics_scans = Gauge(
+            "inference_rig_statistics_scans",
+            "Scans behind a rig's own normalisation statistics (0 while it is served with the version's).",
+            ["rig"], registry=r)
+        self.rig_statistics_resets = Counter(
+            "inference_rig_statistics_resets_total",
+            "Rigs whose statistics started over: drift (its drift detector fired) or mismatch (its scans "
+            "stopped resembling its statistics).", ["rig", "reason"], registry=r)
+        self.rig_statistics_dropped = Counter(
+            "inference_rig_statistics_dropped_scans_total",
+            "Served scans not measured into their rig's statistics because the measuring queue was full.",
+            registry=r)
         for method in METHODS:
             self.request_seconds.labels(method)
             for code in CODES:

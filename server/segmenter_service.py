@@ -28,6 +28,8 @@ def build_response(scan_id: str, prediction: Prediction, started: float,
     classes = prediction.classes
     response = segmenter_pb2.SegmentResponse(scan_id=scan_id, model_version=prediction.version,
                                              doubt=prediction.doubt, drift=drift)
+    response.normalisation.source = prediction.normalisation.source
+    response.normalisation.scans = prediction.normalisation.scans
     fill_tensor(response.mask, prediction.mask)
     for class_id, fraction in enumerate(prediction.fractions):
         response.class_fractions.add(class_id=class_id, class_name=classes[class_id], fraction=float(fraction))
@@ -99,7 +101,8 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
         started = time.perf_counter()
         rig = rig_of(request.rig_id, context)
         scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
-        [prediction] = await self._batcher.submit_many([scan], deadline_of(context), wants_regions(request))
+        [prediction] = await self._batcher.submit_many([scan], deadline_of(context), wants_regions(request),
+                                                       self._watch.rig_label(rig))
         drift = self._watch.observe(request.scan_id, rig, scan, prediction)
         return build_response(request.scan_id, prediction, started, request.return_confidence, drift.score)
 
@@ -117,7 +120,8 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServicer):
         try:
             rig = checked_rig(request.rig_id or stream_rig)
             scan = scan_from_request(request, self._cfg.max_side, self._slot.current().config.in_channels)
-            prediction = await self._batcher.submit(scan, regions=wants_regions(request))
+            prediction = await self._batcher.submit(scan, regions=wants_regions(request),
+                                                    rig=self._watch.rig_label(rig))
             drift = self._watch.observe(request.scan_id, rig, scan, prediction)
             return build_response(request.scan_id, prediction, started, request.return_confidence, drift.score)
         except asyncio.CancelledError:

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 class Swapper:
     def __init__(self, cfg: ServerConfig, store: VersionStore, slot: ModelSlot, metrics: ServerMetrics,
                  on_swap: Callable[[], Awaitable[None]], store_health: StoreHealth | None = None,
-                 on_store: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_store: Callable[[], Awaitable[None]] | None = None,
+                 prepare: Callable[[LoadedModel], None] | None = None) -> None:
         self._cfg = cfg
         self._store = store
         self._slot = slot
@@ -41,6 +42,9 @@ class Swapper:
         # on_store: called when the store stops or starts answering again.
         self.store_health = store_health or StoreHealth(metrics, cfg.poll_interval_s, str(store.root))
         self._on_store = on_store
+        # prepare: on the loader thread, after a version is loaded and checked, before it goes live (the
+        # rigs' normalisation statistics re-estimated with its weights).
+        self._prepare = prepare
         self._wake = asyncio.Event()
         self._refused: set[int] = set()
         self._loader = loader_thread()
@@ -155,8 +159,11 @@ class Swapper:
         """On the loader thread: the new version in the retired module (or a new one), checked and warm."""
         spare = self._slot.take_spare()
         try:
-            return load_version(self._store, version, live.device, reuse=spare, backend=self._cfg.backend_settings,
-                                run_normal=self._run_normal)
+            loaded = load_version(self._store, version, live.device, reuse=spare,
+                                  backend=self._cfg.backend_settings, run_normal=self._run_normal)
+            if self._prepare is not None:
+                self._prepare(loaded)
+            return loaded
         except BaseException:
             if spare is not None:
                 self._slot.give_back(spare)

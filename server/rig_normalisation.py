@@ -1,0 +1,407 @@
+"""Every rig its own BatchNorm statistics, learned from the scans it sends before any of them is labeled.
+
+A rig whose scans differ from what the served version learned (another probe, gain curve, bit depth) is
+served with statistics re-estimated from its own served scans (AdaBN; see weldstream.norm_stats): no
+label, no gradient, and no other rig's masks change, because only that rig's scans are normalised with
+them. How a rig goes:
+
+1. **pending**: its first ``min_scans`` scans are served with the version's statistics, measured in the
+   background (a low-priority thread with its own copy of the model) and kept in a small reservoir. Their
+   drift distances (server/drift.py, computed under the version's statistics) say whether the rig looks
+   like a domain the version learned; a rig stays pending (served with the version's statistics) while
+   the version has no drift references to compare with.
+2. It then either **keeps** the version's trained statistics (median distance at most ``keep_distance``:
+   re-estimating a learned domain's statistics costs a point or two) or is **adapted**: served with its
+   own statistics, the version's blended in with the weight of ``prior_scans`` scans, updated with every
+   scan (an exponential average past ``saturation`` scans).
+3. It **starts over** (back to pending, reservoir emptied) when its drift detector fires, or when
+   ``patience`` scans in a row do not resemble its statistics (two rigs behind one id, a new probe).
+
+Statistics belong to a version: when a new version is loaded, every adapted rig's statistics are
+re-estimated from its reservoir with the new weights on the loader thread, before the swap, so a batch
+always finds statistics made by the very version it runs on. State (decisions, reservoirs, statistics)
+is written to ``state_dir`` and read back at start. Rigs past the server's rig-label cap, scans without
+a rig id and untrained versions are served with the version's statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from weldstream.norm_stats import Moments, measure, measuring_copy
+from weldstream.preprocess import as_channels, pad_to_multiple, window_intensities
+from weldstream.server.metrics import ServerMetrics
+from weldstream.server.model_slot import LoadedModel
+
+log = logging.getLogger(__name__)
+STATE_FILE = "rig-statistics.pt"
+SAVE_EVERY_S = 30.0
+PENDING, KEEP, ADAPT = "pending", "keep", "adapt"
+DECISIONS = (PENDING, KEEP, ADAPT)
+SAMPLE_PAST_SATURATION = 8
+
+
+@dataclass(frozen=True)
+class RigNormConfig:
+    enabled: bool = True
+    min_scans: int = 8  # scans measured before a rig's own statistics are trusted (and its decision made)
+    prior_scans: float = 1.0  # weight of the version's statistics in a rig's blend, in scans
+    saturation: int = 256  # past this many scans a rig's statistics are an exponential average
+    keep_distance: float = 2.0  # median drift distance up to which a rig counts as a learned domain
+    mismatch: float = 4.0  # a scan this far from its rig's scans (Moments.mismatch, ~1 for a like scan) is unlike
+    patience: int = 8  # scans in a row that do not resemble their rig's statistics before it starts over
+    reservoir_scans: int = 32
+    reservoir_pixels: int = 32 * 512 * 512  # per rig
+    queue_scans: int = 256  # scans waiting to be measured; more are dropped (counted)
+    state_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_scans < 1 or self.prior_scans < 0 or self.saturation < self.min_scans:
+            raise ValueError("rig normalisation needs min_scans >= 1, prior_scans >= 0, saturation >= min_scans")
+        if self.reservoir_scans < 1 or self.reservoir_pixels < 1 or self.patience < 1 or self.queue_scans < 1:
+            raise ValueError("rig normalisation's reservoir, patience and queue must be at least 1")
+
+
+@dataclass(frozen=True)
+class Served:
+    """The statistics a scan was normalised with: ``rig`` (its rig's own, from ``scans`` scans) or
+    ``version`` (the served version's trained ones, ``buffers`` None)."""
+
+    source: str = "version"
+    scans: int = 0
+    buffers: dict[str, Tensor] | None = None
+    rig: str = ""
+
+
+VERSION_STATISTICS = Served()
+
+
+@dataclass
+class Rig:
+    """What the server knows of one rig, whatever version serves it."""
+
+    decision: str = PENDING
+    distances: list[float] = field(default_factory=list)  # under the version's statistics, while pending
+    reservoir: deque[np.ndarray] = field(default_factory=deque)
+    pixels: int = 0
+    misfits: int = 0
+
+    def keep(self, scan: np.ndarray, cfg: RigNormConfig) -> None:
+        self.reservoir.append(scan)
+        self.pixels += _pixels(scan)
+        while len(self.reservoir) > cfg.reservoir_scans or (self.pixels > cfg.reservoir_pixels
+                                                            and len(self.reservoir) > 1):
+            self.pixels -= _pixels(self.reservoir.popleft())
+
+
+@dataclass
+class VersionStatistics:
+    """One version's measuring copy, its own statistics as a prior, and its rigs' statistics."""
+
+    version: int
+    twin: torch.nn.Module
+    stride: int
+    prior: Moments
+    device: torch.device
+    rigs: dict[str, Moments] = field(default_factory=dict)  # measured scans only (no prior)
+    served: dict[str, Served] = field(default_factory=dict)  # what a batch uses, rebuilt when rigs change
+
+
+def _pixels(scan: np.ndarray) -> int:
+    return int(scan.shape[-2]) * int(scan.shape[-1])
+
+
+class RigNormaliser:
+    """Owns the rigs' statistics and the background thread that measures served scans."""
+
+    def __init__(self, cfg: RigNormConfig, metrics: ServerMetrics | None = None,
+                 on_switch: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self._metrics = metrics or ServerMetrics()
+        self._on_switch = on_switch  # (rig): its scans are now normalised by other statistics than before
+        self._sources: dict[str, str] = {}
+        self._skipped: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self._rigs: dict[str, Rig] = {}
+        self._versions: dict[int, VersionStatistics] = {}
+        self._live = -1
+        self._queue: queue.Queue[tuple[str, np.ndarray, float | None] | None] = queue.Queue(cfg.queue_scans)
+        self._busy = 0  # scans queued or being measured
+        self._idle = threading.Condition(self._lock)
+        self._saved_at = time.monotonic()
+        self._dirty = False
+        self._worker: threading.Thread | None = None
+
+    # ---- the event loop's side: cheap, never waits
+    def statistics(self, rig: str, version: int) -> Served:
+        """What a batch running on ``version`` normalises ``rig``'s scans with."""
+        if not rig or not self.cfg.enabled:
+            return VERSION_STATISTICS
+        table = self._versions.get(version)
+        return VERSION_STATISTICS if table is None else table.served.get(rig, VERSION_STATISTICS)
+
+    def observe(self, rig: str, scan: np.ndarray, distance: float | None, drift_event: bool) -> None:
+        """A scan of ``rig`` was served; ``distance``: its drift distance under the version's statistics
+        (None when it was served with the rig's own or the version has no references)."""
+        if not rig or not self.cfg.enabled or self._live not in self._versions:
+            return
+        if drift_event:
+            self.reset(rig, "drift")
+        elif self.scans(rig) >= self.cfg.saturation:
+            self._skipped[rig] = skipped = self._skipped.get(rig, 0) + 1
+            if skipped % SAMPLE_PAST_SATURATION:
+                return  # a settled rig's statistics follow slow change from one scan in SAMPLE_PAST_SATURATION
+        with self._lock:
+            self._busy += 1
+        try:
+            self._queue.put_nowait((rig, scan, distance))
+        except queue.Full:
+            self._done()
+            self._metrics.rig_statistics_dropped.inc()
+
+    # ---- lifecycle
+    def start(self) -> None:
+        if self.cfg.enabled and self._worker is None:
+            self._worker = threading.Thread(target=self._run, name="rig-statistics", daemon=True)
+            self._worker.start()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+        self.save()
+
+    def settle(self, timeout_s: float = 120.0) -> None:
+        """Block until every scan observed so far has been measured (for benchmarks and tests)."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"rig statistics still measuring after {timeout_s} s")
+                self._idle.wait(min(left, 0.05))
+
+    def scans(self, rig: str, version: int | None = None) -> int:
+        table = self._versions.get(self._live if version is None else version)
+        moments = table.rigs.get(rig) if table is not None else None
+        return int(round(moments.scans)) if moments is not None else 0
+
+    def decision(self, rig: str) -> str:
+        with self._lock:
+            state = self._rigs.get(rig)
+            return state.decision if state is not None else PENDING
+
+    def rigs(self) -> list[str]:
+        with self._lock:
+            return sorted(self._rigs)
+
+    # ---- versions (the loader thread's side)
+    def prepare(self, loaded: LoadedModel) -> None:
+        """Before ``loaded`` goes live: its measuring copy, and every adapted rig's statistics re-estimated
+        from the rig's reservoir with its weights. Runs on the loader thread."""
+        if not self.cfg.enabled or loaded.untrained:
+            return
+        table = VersionStatistics(loaded.version, measuring_copy(loaded.module), loaded.config.stride,
+                                  Moments.of_version(loaded.module, self.cfg.prior_scans), loaded.device)
+        with self._lock:
+            adapted = {rig: list(state.reservoir) for rig, state in self._rigs.items() if state.decision == ADAPT}
+        for rig, scans in adapted.items():
+            parts = [self._measure(table, scan) for scan in scans]
+            if parts:
+                table.rigs[rig] = Moments.pooled(parts)
+        with self._lock:
+            for rig in table.rigs:
+                if self._rigs.get(rig) is not None and self._rigs[rig].decision == ADAPT:
+                    table.served[rig] = self._served(table, rig)
+            self._versions[loaded.version] = table
+
+    def follow(self, version: int) -> None:
+        """``version`` is live now; statistics of versions no batch can lease any more are dropped."""
+        with self._lock:
+            previous, self._live = self._live, version
+            for old in [v for v in self._versions if v not in (version, previous)]:
+                del self._versions[old]
+            table = self._versions.get(version)
+        if table is not None:
+            for rig in list(table.rigs):
+                self._changed(rig, table.served.get(rig, VERSION_STATISTICS))
+
+    def reset(self, rig: str, reason: str) -> None:
+        """The rig starts over: pending, nothing measured, reservoir empty."""
+        with self._lock:
+            if rig not in self._rigs:
+                return
+            self._rigs[rig] = Rig()
+            for table in self._versions.values():
+                table.rigs.pop(rig, None)
+                table.served.pop(rig, None)
+            self._dirty = True
+        log.warning("rig %r starts its normalisation statistics over (%s)", rig, reason)
+        self._metrics.rig_statistics_resets.labels(rig, reason).inc()
+        self._changed(rig, VERSION_STATISTICS)
+
+    def _changed(self, rig: str, served: Served) -> None:
+        self._metrics.rig_statistics_scans.labels(rig).set(served.scans)
+        if self._sources.get(rig, "version") != served.source and self._on_switch is not None:
+            self._on_switch(rig)
+        self._sources[rig] = served.source
+
+    # ---- the worker
+    def _run(self) -> None:
+        from weldstream.server.loader import lower_thread_priority
+
+        lower_thread_priority()
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._maybe_save()
+                continue
+            if item is None:
+                return
+            try:
+                self._take(*item)
+            except Exception:  # noqa: BLE001 - one scan must not stop the rigs' statistics
+                log.exception("could not measure a scan of rig %r", item[0])
+            finally:
+                self._done()
+            self._maybe_save()
+
+    def _done(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    def _take(self, rig: str, scan: np.ndarray, distance: float | None) -> None:
+        cfg = self.cfg
+        with self._lock:
+            table = self._versions.get(self._live)
+            if table is None:
+                return
+            state = self._rigs.setdefault(rig, Rig())
+            if state.decision == KEEP:
+                return  # served with the version's statistics; drift events start it over
+        if not np.ptp(scan):
+            return  # a blank scan says nothing about the rig's statistics (and has no variance to measure)
+        moments = self._measure(table, scan)
+        with self._lock:
+            if self._rigs.get(rig) is not state or self._versions.get(self._live) is not table:
+                return  # reset, or a swap, while measuring
+            state.keep(scan, cfg)
+            current = table.rigs.get(rig)
+            if current is not None and state.decision == ADAPT and current.scans >= cfg.min_scans:
+                state.misfits = state.misfits + 1 if current.mismatch(moments) > cfg.mismatch else 0
+                if state.misfits >= cfg.patience:
+                    self.reset(rig, "mismatch")
+                    return
+            if current is not None and current.scans >= cfg.saturation:
+                current = replace(current, scans=cfg.saturation - 1.0)
+            table.rigs[rig] = moments if current is None else Moments.pooled([current, moments])
+            if state.decision == PENDING:
+                if distance is not None:
+                    state.distances.append(distance)
+                if table.rigs[rig].scans >= cfg.min_scans and len(state.distances) >= cfg.min_scans:
+                    state.decision = self._decide(state)
+                    log.info("rig %r: %s (median drift distance %s over %d scans)", rig,
+                             "keeps the version's statistics" if state.decision == KEEP else "gets its own statistics",
+                             f"{statistics.median(state.distances):.2f}" if state.distances else "unknown",
+                             len(state.distances))
+            if state.decision == ADAPT:
+                table.served[rig] = self._served(table, rig)
+            elif state.decision == KEEP:
+                table.rigs.pop(rig, None)
+            self._dirty = True
+            served = table.served.get(rig, VERSION_STATISTICS)
+        self._changed(rig, served)
+
+    def _decide(self, state: Rig) -> str:
+        return KEEP if statistics.median(state.distances) <= self.cfg.keep_distance else ADAPT
+
+    def _served(self, table: VersionStatistics, rig: str) -> Served:
+        measured = table.rigs[rig]
+        blend = Moments.pooled([table.prior, measured]) if table.prior.scans > 0 else measured
+        return Served("rig", int(round(measured.scans)), blend.buffers(table.device), rig)
+
+    @staticmethod
+    def _measure(table: VersionStatistics, scan: np.ndarray) -> Moments:
+        x = torch.as_tensor(as_channels(scan).astype(np.float32, copy=False))[None].to(table.device)
+        return measure(table.twin, pad_to_multiple(window_intensities(x), table.stride))
+
+    # ---- persistence
+    def _maybe_save(self) -> None:
+        if self._dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+            self.save()
+
+    def save(self) -> None:
+        """Write decisions, reservoirs and the live version's statistics (atomically) to ``state_dir``."""
+        if self.cfg.state_dir is None or not self.cfg.enabled:
+            return
+        with self._lock:
+            table = self._versions.get(self._live)
+            state = {"version": self._live, "rigs": {
+                rig: {"decision": s.decision, "distances": list(s.distances),
+                      "reservoir": [torch.from_numpy(np.array(a)) for a in s.reservoir],
+                      "moments": table.rigs[rig].to_state() if table is not None and rig in table.rigs else None}
+                for rig, s in self._rigs.items()}}
+            self._dirty = False
+            self._saved_at = time.monotonic()
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.cfg.state_dir / STATE_FILE
+        partial = path.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(path)
+
+    def restore(self, live: LoadedModel) -> None:
+        """Read the saved state (before serving starts) and make ``live``'s statistics: the saved ones when
+        they were made by this very version, else re-estimated from the reservoirs."""
+        path = self.cfg.state_dir / STATE_FILE if self.cfg.state_dir is not None else None
+        if path is None or not path.exists() or not self.cfg.enabled:
+            self.prepare(live)
+            self.follow(live.version)
+            return
+        try:
+            state = torch.load(path, weights_only=True)
+            rigs = {rig: Rig(decision=s["decision"] if s["decision"] in DECISIONS else PENDING,
+                             distances=[float(d) for d in s["distances"]]) for rig, s in state["rigs"].items()}
+            for rig, s in state["rigs"].items():
+                for tensor in s["reservoir"]:
+                    rigs[rig].keep(tensor.numpy(), self.cfg)
+        except Exception as exc:  # noqa: BLE001 - a damaged state file costs the rigs their history, not the server
+            log.error("could not read the rigs' statistics from %s (%r); every rig starts over", path, exc)
+            self.prepare(live)
+            self.follow(live.version)
+            return
+        with self._lock:
+            self._rigs = rigs
+        saved_version = int(state["version"])
+        if saved_version == live.version and not live.untrained:
+            self.prepare_from_saved(live, {rig: s["moments"] for rig, s in state["rigs"].items()})
+        else:
+            self.prepare(live)
+        self.follow(live.version)
+        log.info("restored the normalisation statistics of %d rig(s) from %s", len(rigs), path)
+
+    def prepare_from_saved(self, loaded: LoadedModel, saved: dict[str, dict | None]) -> None:
+        table = VersionStatistics(loaded.version, measuring_copy(loaded.module), loaded.config.stride,
+                                  Moments.of_version(loaded.module, self.cfg.prior_scans), loaded.device)
+        with self._lock:
+            for rig, moments in saved.items():
+                state = self._rigs.get(rig)
+                if moments is not None and state is not None and state.decision != KEEP:
+                    table.rigs[rig] = Moments.from_state(moments)
+                    if state.decision == ADAPT:
+                        table.served[rig] = self._served(table, rig)
+            self._versions[loaded.version] = table

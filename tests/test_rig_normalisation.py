@@ -1,0 +1,154 @@
+"""Per-rig normalisation in a real server on loopback: a shifted rig gets its own BatchNorm statistics from
+its unlabeled scans, a rig like the learned domain keeps the version's, no rig's statistics move another
+rig's masks, a swap re-estimates them from the reservoir before going live, and a restart keeps them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import torch
+
+from weldstream.codec import array_to_tensor
+from weldstream.features import REFERENCE_KEY, encoder_summary, reference_of, stage_channels
+from weldstream.model import ModelConfig, build_model
+from weldstream.norm_stats import Moments, measure, measuring_copy
+from weldstream.preprocess import pad_to_multiple, window_intensities
+from weldstream.server.inference import predict_batch
+from weldstream.server.rig_normalisation import Served
+from weldstream.simulator import generate_scan
+from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
+from weldstream.weight_store import WeightStore
+
+from .conftest import server_config
+
+DOMAIN = "ut-pe100-5mhz"
+SIZE = (96, 96)
+
+
+def learned_scan(seed: int) -> np.ndarray:
+    return generate_scan(DOMAIN, seed, SIZE).image
+
+
+def shifted_scan(seed: int) -> np.ndarray:
+    """The learned domain as another rig exports it: flipped, inverted, 16-bit with a strong gain."""
+    image = learned_scan(seed).astype(np.float32)
+    image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
+    return ((1.0 - image[:, ::-1]) ** 0.5 * 40000 + 9000).astype(np.uint16)
+
+
+def normalised(scans: list[np.ndarray]) -> torch.Tensor:
+    return window_intensities(torch.as_tensor(np.stack(scans).astype(np.float32))[:, None])
+
+
+def publish_version(store: WeightStore, seed: int, parent: int) -> None:
+    """A version whose BatchNorm statistics are those of the learned domain, with drift references for it."""
+    model = build_model(ModelConfig(), seed=seed)
+    model.train()
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.reset_running_stats()
+            layer.momentum = None  # a plain average over the batches below
+    with torch.no_grad():
+        for start in range(0, 32, 8):
+            model(pad_to_multiple(normalised([learned_scan(1000 + i) for i in range(start, start + 8)]), 32))
+    model.eval()
+    summaries = encoder_summary(model, normalised([learned_scan(2000 + i) for i in range(16)]), 32)
+    store.publish(model.state_dict(), ModelConfig(), parent_version=parent,
+                  metrics={REFERENCE_KEY: {DOMAIN: reference_of(summaries, stage_channels(model))}})
+
+
+def request(scan: np.ndarray, rig: str = "") -> segmenter_pb2.SegmentRequest:
+    return segmenter_pb2.SegmentRequest(scan_id="s", rig_id=rig, return_confidence=True,
+                                        image=tensor_pb2.Image(tensor=array_to_tensor(np.ascontiguousarray(scan))))
+
+
+async def segment(stub, scan: np.ndarray, rig: str = "") -> segmenter_pb2.SegmentResponse:
+    return await stub.Segment(request(scan, rig))
+
+
+async def test_a_shifted_rig_gets_its_own_statistics_and_no_other_rig_s_masks_move(tmp_path, started):
+    model_dir = tmp_path / "models"
+    store = WeightStore(model_dir)
+    publish_version(store, seed=1, parent=0)
+    cfg = server_config(model_dir, poll_interval_s=3600, rig_norm_min_scans=8)
+    server = await started(cfg)
+    assert server.slot.current().version == 1
+    probes = [learned_scan(5000 + i) for i in range(3)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        before = [await segment(stub, scan, "steady") for scan in probes]
+        first = await segment(stub, shifted_scan(0), "shifted")
+        assert (first.normalisation.source, first.normalisation.scans) == ("version", 0)
+        for i in range(12):
+            await segment(stub, learned_scan(100 + i), "steady")
+            await segment(stub, shifted_scan(100 + i), "shifted")
+        await asyncio.to_thread(server.rig_norm.settle)
+        assert server.rig_norm.decision("steady") == "keep"
+        assert server.rig_norm.decision("shifted") == "adapt"
+        adapted = await segment(stub, shifted_scan(0), "shifted")
+        assert adapted.normalisation.source == "rig" and adapted.normalisation.scans >= 8
+        assert adapted.confidence.data != first.confidence.data
+        # the same scan sent without a rig id, and by the rig that keeps the version's statistics: untouched
+        plain = await segment(stub, shifted_scan(0))
+        assert plain.normalisation.source == "version"
+        assert plain.confidence.data == first.confidence.data
+        after = [await segment(stub, scan, "steady") for scan in probes]
+        for old, new in zip(before, after, strict=True):
+            assert new.normalisation.source == "version"
+            assert new.mask.data == old.mask.data and new.confidence.data == old.confidence.data  # bit-exact
+        newcomer = await segment(stub, shifted_scan(1), "newcomer")
+        assert (newcomer.normalisation.source, newcomer.normalisation.scans) == ("version", 0)
+
+        # A new version: the shifted rig's statistics are re-estimated from its reservoir before it goes live.
+        await asyncio.to_thread(server.rig_norm.settle)
+        reservoir = list(server.rig_norm._rigs["shifted"].reservoir)
+        publish_version(store, seed=2, parent=1)
+        assert await server.swapper.swap_to_served()
+        served = server.rig_norm.statistics("shifted", 2)  # made before the swap, from the reservoir alone
+        swapped = await segment(stub, shifted_scan(0), "shifted")
+        assert swapped.model_version == 2 and swapped.normalisation.source == "rig"
+        v2 = server.slot.current().module
+        twin = measuring_copy(v2)
+        expected = Moments.pooled([Moments.of_version(v2, 1.0), Moments.pooled(
+            measure(twin, pad_to_multiple(normalised([scan]), 32)) for scan in reservoir)]).buffers()
+        assert served.scans == len(reservoir)
+        for name, tensor in expected.items():
+            assert torch.allclose(served.buffers[name], tensor, atol=1e-6), name
+        await asyncio.to_thread(server.rig_norm.settle)
+        await segment(stub, shifted_scan(0), "shifted")
+        await asyncio.to_thread(server.rig_norm.settle)
+        scans_before_restart = server.rig_norm.scans("shifted")
+        buffers_before_restart = server.rig_norm._versions[2].served["shifted"].buffers
+
+    # A restart keeps the rigs' statistics and decisions (saved at stop, read at start).
+    await server.stop()
+    again = await started(cfg)
+    assert again.rig_norm.decision("shifted") == "adapt" and again.rig_norm.decision("steady") == "keep"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{again.port}") as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        restarted = await segment(stub, shifted_scan(0), "shifted")
+    assert restarted.normalisation.source == "rig" and restarted.normalisation.scans == scans_before_restart
+    restored = again.rig_norm._versions[2].served["shifted"].buffers
+    assert all(torch.equal(restored[name], tensor) for name, tensor in buffers_before_restart.items())
+    # what the restarted server answers is what those statistics give (nothing re-estimated at start)
+    [expected_after] = predict_batch(again.slot.current(), [shifted_scan(0)],
+                                     statistics=[Served("rig", scans_before_restart, buffers_before_restart)])
+    assert restarted.mask.data == expected_after.mask.tobytes()
+
+
+async def test_rigs_past_the_label_cap_and_blank_scans_are_served_with_the_version_s_statistics(tmp_path, started):
+    model_dir = tmp_path / "models"
+    publish_version(WeightStore(model_dir), seed=1, parent=0)
+    server = await started(server_config(model_dir, poll_interval_s=3600, rig_norm_min_scans=2))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        for rig in range(40):  # the first 32 rigs get labels of their own; the rest share "other"
+            await segment(stub, learned_scan(rig), f"rig-{rig}")
+        blank = np.zeros(SIZE, np.uint16)
+        for _ in range(4):
+            await segment(stub, blank, "blank")
+        await asyncio.to_thread(server.rig_norm.settle)
+    assert "other" not in server.rig_norm.rigs() and "blank" not in server.rig_norm.rigs()
+    assert server.rig_norm.scans("rig-0") == 1  # measured, still pending (fewer than min_scans)
