@@ -15,7 +15,8 @@ them. How a rig goes:
    own statistics, the version's blended in with the weight of ``prior_scans`` scans, updated with every
    scan (an exponential average past ``saturation`` scans).
 3. It **starts over** (back to pending, reservoir emptied) when its drift detector fires, or when
-   ``patience`` scans in a row do not resemble its statistics (two rigs behind one id, a new probe).
+   ``patience`` scans in a row do not resemble its statistics (``Moments.mismatch``: a new probe, another
+   rig behind the same id); those scans are its first ones then. A lone unlike scan is not blended in.
 
 Statistics belong to a version: when a new version is loaded, every adapted rig's statistics are
 re-estimated from its reservoir with the new weights on the loader thread, before the swap, so a batch
@@ -60,7 +61,7 @@ class RigNormConfig:
     prior_scans: float = 1.0  # weight of the version's statistics in a rig's blend, in scans
     saturation: int = 256  # past this many scans a rig's statistics are an exponential average
     keep_distance: float = 2.0  # median drift distance up to which a rig counts as a learned domain
-    mismatch: float = 4.0  # a scan this far from its rig's scans (Moments.mismatch, ~1 for a like scan) is unlike
+    mismatch: float = 1.75  # a scan this far from its rig's (Moments.mismatch; about 0.9 for a like scan) is unlike
     patience: int = 8  # scans in a row that do not resemble their rig's statistics before it starts over
     reservoir_scans: int = 32
     reservoir_pixels: int = 32 * 512 * 512  # per rig
@@ -96,7 +97,8 @@ class Rig:
     distances: list[float] = field(default_factory=list)  # under the version's statistics, while pending
     reservoir: deque[np.ndarray] = field(default_factory=deque)
     pixels: int = 0
-    misfits: int = 0
+    # measured scans unlike the rig's statistics, held aside: (scan, moments, drift distance)
+    strangers: list[tuple[np.ndarray, Moments, float | None]] = field(default_factory=list)
 
     def keep(self, scan: np.ndarray, cfg: RigNormConfig) -> None:
         self.reservoir.append(scan)
@@ -300,32 +302,47 @@ class RigNormaliser:
         with self._lock:
             if self._rigs.get(rig) is not state or self._versions.get(self._live) is not table:
                 return  # reset, or a swap, while measuring
-            state.keep(scan, cfg)
             current = table.rigs.get(rig)
-            if current is not None and state.decision == ADAPT and current.scans >= cfg.min_scans:
-                state.misfits = state.misfits + 1 if current.mismatch(moments) > cfg.mismatch else 0
-                if state.misfits >= cfg.patience:
-                    self.reset(rig, "mismatch")
+            if (current is not None and state.decision == ADAPT and current.scans >= cfg.min_scans
+                    and current.mismatch(moments) > cfg.mismatch):
+                # Unlike the rig's scans: held aside, not blended in. One stray scan is forgotten at the next
+                # like one; ``patience`` in a row mean the rig changed: it starts over from them.
+                state.strangers.append((scan, moments, distance))
+                if len(state.strangers) < cfg.patience:
                     return
-            if current is not None and current.scans >= cfg.saturation:
-                current = replace(current, scans=cfg.saturation - 1.0)
-            table.rigs[rig] = moments if current is None else Moments.pooled([current, moments])
-            if state.decision == PENDING:
-                if distance is not None:
-                    state.distances.append(distance)
-                if table.rigs[rig].scans >= cfg.min_scans and len(state.distances) >= cfg.min_scans:
-                    state.decision = self._decide(state)
-                    log.info("rig %r: %s (median drift distance %s over %d scans)", rig,
-                             "keeps the version's statistics" if state.decision == KEEP else "gets its own statistics",
-                             f"{statistics.median(state.distances):.2f}" if state.distances else "unknown",
-                             len(state.distances))
-            if state.decision == ADAPT:
-                table.served[rig] = self._served(table, rig)
-            elif state.decision == KEEP:
-                table.rigs.pop(rig, None)
-            self._dirty = True
+                strangers = state.strangers
+                self.reset(rig, "mismatch")
+                state = self._rigs[rig]
+                for stranger in strangers:
+                    self._admit(table, rig, state, *stranger)
+            else:
+                state.strangers = []
+                self._admit(table, rig, state, scan, moments, distance)
             served = table.served.get(rig, VERSION_STATISTICS)
         self._changed(rig, served)
+
+    def _admit(self, table: VersionStatistics, rig: str, state: Rig, scan: np.ndarray, moments: Moments,
+               distance: float | None) -> None:
+        """Blend one measured scan into its rig's statistics (under the lock)."""
+        cfg = self.cfg
+        state.keep(scan, cfg)
+        current = table.rigs.get(rig)
+        if current is not None and current.scans >= cfg.saturation:
+            current = replace(current, scans=cfg.saturation - 1.0)
+        table.rigs[rig] = moments if current is None else Moments.pooled([current, moments])
+        if state.decision == PENDING:
+            if distance is not None:
+                state.distances.append(distance)
+            if table.rigs[rig].scans >= cfg.min_scans and len(state.distances) >= cfg.min_scans:
+                state.decision = self._decide(state)
+                log.info("rig %r: %s (median drift distance %.2f over %d scans)", rig,
+                         "keeps the version's statistics" if state.decision == KEEP else "gets its own statistics",
+                         statistics.median(state.distances), len(state.distances))
+        if state.decision == ADAPT:
+            table.served[rig] = self._served(table, rig)
+        elif state.decision == KEEP:
+            table.rigs.pop(rig, None)
+        self._dirty = True
 
     def _decide(self, state: Rig) -> str:
         return KEEP if statistics.median(state.distances) <= self.cfg.keep_distance else ADAPT

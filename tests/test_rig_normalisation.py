@@ -5,6 +5,9 @@ rig's masks, a swap re-estimates them from the reservoir before going live, and 
 from __future__ import annotations
 
 import asyncio
+import functools
+import tempfile
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,7 +19,9 @@ from weldstream.model import ModelConfig, build_model
 from weldstream.norm_stats import Moments, measure, measuring_copy
 from weldstream.preprocess import pad_to_multiple, window_intensities
 from weldstream.server.inference import predict_batch
-from weldstream.server.rig_normalisation import Served
+from weldstream.server.loader import load_version
+from weldstream.server.model_slot import LoadedModel
+from weldstream.server.rig_normalisation import RigNormaliser, RigNormConfig, Served
 from weldstream.simulator import generate_scan
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WeightStore
@@ -33,7 +38,11 @@ def learned_scan(seed: int) -> np.ndarray:
 
 def shifted_scan(seed: int) -> np.ndarray:
     """The learned domain as another rig exports it: flipped, inverted, 16-bit with a strong gain."""
-    image = learned_scan(seed).astype(np.float32)
+    return shifted_from(learned_scan(seed))
+
+
+def shifted_from(scan: np.ndarray) -> np.ndarray:
+    image = scan.astype(np.float32)
     image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
     return ((1.0 - image[:, ::-1]) ** 0.5 * 40000 + 9000).astype(np.uint16)
 
@@ -152,3 +161,96 @@ async def test_rigs_past_the_label_cap_and_blank_scans_are_served_with_the_versi
         await asyncio.to_thread(server.rig_norm.settle)
     assert "other" not in server.rig_norm.rigs() and "blank" not in server.rig_norm.rigs()
     assert server.rig_norm.scans("rig-0") == 1  # measured, still pending (fewer than min_scans)
+
+
+@functools.cache
+def loaded_version(seed: int = 1) -> LoadedModel:
+    """Version 1 in memory, its BatchNorm statistics those of the learned domain (as publish_version)."""
+    store = WeightStore(Path(tempfile.mkdtemp()))
+    publish_version(store, seed, parent=0)
+    return load_version(store, 1, torch.device("cpu"))
+
+
+def running_normaliser(loaded: LoadedModel, **overrides) -> RigNormaliser:
+    normaliser = RigNormaliser(RigNormConfig(**{"min_scans": 4, "patience": 4, **overrides}))
+    normaliser.prepare(loaded)
+    normaliser.follow(loaded.version)
+    normaliser.start()
+    return normaliser
+
+
+def feed(normaliser: RigNormaliser, rig: str, scans: list[np.ndarray], distance: float = 5.0) -> None:
+    for scan in scans:
+        normaliser.observe(rig, scan, distance, drift_event=False)
+    normaliser.settle()
+
+
+def dim_scan(seed: int) -> np.ndarray:
+    """Another physical rig: a faint 8-bit export of the learned domain."""
+    image = learned_scan(seed).astype(np.float32)
+    return (image / max(float(image.max()), 1.0) * 12).astype(np.uint8)
+
+
+def test_a_rig_whose_scans_change_starts_over_and_then_learns_the_new_ones():
+    normaliser = running_normaliser(loaded_version())
+    try:
+        feed(normaliser, "rig", [shifted_scan(i) for i in range(6)])
+        assert normaliser.decision("rig") == "adapt" and normaliser.scans("rig") == 6
+        feed(normaliser, "rig", [dim_scan(0)])  # one stray scan: held aside, not blended in
+        assert normaliser.scans("rig") == 6
+        feed(normaliser, "rig", [shifted_scan(50)])
+        assert normaliser.scans("rig") == 7 and normaliser._rigs["rig"].strangers == []
+        feed(normaliser, "rig", [dim_scan(i) for i in range(4)])  # patience: 4 unlike scans in a row
+        assert normaliser._metrics.rig_statistics_resets.labels("rig", "mismatch")._value.get() == 1
+        # it starts over from those four (their drift distances say "shifted", so it adapts to them at once)
+        assert normaliser.decision("rig") == "adapt" and normaliser.scans("rig") == 4
+        reservoir = normaliser._rigs["rig"].reservoir
+        assert len(reservoir) == 4 and all(scan.dtype == np.uint8 for scan in reservoir)
+        feed(normaliser, "rig", [dim_scan(10 + i) for i in range(4)])
+        assert normaliser.scans("rig") == 8 and normaliser._metrics.rig_statistics_resets.labels(
+            "rig", "mismatch")._value.get() == 1
+    finally:
+        normaliser.close()
+
+
+def test_a_drift_event_starts_a_rig_over_and_a_rig_like_the_learned_domain_keeps_the_version_s_statistics():
+    normaliser = running_normaliser(loaded_version())
+    try:
+        feed(normaliser, "near", [learned_scan(i) for i in range(4)], distance=1.0)
+        assert normaliser.decision("near") == "keep" and normaliser.statistics("near", 1).source == "version"
+        feed(normaliser, "far", [shifted_scan(i) for i in range(4)], distance=4.0)
+        assert normaliser.statistics("far", 1).source == "rig"
+        normaliser.observe("far", shifted_scan(9), 4.0, drift_event=True)
+        normaliser.settle()
+        assert normaliser._metrics.rig_statistics_resets.labels("far", "drift")._value.get() == 1
+        assert normaliser.statistics("far", 1).source == "version" and normaliser.scans("far") == 1
+    finally:
+        normaliser.close()
+
+
+def test_two_rigs_behind_one_id_interleaved_from_the_start_share_one_blend_of_statistics():
+    """Documented limit: scans of two physical rigs alternating under one id from the first scan look like
+    one rig with a wide spread, so they get one blended set of statistics (give each rig its own id); a
+    rig that switches from one to the other is caught (the test above)."""
+    normaliser = running_normaliser(loaded_version())
+    try:
+        mixed = [shifted_scan(i) if i % 2 else dim_scan(i) for i in range(12)]
+        feed(normaliser, "shared", mixed)
+        assert normaliser.decision("shared") == "adapt" and normaliser.scans("shared") == 12
+    finally:
+        normaliser.close()
+
+
+def test_defect_free_scans_adapt_a_rig_like_any_others():
+    """A rig that sends only background (no defect in sight) is adapted like any other: defects are a small
+    share of a scan's pixels, so its statistics hardly depend on them."""
+    loaded = loaded_version()
+    normaliser = running_normaliser(loaded)
+    try:
+        samples = (generate_scan(DOMAIN, seed, SIZE) for seed in range(200))
+        clean = [sample.image for sample in samples if not sample.mask.any()][:6]
+        assert len(clean) == 6
+        feed(normaliser, "clean", [shifted_from(scan) for scan in clean])
+        assert normaliser.decision("clean") == "adapt" and normaliser.scans("clean") == 6
+    finally:
+        normaliser.close()

@@ -83,14 +83,14 @@ class Moments:
         """How far one scan's channel means lie from those of the scans these moments summarise, in units
         of how much those scans' means spread: per layer the RMS over channels of the z-score, averaged
         over layers. A scan like the others sits near 1; a scan from another rig or probe lies far out.
-        (The spread is floored at 1 % of the pixel variance, so a rig of near-identical scans does not
+        (The spread is floored at 0.01 % of the pixel variance, so a rig of near-identical scans does not
         make every small change an outlier.)"""
         if self.spread is None:
             raise ValueError("these moments do not record how scans spread (a version's statistics)")
         distances = []
         for name, mean in self.mean.items():
             between = (self.spread[name] - mean ** 2).clamp_min(0.0)
-            z = (scan.mean[name] - mean) / (between + 0.01 * self.variance(name) + 1e-8).sqrt()
+            z = (scan.mean[name] - mean) / (between + 0.0001 * self.variance(name) + 1e-8).sqrt()
             distances.append(float(z.pow(2).mean().sqrt()))
         return sum(distances) / max(len(distances), 1)
 
