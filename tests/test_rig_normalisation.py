@@ -15,6 +15,8 @@ import torch
 
 from weldstream.codec import array_to_tensor
 from weldstream.features import REFERENCE_KEY, encoder_summary, reference_of, stage_channels
+from weldstream.kserve import grpc_predict_v2_pb2 as pb
+from weldstream.kserve import grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, build_model
 from weldstream.norm_stats import Moments, measure, measuring_copy
 from weldstream.preprocess import pad_to_multiple, window_intensities
@@ -109,6 +111,20 @@ async def test_a_shifted_rig_gets_its_own_statistics_and_no_other_rig_s_masks_mo
             assert new.mask.data == old.mask.data and new.confidence.data == old.confidence.data  # bit-exact
         newcomer = await segment(stub, shifted_scan(1), "newcomer")
         assert (newcomer.normalisation.source, newcomer.normalisation.scans) == ("version", 0)
+        # KServe clients name the rig with the request parameter rig_id and read the answer from parameters
+        kserve = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+        scan = shifted_scan(0)
+        infer = pb.ModelInferRequest(model_name="weld-seg", raw_input_contents=[scan.tobytes()])
+        infer.inputs.add(name="scan", datatype="UINT16", shape=[1, 1, *scan.shape])
+        infer.parameters["rig_id"].string_param = "shifted"
+        await asyncio.to_thread(server.rig_norm.settle)
+        now = server.rig_norm.statistics("shifted", 1)
+        answer = await kserve.ModelInfer(infer)
+        assert answer.parameters["normalisation"].string_param == "rig"
+        assert answer.parameters["normalisation_scans"].int64_param >= 8
+        mask = next(i for i, o in enumerate(answer.outputs) if o.name == "mask")
+        [expected] = predict_batch(server.slot.current(), [scan], statistics=[now])
+        assert answer.raw_output_contents[mask] == expected.mask.tobytes()
 
         # A new version: the shifted rig's statistics are re-estimated from its reservoir before it goes live.
         await asyncio.to_thread(server.rig_norm.settle)
