@@ -234,9 +234,9 @@ def test_a_drift_event_starts_a_rig_over_and_a_rig_like_the_learned_domain_keeps
     try:
         feed(normaliser, "near", [learned_scan(i) for i in range(4)], distance=1.0)
         assert normaliser.decision("near") == "keep" and normaliser.statistics("near", 1).source == "version"
-        feed(normaliser, "far", [shifted_scan(i) for i in range(4)], distance=4.0)
+        feed(normaliser, "far", [shifted_scan(i) for i in range(4)], distance=6.0)
         assert normaliser.statistics("far", 1).source == "rig"
-        normaliser.observe("far", shifted_scan(9), 4.0, drift_event=True)
+        normaliser.observe("far", shifted_scan(9), 6.0, drift_event=True)
         normaliser.settle()
         assert normaliser._metrics.rig_statistics_resets.labels("far", "drift")._value.get() == 1
         assert normaliser.statistics("far", 1).source == "version" and normaliser.scans("far") == 1
