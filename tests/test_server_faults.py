@@ -87,10 +87,10 @@ class SlowForward:
         self.seconds = seconds
         self.batches: list[list[tuple[int, ...]]] = []
 
-    def __call__(self, loaded, scans, with_regions=True):
+    def __call__(self, loaded, scans, with_regions=True, statistics=None):
         self.batches.append([s.shape for s in scans])
         time.sleep(self.seconds)
-        return batcher_module.predict_batch_unpatched(loaded, scans, with_regions)
+        return batcher_module.predict_batch_unpatched(loaded, scans, with_regions, statistics)
 
 
 @pytest.fixture
@@ -223,8 +223,8 @@ async def test_class_names_come_from_the_version_that_made_the_mask(tmp_path, st
     publish(store, seed=2, config=second)
     submit = server.batcher.submit_many
 
-    async def swap_right_after_the_forward(scans, deadline=None, regions=True):
-        predictions = await submit(scans, deadline, regions)
+    async def swap_right_after_the_forward(scans, deadline=None, regions=True, rig=""):
+        predictions = await submit(scans, deadline, regions, rig)
         assert await server.swapper.swap_to_served()  # a swap between the prediction and the response
         return predictions
 
