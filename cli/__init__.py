@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from weldstream.cli.bench import (
+    bench_adapt_arguments,
     bench_cl_arguments,
     bench_faults_arguments,
     bench_gem_arguments,
@@ -263,6 +264,8 @@ BENCHMARKS: dict[str, tuple[str, Filler]] = {
                bench_review_arguments),
     "store": ("how soon a published version reaches every replica: a shared directory vs an S3 bucket",
               bench_store_arguments),
+    "adapt": ("new rigs served with BatchNorm statistics of their own (AdaBN), by unlabeled scans sent",
+              bench_adapt_arguments),
 }
 
 

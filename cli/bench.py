@@ -53,6 +53,12 @@ def bench_faults_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     faults_cli.add_arguments(p)
 
 
+def bench_adapt_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.bench.adapt import cli as adapt_cli
+
+    adapt_cli.add_arguments(p)
+
+
 def bench_store_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     from weldstream.bench import store_follow
 

@@ -1,0 +1,75 @@
+"""AdaBN in-process with ``weldstream.norm_stats``: the oracle (statistics measured from the test scans
+themselves) and the reference the served rows are checked against. Scans are normalised and padded as the
+server does (``normalise_scan``, ``segment_maps``), so an in-process mask is the mask a rig would get."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from weldstream.norm_stats import Moments, measure, measuring_copy, with_statistics
+from weldstream.preprocess import normalise_scan, pad_to_multiple
+from weldstream.scoring import confusion_matrix, score_confusion
+from weldstream.tiles import pixel_maps, segment_maps
+
+MEASURE_BATCH = 8
+
+
+def by_size(images: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
+    """Indices of the scans of each size, in order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[-2:]), []).append(i)
+    return groups
+
+
+def normalised(images: Sequence[np.ndarray]) -> list[Tensor]:
+    """Raw scans -> (C, H, W) float32 as the server normalises them."""
+    return [torch.from_numpy(normalise_scan(image)) for image in images]
+
+
+@torch.no_grad()
+def rig_moments(model: nn.Module, images: Sequence[np.ndarray], stride: int, batch: int = MEASURE_BATCH) -> Moments:
+    """BatchNorm statistics of ``images`` (raw scans of one rig): measured in batches of one size, pooled."""
+    twin = measuring_copy(model)
+    xs = normalised(images)
+    parts = []
+    for indices in by_size(images).values():
+        for start in range(0, len(indices), batch):
+            chunk = torch.stack([xs[i] for i in indices[start:start + batch]])
+            parts.append(measure(twin, pad_to_multiple(chunk, stride)))
+    return Moments.pooled(parts)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Sequence[np.ndarray], stride: int, moments: Moments | None = None
+            ) -> list[np.ndarray]:
+    """Each scan's class map: with the version's statistics, or served with ``moments``."""
+    model.eval()
+    if moments is None:
+        predictor: object = model
+    else:
+        buffers = moments.buffers()
+
+        def predictor(padded: Tensor) -> tuple[Tensor, ...]:
+            return pixel_maps(with_statistics(model, buffers, padded), with_entropy=False)
+    xs = normalised(images)
+    masks: list[np.ndarray] = [np.empty(0)] * len(images)
+    for indices in by_size(images).values():
+        for start in range(0, len(indices), MEASURE_BATCH):
+            part = indices[start:start + MEASURE_BATCH]
+            classes = segment_maps(predictor, torch.stack([xs[i] for i in part]), stride).classes
+            for i, mask in zip(part, classes, strict=True):
+                masks[i] = mask.numpy()
+    return masks
+
+
+def miou(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], num_classes: int) -> float:
+    """mIoU over the defect classes of a set of scans (one confusion matrix summed over them)."""
+    total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for p, t in zip(predicted, truth, strict=True):
+        total += confusion_matrix(torch.from_numpy(np.asarray(p)), torch.from_numpy(np.asarray(t)), num_classes)
+    return score_confusion(total, len(truth)).miou

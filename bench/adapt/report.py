@@ -1,0 +1,157 @@
+"""The page of one `weldstream bench adapt` run: per version a table of served mIoU by scans sent, beside the
+oracle and the source domain's own score, and the targets, each held or missed with the rows that miss it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from weldstream.simulator import get_domain
+
+FLIP_ROW = "flip+gamma+noise+16-bit"
+ORACLE_POINTS = 0.02  # a transform row within 2 points of its oracle by the reference count
+GAIN_POINTS = 0.08  # each ultrasonic transform row gains at least 8 points
+FLIP_SHARE = 0.88  # of the source domain's served mIoU
+EARLY_SHARE = 0.8  # 8 scans give this share of the reference count's gain ...
+EARLY_MIN_GAIN = 0.01  # ... on rows that gain at least a point
+WORST_DROP = 0.01  # no rig served more than a point below count 0
+OLD_RIG_POINTS = 0.005  # the old rig within half a point of its count-0 score
+
+
+def reference_count(counts: list[int]) -> int:
+    """The count the targets read: 32 scans, or the largest count below it when 32 is not measured."""
+    return 32 if 32 in counts else max(counts)
+
+
+def _gain(row: dict[str, Any], count: int) -> float:
+    return row["miou"][str(count)] - row["miou"]["0"]
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target, with whether it holds and the rows that miss it."""
+    counts = list(result["config"]["counts"])
+    ref = reference_count(counts)
+    early = 8 if 8 in counts and 8 < ref else None
+    checks: dict[str, list[str]] = {
+        f"every transform row within {ORACLE_POINTS * 100:.0f} points of its oracle by {ref} scans": [],
+        f"each ultrasonic transform row gains >= {GAIN_POINTS * 100:.0f} points by {ref} scans": [],
+        f"the {FLIP_ROW} row reaches >= {FLIP_SHARE:.0%} of its source's served mIoU by {ref} scans": [],
+        f"no rig at any count served more than {WORST_DROP * 100:.0f} point below count 0": [],
+        f"the old rig keeps its score (within {OLD_RIG_POINTS * 100:.1f} points, every count and every server)": [],
+    }
+    names = list(checks)
+    if early is not None:
+        checks[f"{early} scans give >= {EARLY_SHARE:.0%} of the {ref}-scan gain (rows gaining >= 1 point)"] = []
+    for source in result["sources"]:
+        base = source["served_source_miou"]
+        ultrasonic = get_domain(source["source"]).modality == "ultrasonic"
+        for row in source["rows"]:
+            label = f"{source['source']} / {row['name']}"
+            miou = row["miou"]
+            if row["kind"] == "transform":
+                if miou[str(ref)] < row["oracle"] - ORACLE_POINTS:
+                    checks[names[0]].append(f"{label}: {_pts(miou[str(ref)])} vs oracle {_pts(row['oracle'])}")
+                if ultrasonic and _gain(row, ref) < GAIN_POINTS:
+                    checks[names[1]].append(f"{label}: {_signed(_gain(row, ref))} points")
+                if row["name"] == FLIP_ROW and miou[str(ref)] < FLIP_SHARE * base:
+                    checks[names[2]].append(f"{label}: {miou[str(ref)] / max(base, 1e-9):.0%} of {_pts(base)}")
+                if early is not None and _gain(row, ref) >= EARLY_MIN_GAIN and \
+                        _gain(row, early) < EARLY_SHARE * _gain(row, ref):
+                    checks[list(checks)[-1]].append(f"{label}: {_signed(_gain(row, early))} of "
+                                                    f"{_signed(_gain(row, ref))} points")
+            worst = min(counts[1:], key=lambda n: miou[str(n)], default=0)
+            if counts[1:] and miou[str(worst)] < miou["0"] - WORST_DROP:
+                checks[names[3]].append(f"{label}: {_signed(_gain(row, worst))} points at {worst} scans")
+            old_scores = [row["old_rig"]["miou"]] + ([miou[str(n)] for n in counts] if row["kind"] == "old" else [])
+            furthest = max(old_scores, key=lambda v: abs(v - base))
+            if abs(furthest - base) > OLD_RIG_POINTS:
+                checks[names[4]].append(f"beside {label}: {_signed(furthest - base)} points")
+    return [{"target": name, "holds": not misses, "misses": misses} for name, misses in checks.items()]
+
+
+def _pts(value: float) -> str:
+    return f"{value * 100:.1f}"
+
+
+def _signed(value: float) -> str:
+    return f"{value * 100:+.1f}"
+
+
+def _served(summary: dict[str, Any]) -> str:
+    """How the scored scans were normalised: 'rig 8-11' (all by the rig's statistics from 8 to 11 scans),
+    'version', or a mix."""
+    if not summary["rig"]:
+        return "version"
+    low, high = summary["rig_scans"]
+    scans = f"{low}" if low == high else f"{low}-{high}"
+    share = "" if summary["rig"] == summary["scored"] else f" ({summary['rig']}/{summary['scored']})"
+    return f"rig {scans}{share}"
+
+
+def _decisions(clones: list[list[Any]]) -> str:
+    """The server's decisions for a count's clones: 'adapt', 'keep', or counts of each."""
+    counted: dict[str, int] = {}
+    for _, decision in clones:
+        counted[decision or "?"] = counted.get(decision or "?", 0) + 1
+    if len(counted) == 1:
+        return next(iter(counted))
+    return ", ".join(f"{name} {n}" for name, n in sorted(counted.items()))
+
+
+def format_table(result: dict[str, Any]) -> str:
+    cfg, env = result["config"], result.get("environment", {})
+    counts = list(cfg["counts"])
+    ref = reference_count(counts)
+    size = "x".join(str(s) for s in cfg["size"])
+    lines = [
+        "# weldstream bench adapt: served mIoU of new rigs after N unlabeled scans, with per-rig BatchNorm "
+        "statistics (AdaBN)",
+        "",
+        f"`{env.get('command', 'weldstream bench adapt')}` on {env.get('machine', '?')}, "
+        f"{env.get('wall_s', '?')} s" + (f", checkout {env['commit']}." if env.get("commit") else "."),
+        "",
+        f"One version per source domain, trained by the learner ({cfg['steps']} steps, crops of {cfg['crop_size']} "
+        f"px, {cfg['train_scans']} labeled {size} scans), served by a real `weldstream serve` (eager torch) "
+        f"from a directory store. Scores: mIoU over the defect classes of {cfg['test_scans']} held-out scans per "
+        "row, as the server returned their masks over gRPC. Count 0 is a server with `--no-rig-normalisation`; "
+        f"a count N is the row's test scans, each sent after N scans of the rig to a fresh rig id (the server's "
+        f"own statistics of a rig are used from {cfg['min_scans']} scans on; before that it is served with the "
+        "version's). *Decision*: the server's, per rig id scored at that count (keep: the version's statistics, "
+        "the rig looks like a learned domain; adapt: its own). *Served with*: the statistics that normalised the "
+        f"scored scans at {ref} scans (rig: the rig's own, from so many scans). *Oracle*: statistics measured "
+        "in-process from the test scans themselves. *Old rig*: the source domain's own scans on that row's "
+        "server, after the row.",
+    ]
+    for source in result["sources"]:
+        base = source["served_source_miou"]
+        lines += [
+            "",
+            f"## {source['source']}: served mIoU {_pts(base)} on its own scans (held-out score at publish "
+            f"{_pts(source['validation_miou'])}; served masks equal the in-process ones on "
+            f"{source['served_matches_in_process']:.2%} of pixels)",
+            "",
+            "| rig | kind | " + " | ".join(f"{n} scans" for n in counts) + f" | oracle | % of source (0 → {ref}) "
+            f"| gain at {ref}, points | decision | served with at {ref} | old rig |",
+            "| --- | --- | " + " | ".join("---" for _ in counts) + " | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in source["rows"]:
+            miou = row["miou"]
+            share = f"{miou['0'] / max(base, 1e-9):.0%} → {miou[str(ref)] / max(base, 1e-9):.0%}"
+            lines.append(f"| {row['name']} | {row['kind']} | " + " | ".join(_pts(miou[str(n)]) for n in counts)
+                         + f" | {_pts(row['oracle'])} | {share} | {_signed(_gain(row, ref))} | "
+                         f"{_decisions(row['clone_scans'][str(ref)])} | {_served(row['served_with'][str(ref)])} | "
+                         f"{_pts(row['old_rig']['miou'])} |")
+    lines += ["", "## Targets", ""]
+    for target in result["targets"]:
+        mark = "holds" if target["holds"] else "**missed**"
+        lines.append(f"- {target['target']}: {mark}" + ("" if target["holds"] else
+                                                        " (" + "; ".join(target["misses"]) + ")"))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict[str, Any], out: Path) -> None:
+    """table.md and results.json side by side in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(format_table(result))
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
