@@ -106,7 +106,8 @@ def test_targets_name_the_rows_that_miss_them():
 
     def row(name, kind, m0, m32, oracle, old=0.6, clones=(8, "adapt")):
         return {"name": name, "kind": kind, "miou": {"0": m0, "8": m0 + 0.9 * (m32 - m0), "32": m32},
-                "oracle": oracle, "old_rig": {"miou": old, "served_with": {"rig": 0, "scored": 4}},
+                "oracle": oracle, "in_process_at": {"count": 32, "miou": oracle - 0.01},
+                "old_rig": {"miou": old, "served_with": {"rig": 0, "scored": 4}},
                 "served_with": {n: {"scored": 4, "rig": 4, "rig_scans": [n_, n_ + 1], "drift": 5.0}
                                 for n, n_ in (("0", 0), ("8", 8), ("32", 32))},
                 "clone_scans": {"8": [list(clones)], "32": [[32, "adapt"]]}}
@@ -124,8 +125,12 @@ def test_targets_name_the_rows_that_miss_them():
     assert misses == ["ut-pe100-5mhz / blur: 33.0 vs oracle 40.0", "ut-pe100-5mhz / blur: +3.0 points",
                       "beside ut-pe100-5mhz / blur: -2.0 points"]
     table = format_table(result)
-    assert "| flip+gamma+noise+16-bit | transform | 45.0 | 54.0 | 55.0 | 56.0 | 75% → 92% | +10.0 | adapt |" in table
-    assert "**missed** (ut-pe100-5mhz / blur: +3.0 points)" in table
+    flip = "| flip+gamma+noise+16-bit | transform | 45.0 | 54.0 | 55.0 | 56.0 | 55.0 | 75% → 92% | +10.0 | adapt |"
+    assert flip in table
+    assert "**missed** (ut-pe100-5mhz / blur: +3.0 points)" in table and "Started over" not in table
+    result["sources"][0]["rows"][2]["clone_scans"]["32"] = [[20, "adapt"]]
+    assert "Started over (a drift event or a changed rig) before or while being scored: blur at 32." in \
+        format_table(result)
 
 
 def test_bench_adapt_quick_serves_every_row_and_leaves_the_old_rig_alone(tmp_path, capsys):

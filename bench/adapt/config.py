@@ -42,7 +42,7 @@ class AdaptBench:
     def quick_preset(cls) -> AdaptBench:
         """A pipeline check in well under a minute of CPU: a tiny ultrasonic version, two transforms, one
         unseen domain, every stress row, counts 0 and 8."""
-        return cls(sources=(ULTRASONIC_SOURCE,), size=(64, 64), steps=120, train_scans=48, crop_size=32,
+        return cls(sources=(ULTRASONIC_SOURCE,), size=(64, 64), steps=96, train_scans=48, crop_size=32,
                    reference_scans=8, counts=(0, 8), test_scans=6, transforms=("flip+gamma+noise+16-bit", "blur"),
                    unseen=1, old_rig_scans=8, threads=1, in_flight=4, quick=True)
 

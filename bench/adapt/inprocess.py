@@ -15,7 +15,10 @@ from weldstream.preprocess import normalise_scan, pad_to_multiple
 from weldstream.scoring import confusion_matrix, score_confusion
 from weldstream.tiles import pixel_maps, segment_maps
 
-MEASURE_BATCH = 8
+BATCH = 8
+# Scans are measured one at a time, as the server measures them (a batch would normalise its deeper layers'
+# inputs with the statistics of several scans).
+MEASURE_BATCH = 1
 
 
 def by_size(images: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
@@ -59,8 +62,8 @@ def predict(model: nn.Module, images: Sequence[np.ndarray], stride: int, moments
     xs = normalised(images)
     masks: list[np.ndarray] = [np.empty(0)] * len(images)
     for indices in by_size(images).values():
-        for start in range(0, len(indices), MEASURE_BATCH):
-            part = indices[start:start + MEASURE_BATCH]
+        for start in range(0, len(indices), BATCH):
+            part = indices[start:start + BATCH]
             classes = segment_maps(predictor, torch.stack([xs[i] for i in part]), stride).classes
             for i, mask in zip(part, classes, strict=True):
                 masks[i] = mask.numpy()

@@ -99,6 +99,19 @@ def _decisions(clones: list[list[Any]]) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted(counted.items()))
 
 
+def _restarted(row: dict[str, Any], counts: list[int]) -> list[str]:
+    """The counts at which some rig id of the row had fewer scans in its statistics than it had sent (it
+    started over), right after adapting or by the scans its test scans were served with."""
+    found = []
+    for n in counts[1:]:
+        clones = row["clone_scans"][str(n)]
+        served = row["served_with"][str(n)]
+        short = any(decision == "adapt" and scans < n for scans, decision in clones)
+        if short or (served["rig"] and served["rig_scans"][0] < n):
+            found.append(str(n))
+    return found
+
+
 def format_table(result: dict[str, Any]) -> str:
     cfg, env = result["config"], result.get("environment", {})
     counts = list(cfg["counts"])
@@ -120,7 +133,8 @@ def format_table(result: dict[str, Any]) -> str:
         "version's). *Decision*: the server's, per rig id scored at that count (keep: the version's statistics, "
         "the rig looks like a learned domain; adapt: its own). *Served with*: the statistics that normalised the "
         f"scored scans at {ref} scans (rig: the rig's own, from so many scans). *Oracle*: statistics measured "
-        "in-process from the test scans themselves. *Old rig*: the source domain's own scans on that row's "
+        "in-process from the test scans themselves; *own statistics in-process*: from the rig's first adaptation "
+        "scans, whatever the server decided. *Old rig*: the source domain's own scans on that row's "
         "server, after the row.",
     ]
     for source in result["sources"]:
@@ -131,17 +145,24 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_pts(source['validation_miou'])}; served masks equal the in-process ones on "
             f"{source['served_matches_in_process']:.2%} of pixels)",
             "",
-            "| rig | kind | " + " | ".join(f"{n} scans" for n in counts) + f" | oracle | % of source (0 → {ref}) "
-            f"| gain at {ref}, points | decision | served with at {ref} | old rig |",
-            "| --- | --- | " + " | ".join("---" for _ in counts) + " | --- | --- | --- | --- | --- | --- |",
+            "| rig | kind | " + " | ".join(f"{n} scans" for n in counts) + f" | oracle | own statistics in-process, "
+            f"{ref} scans | % of source (0 → {ref}) | gain at {ref}, points | decision | served with at {ref} | "
+            "old rig |",
+            "| --- | --- | " + " | ".join("---" for _ in counts) + " | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in source["rows"]:
             miou = row["miou"]
             share = f"{miou['0'] / max(base, 1e-9):.0%} → {miou[str(ref)] / max(base, 1e-9):.0%}"
             lines.append(f"| {row['name']} | {row['kind']} | " + " | ".join(_pts(miou[str(n)]) for n in counts)
-                         + f" | {_pts(row['oracle'])} | {share} | {_signed(_gain(row, ref))} | "
+                         + f" | {_pts(row['oracle'])} | {_pts(row['in_process_at']['miou'])} | {share} | "
+                         f"{_signed(_gain(row, ref))} | "
                          f"{_decisions(row['clone_scans'][str(ref)])} | {_served(row['served_with'][str(ref)])} | "
                          f"{_pts(row['old_rig']['miou'])} |")
+        restarts = [f"{row['name']} at {', '.join(counts_)}" for row in source["rows"]
+                    if (counts_ := _restarted(row, counts))]
+        if restarts:
+            lines += ["", "Started over (a drift event or a changed rig) before or while being scored: "
+                      + "; ".join(restarts) + "."]
     lines += ["", "## Targets", ""]
     for target in result["targets"]:
         mark = "holds" if target["holds"] else "**missed**"

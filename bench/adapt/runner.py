@@ -32,6 +32,7 @@ import torch
 from weldstream.bench.adapt import inprocess
 from weldstream.bench.adapt.config import AdaptBench
 from weldstream.bench.adapt.models import Trained, train_and_publish
+from weldstream.bench.adapt.report import reference_count
 from weldstream.bench.adapt.served import Answer, ServedModel
 from weldstream.bench.adapt.transforms import Rig, old_rig, rigs_of, unseen_rig
 from weldstream.model import ModelConfig
@@ -213,12 +214,14 @@ async def score_old_rig(served: ServedModel, old: RowRun, classes: int) -> Tally
     return (await score_global(served, old, classes))[0]
 
 
-def oracle(model: torch.nn.Module, run: RowRun, stride: int, classes: int) -> float:
-    """mIoU with every rig id's statistics measured from its own test scans."""
+def in_process(model: torch.nn.Module, run: RowRun, stride: int, classes: int, count: int | None = None) -> float:
+    """mIoU with every rig id's statistics measured in-process: from ``count`` of its adaptation scans (the
+    first clone's), or, for the oracle (None), from its own test scans."""
     tally = Tally(classes)
-    for stem in run.row.stems:
+    for j, stem in enumerate(run.row.stems):
         images = [image for image, _ in run.tests[stem]]
-        moments = inprocess.rig_moments(model, images, stride)
+        measured = images if count is None else run.adaptation(j, count, 0)
+        moments = inprocess.rig_moments(model, measured, stride)
         for predicted, (_, mask) in zip(inprocess.predict(model, images, stride, moments), run.tests[stem],
                                         strict=True):
             tally.add(predicted, mask)
@@ -237,6 +240,7 @@ async def run_source(cfg: AdaptBench, source: str, work: Path, progress: Callabl
     classes = len(trained.manifest.classes)
     rows = rows_for(cfg, source)
     runs = [RowRun(row, cfg) for row in rows]
+    ref = reference_count(list(cfg.counts))
     old = runs[0]
     results: list[dict[str, Any]] = []
     async with ServedModel(work / "models", work / "state-global", rig_normalisation=False, threads=cfg.threads,
@@ -244,8 +248,8 @@ async def run_source(cfg: AdaptBench, source: str, work: Path, progress: Callabl
         scored = [await score_global(plain, run, classes) for run in runs]
     globals_ = [tally for tally, _ in scored]
     # the served masks of the old rig against the same scans segmented in-process: the same model, the same masks
-    in_process = inprocess.predict(model, [image for image, _ in old.tests["old"]], stride)
-    agree = float(np.mean([np.mean(a == b.mask) for a, b in zip(in_process, scored[0][1], strict=True)]))
+    masks = inprocess.predict(model, [image for image, _ in old.tests["old"]], stride)
+    agree = float(np.mean([np.mean(a == b.mask) for a, b in zip(masks, scored[0][1], strict=True)]))
     for index, (row, run) in enumerate(zip(rows, runs, strict=True)):
         t0 = time.monotonic()
         batch = 1 if row.plan == "batch-1" else 8
@@ -260,7 +264,9 @@ async def run_source(cfg: AdaptBench, source: str, work: Path, progress: Callabl
                 result["clone_scans"][str(count)] = measured
             old_tally = await score_old_rig(served, old, classes)
         result["old_rig"] = {"miou": old_tally.miou, "served_with": old_tally.summary()}
-        result["oracle"] = oracle(model, run, stride, classes)
+        result["oracle"] = in_process(model, run, stride, classes)
+        # what the rig's own statistics give whatever the server decided (a kept rig is served without them)
+        result["in_process_at"] = {"count": ref, "miou": in_process(model, run, stride, classes, ref)}
         results.append(result)
         progress(f"{source} / {row.name}: " + ", ".join(f"{n}: {v:.3f}" for n, v in result["miou"].items())
                  + f", oracle {result['oracle']:.3f}, old rig {old_tally.miou:.3f} ({time.monotonic() - t0:.0f} s)")
