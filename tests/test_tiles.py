@@ -90,3 +90,24 @@ def test_the_server_segments_a_scan_above_the_tile_size_in_tiles_that_agree_with
     whole, _ = segment(loaded.module, torch.from_numpy(normalise_scan(scan))[None], stride=32, tile=2048)
     agreement = float(np.mean(prediction.mask == whole[0].numpy()))
     assert (whole != 0).any() and agreement >= 0.99, agreement
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 40.0])
+def test_pixel_maps_are_the_softmax_winner_its_probability_and_normalised_entropy(scale):
+    import math
+
+    from weldstream.tiles import pixel_maps
+
+    logits = torch.randn(2, 5, 24, 40, generator=torch.Generator().manual_seed(3)) * scale
+    logits[0, :, 0, 0] = torch.tensor([-1e4, 0.0, -1e4, -1e4, -1e4])  # one class certain: entropy 0
+    logits[0, :, 0, 1] = 0.0  # a uniform guess: entropy 1, the first class wins the tie
+    classes, confidence, entropy = pixel_maps(logits)
+    probabilities = logits.softmax(dim=1)
+    expected_confidence, expected_classes = probabilities.max(dim=1)
+    expected_entropy = -(probabilities * logits.log_softmax(dim=1)).sum(dim=1) / math.log(5)
+    assert classes.dtype == torch.uint8 and torch.equal(classes, expected_classes.to(torch.uint8))
+    assert torch.allclose(confidence, expected_confidence, atol=1e-6, rtol=0)
+    assert torch.allclose(entropy, expected_entropy.clamp(0, 1), atol=1e-6, rtol=0)
+    assert entropy[0, 0, 0] == 0.0 and abs(entropy[0, 0, 1] - 1.0) < 1e-6 and classes[0, 0, 1] == 0
+    assert confidence[0, 0, 1] == pytest.approx(0.2)
+    assert torch.equal(pixel_maps(logits, with_entropy=False)[1], confidence)
