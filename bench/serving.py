@@ -9,7 +9,9 @@ model (``build_model``, eval, ``torch.inference_mode``, a contiguous float32 bat
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -86,22 +88,15 @@ def interleaved(calls: dict[str, Callable[[], object]], count: int, device: torc
     return times
 
 
-def latency_calls(cfg: ServeBench, channel: grpc.Channel) -> tuple[dict[str, Callable[[], object]], str]:
-    """The calls timed at batch 1, on cfg.device, and the name of the backend the pipeline runs on:
-
-    the hand-written fp32 eager forward; on CUDA the same under bf16 autocast; the server's backend
-    alone; the server's pipeline in this process with and without regions (staging, windowing, forward,
-    argmax, fractions, regions); gRPC Segment on the server process, with and without regions; and
-    KServe v2 ModelInfer with an FP32 scan, the call tritonclient makes.
-    """
+def client_calls(cfg: ServeBench, channel: grpc.Channel) -> dict[str, Callable[[], object]]:
+    """What a rig's process times, at batch 1 on cfg.device: the hand-written fp32 eager forward (on CUDA
+    also under bf16 autocast; on a CPU with several threads also on one thread), gRPC Segment with and
+    without regions, and KServe v2 ModelInfer with an FP32 scan (the call tritonclient makes)."""
     stub = segmenter_pb2_grpc.SegmenterStub(channel)
     infer = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
     device = torch.device(cfg.device)
     by_hand = build_model(ModelConfig()).to(device).eval()
     x = torch.randn(1, 1, *cfg.size, device=device)
-    loaded = with_backend(fresh_model(ModelConfig(), device), BackendSettings(cfg.backend, threads=cfg.threads))
-    scan = _scan(cfg.size)
-    padded = pad_to_multiple(window_intensities(torch.from_numpy(scan)[None, None].to(device)), loaded.config.stride)
 
     @torch.inference_mode()
     def eager_fp32() -> None:
@@ -117,10 +112,6 @@ def latency_calls(cfg: ServeBench, channel: grpc.Channel) -> tuple[dict[str, Cal
         with torch.autocast("cuda", dtype=torch.bfloat16):
             by_hand(x)
 
-    @torch.inference_mode()
-    def backend_forward() -> None:
-        loaded.runner.predict(padded)
-
     default, with_regions, fp32 = _request(cfg.size), _request(cfg.size, regions=True), _infer_request(cfg.size)
     calls: dict[str, Callable[[], object]] = {"eager_fp32_forward": eager_fp32}
     if device.type == "cuda":
@@ -128,14 +119,58 @@ def latency_calls(cfg: ServeBench, channel: grpc.Channel) -> tuple[dict[str, Cal
     elif torch.get_num_threads() > 1:  # shows what thread contention on shared cores costs the baseline
         calls["eager_fp32_forward_one_thread"] = eager_fp32_one_thread
     calls.update({
-        "backend_forward": backend_forward,
-        "pipeline_mask_only": lambda: predict_batch(loaded, [scan], False),
-        "pipeline_with_regions": lambda: predict_batch(loaded, [scan], True),
         "grpc_segment": lambda: stub.Segment(default),
         "grpc_segment_with_regions": lambda: stub.Segment(with_regions),
         "kserve_model_infer_fp32": lambda: infer.ModelInfer(fp32),
     })
-    return calls, loaded.runner.name
+    return calls
+
+
+def pipeline_calls(cfg: ServeBench) -> tuple[dict[str, Callable[[], object]], str]:
+    """The server's own work in this process, at batch 1, beside the same hand-written eager forward (its
+    baseline): the backend alone and the whole pipeline with and without regions (staging, windowing,
+    forward, argmax, fractions, regions); and the name of the backend it runs on."""
+    device = torch.device(cfg.device)
+    by_hand = build_model(ModelConfig()).to(device).eval()
+    x = torch.randn(1, 1, *cfg.size, device=device)
+    loaded = with_backend(fresh_model(ModelConfig(), device), BackendSettings(cfg.backend, threads=cfg.threads))
+    scan = _scan(cfg.size)
+    padded = pad_to_multiple(window_intensities(torch.from_numpy(scan)[None, None].to(device)), loaded.config.stride)
+
+    @torch.inference_mode()
+    def eager_fp32() -> None:
+        by_hand(x)
+
+    @torch.inference_mode()
+    def backend_forward() -> None:
+        loaded.runner.predict(padded)
+
+    return {
+        "eager_fp32_forward_beside_pipeline": eager_fp32,
+        "backend_forward": backend_forward,
+        "pipeline_mask_only": lambda: predict_batch(loaded, [scan], False),
+        "pipeline_with_regions": lambda: predict_batch(loaded, [scan], True),
+    }, loaded.runner.name
+
+
+def timed_rows(cfg: ServeBench, port: int | None) -> tuple[dict[str, list[float]], str | None]:
+    """Run in a process of its own: the client rows against the server on ``port``, or (None) the
+    pipeline rows. Kept apart because thread pools are per process: a backend's pool (ONNX Runtime's,
+    frozen TorchScript's) in the client's process would still be busy on the shared cores while the
+    server answers, and a client never carries one."""
+    torch.set_num_threads(cfg.threads)
+    if port is None:
+        calls, backend = pipeline_calls(cfg)
+        return interleaved(calls, cfg.requests, torch.device(cfg.device)), backend
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return interleaved(client_calls(cfg, channel), cfg.requests, torch.device(cfg.device)), None
+
+
+def in_own_process(cfg: ServeBench, port: int | None) -> tuple[dict[str, list[float]], str | None]:
+    """``timed_rows`` in a fresh (spawned) process."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(timed_rows, cfg, port).result()
 
 
 class ServerProcess:
@@ -296,10 +331,10 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
     cfg = ServeBench(**{**asdict(cfg), "threads": threads, "backend": chosen})
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
-        with ServerProcess(model_dir, cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            calls, backend = latency_calls(cfg, channel)
-            rows = interleaved(calls, cfg.requests, torch.device(cfg.device))
-            del calls
+        with ServerProcess(model_dir, cfg) as server:
+            rows, _ = in_own_process(cfg, server.port)
+            pipeline, backend = in_own_process(cfg, None)
+            rows.update(pipeline)
             batched = throughput(server.port, cfg.size, cfg.requests, cfg.clients)
         with ServerProcess(model_dir, cfg, "--max-batch-size", "1") as server:
             unbatched = throughput(server.port, cfg.size, cfg.requests, cfg.clients)
@@ -311,7 +346,9 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
         "grpc_over_eager_fp32_forward": p50["grpc_segment"] / p50["eager_fp32_forward"],
         "grpc_with_regions_over_eager_fp32_forward": p50["grpc_segment_with_regions"] / p50["eager_fp32_forward"],
         "kserve_fp32_over_eager_fp32_forward": p50["kserve_model_infer_fp32"] / p50["eager_fp32_forward"],
-        "grpc_over_pipeline": p50["grpc_segment"] / p50["pipeline_mask_only"],
+        # each against the eager forward timed in its own process
+        "grpc_over_pipeline": (p50["grpc_segment"] / p50["eager_fp32_forward"])
+        / (p50["pipeline_mask_only"] / p50["eager_fp32_forward_beside_pipeline"]),
         "around_forward_share_mask_only": 1 - p50["backend_forward"] / p50["pipeline_mask_only"],
         "around_forward_share_with_regions": 1 - p50["backend_forward"] / p50["pipeline_with_regions"],
         "batching_gain": batched / unbatched,
