@@ -30,3 +30,19 @@ async def test_tritonclient_works_unmodified(server):
     for regions in result["regions"]:
         for region in regions:
             assert region["class_id"] > 0 and region["area_px"] >= 4 and 0 < region["mean_confidence"] <= 1
+
+
+async def test_the_outside_latency_client_times_tritonclient_against_an_eager_forward(server):
+    """The check of docs/benchmarks/serve.md's outside rows runs unmodified against a server (no timing
+    asserted here: figures belong in the benchmark)."""
+    script = Path(__file__).parent / "clients" / "triton_latency.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), f"127.0.0.1:{server.port}", "--size", "64", "--turns", "2", "--calls", "3",
+        "--warm-up", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["size"] == 64 and result["calls"] == 6 and len(result["ratio_by_turn"]) == 2
+    assert set(result["p50_ms"]) == {"eager_fp32_forward", "tritonclient"}
+    assert all(value > 0 for value in result["p50_ms"].values())
+    assert result["ratio"] == result["p50_ms"]["tritonclient"] / result["p50_ms"]["eager_fp32_forward"]
