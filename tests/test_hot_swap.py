@@ -57,6 +57,11 @@ async def test_no_request_fails_across_many_swaps(tmp_path):
             assert server.slot.current().version == version
             modules_served.add(id(server.slot.current().module))
             await asyncio.sleep(0.05)
+        # The clients' calls in flight at the last swap ran on the version they had leased; wait for one that
+        # started after it (a busy machine may answer none within a fixed pause; 120 s only guards a hang).
+        async with asyncio.timeout(120):
+            while not any(version == SWAPS for version, _ in answers):
+                await asyncio.sleep(0.01)
     finally:
         done.set()
         await asyncio.gather(*clients)
