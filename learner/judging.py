@@ -35,6 +35,7 @@ async def publish_and_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer, prod
         await _checkpoint_judge_commit(loop, consumer, producer)
     finally:
         loop.judging_s = time.monotonic() - started
+        loop.metrics.judging_seconds.observe(loop.judging_s)
 
 
 async def _checkpoint_judge_commit(loop: LearnerLoop, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:

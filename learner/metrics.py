@@ -31,6 +31,10 @@ class LearnerMetrics:
         self.validation_dice = Gauge("learner_validation_dice", "Latest candidate's validation Dice by domain.",
                                      ["domain"], registry=r)
         self.versions = Counter("learner_versions_total", "Candidates by outcome.", ["outcome"], registry=r)
+        self.judging_seconds = Histogram("learner_judging_duration_seconds",
+                                         "Wall time of one judgement: checkpoint, validation of the candidate "
+                                         "(and of the served version where held-out scans changed), publish.",
+                                         buckets=STEP_BUCKETS + (32.0, 64.0), registry=r)
         self.live_version = Gauge("learner_published_version", "Newest published model version.", registry=r)
         self.lag = Gauge("learner_consumer_lag_messages", "Messages not yet read, all partitions.", registry=r)
         self.current_domain = Gauge("learner_current_domain_info", "1 for the domain being learned now.",

@@ -31,6 +31,10 @@ async def test_revoked_partitions_leave_the_positions_to_commit(tmp_path):
     loop.last_publish = 0.0
     await publish_and_commit(loop, consumer, producer=None)
     assert consumer.commits == [{kept: 5}]
+    # every judgement's wall time is exported, and it is what the step trigger paces itself by
+    judged = loop.metrics.registry.get_sample_value("learner_judging_duration_seconds_count")
+    assert judged == 1 and loop.metrics.registry.get_sample_value(
+        "learner_judging_duration_seconds_sum") == pytest.approx(loop.judging_s)
 
 
 async def test_commit_leaves_out_partitions_this_member_does_not_own(tmp_path):
