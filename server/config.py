@@ -68,7 +68,7 @@ class ServerConfig:
     rig_normalisation: bool = setting(True, help="serve each shifted rig with BatchNorm statistics re-estimated "
                                                  "from its own served scans (no labels)")
     rig_norm_min_scans: int = setting(8, help="scans a rig sends before its own statistics are used")
-    rig_keep_distance: float = setting(4.0, help="a rig whose median drift distance is at most this is close "
+    rig_keep_distance: float = setting(2.0, help="a rig whose median drift distance is at most this is close "
                                                  "enough to a learned domain to keep the version's statistics")
     rig_state_dir: Path | None = setting(None, parse=optional_path,
                                          help="where rigs' statistics and scan reservoirs are kept across restarts "
