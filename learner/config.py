@@ -66,7 +66,13 @@ class LearnerConfig:
     # as much as dozens of steps on a 2-core CPU: the step trigger waits until judging has taken at most
     # this share of the time since the last judgement (the seconds trigger above still bounds the wait).
     judging_share: float = setting(0.1, help="most share of wall time spent judging candidates when the "
-                                             "step trigger fires")
+                                             "step trigger fires ...")
+    # While labels learned since the last version wait to be served, judging may take a larger share, so
+    # an inspector's label reaches the rigs within seconds; once they are served the learner trains at
+    # the share above. On 2 cores (judgements of about 2.5 s): 0.1 throughout gave a label-to-served
+    # median of 12.4 s, 0.25 throughout 8.5 s with a quarter fewer steps.
+    fresh_judging_share: float = setting(0.25, help="... and while labels learned since the last version "
+                                                    "wait to be served")
     # A candidate is refused if any domain's validation mIoU drops more than this below the live version,
     # and a paired bootstrap over the held-out scans finds it lower in at least this share of resamples
     # (0 refuses on the tolerance alone).
@@ -110,8 +116,8 @@ class LearnerConfig:
             raise ValueError("defect_share must be in [0, 1] and final_lr_share in (0, 1]")
         if self.publish_every_steps < 1 or self.publish_every_s <= 0:
             raise ValueError("publish_every_steps must be >= 1 and publish_every_s > 0")
-        if not 0 < self.judging_share <= 1:
-            raise ValueError("judging_share must be in (0, 1]")
+        if not 0 < self.judging_share <= 1 or not 0 < self.fresh_judging_share <= 1:
+            raise ValueError("judging_share and fresh_judging_share must be in (0, 1]")
         if not 0 <= self.regression_confidence <= 1:
             raise ValueError("regression_confidence must be in [0, 1]")
         if self.regression_baseline not in ("served", "best"):

@@ -192,13 +192,15 @@ class LearnerLoop:
 
     def publish_due(self) -> bool:
         """Every --publish-every-steps steps, once judging would take at most --judging-share of the time
-        since the last judgement; or every --publish-every-s seconds, whichever comes first."""
+        since the last judgement (--fresh-judging-share while labels learned since then wait to be served);
+        or every --publish-every-s seconds, whichever comes first."""
         cfg = self.cfg
         if time.monotonic() < self.store_retry_at:
             return False  # the weight store did not answer the last judgement: back off
         steps = self.learner.steps - self.steps_at_publish
         elapsed = time.monotonic() - self.last_publish
-        judging_paid = elapsed >= self.judging_s * (1 - cfg.judging_share) / cfg.judging_share
+        share = cfg.fresh_judging_share if self.learner.label_times else cfg.judging_share
+        judging_paid = elapsed >= self.judging_s * (1 - share) / share
         return (steps >= cfg.publish_every_steps and judging_paid) or (
             elapsed >= cfg.publish_every_s and (steps > 0 or self.dirty))
 

@@ -121,3 +121,16 @@ def test_the_step_trigger_waits_until_judging_is_at_most_its_share_of_the_time(t
     loop.steps_at_publish, loop.dirty = 5, True  # no new steps, but something new consumed
     loop.last_publish = time.monotonic() - 1001.0
     assert loop.publish_due()  # the seconds trigger still bounds the wait
+
+
+def test_labels_waiting_to_be_served_let_judging_take_its_fresh_share(tmp_path):
+    cfg = learner_config("unused:9092", tmp_path / "models", publish_every_steps=2, publish_every_s=1000.0,
+                         judging_share=0.1, fresh_judging_share=0.25)
+    loop = LearnerLoop(cfg, LearnerMetrics())
+    loop.learner.steps, loop.judging_s = 5, 2.0
+    loop.last_publish = time.monotonic() - 7.0  # 2 s of judging in 9 s is 22 %
+    assert not loop.publish_due()  # nothing new to serve: 10 %, 18 s
+    loop.learner.label_times = [time.time() - 5.0]  # a label learned since the last version
+    assert loop.publish_due()
+    loop.last_publish = time.monotonic() - 5.0  # 2 s in 7 s is 29 %: too much even now
+    assert not loop.publish_due()
