@@ -21,6 +21,7 @@ from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WeightStore
 
 WARM_UP_S = 3.0  # after the server first answers, before latencies count
+LAST_SWAP_WAIT_S = 60.0  # longest wait for the newest version to be served after the last publish
 
 
 def rss_bytes(pid: int) -> int:
@@ -88,7 +89,14 @@ async def soak(work: Path, clients: int, seconds: float, swap_every_s: float, ne
             await asyncio.sleep(swap_every_s)
             published += 1
             await asyncio.to_thread(store.publish, states[published % 2], config, parent_version=store.latest())
-        await asyncio.sleep(2.0)  # the last swap
+        # The last swap: a loaded machine (the busy neighbours) can take longer than any fixed pause, so the
+        # row waits until the server serves the newest version, or LAST_SWAP_WAIT_S (then the row fails).
+        waited = time.monotonic()
+        while time.monotonic() - waited < LAST_SWAP_WAIT_S:
+            await asyncio.sleep(0.5)
+            if scrape(metrics_port).get(("inference_model_version", ())) == store.latest():
+                break
+        last_swap_s = time.monotonic() - waited
         rss_end = rss_bytes(server.pid)
         samples = scrape(metrics_port)
         swapped = samples[("inference_model_swaps_total", (("result", "swapped"),))]
@@ -112,10 +120,12 @@ async def soak(work: Path, clients: int, seconds: float, swap_every_s: float, ne
                       "swaps": swapped, "mean_swap_s": round(swap_s, 3), "live_version": live,
                       "newest_version": store.latest(),
                       "rss_start_mib": round(rss_start / 2**20, 1), "rss_end_mib": round(rss_end / 2**20, 1),
-                      "rss_growth_mib": round(growth, 1), "server_exit_code": code}
+                      "rss_growth_mib": round(growth, 1), "server_exit_code": code,
+                      "last_swap_wait_s": round(last_swap_s, 1)}
     result.passed = not errors and live == store.latest() and code == 0
     result.measured = (f"{len(latencies)} requests, {len(errors)} errors; p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
                        f"{published} versions published, each loaded in {swap_s:.2f} s on average, live "
-                       f"v{live:.0f}{' = newest' if live == store.latest() else ''}; resident memory "
+                       f"v{live:.0f}{' = newest' if live == store.latest() else ''} "
+                       f"({last_swap_s:.1f} s after the last publish); resident memory "
                        f"{rss_start / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB ({growth:+.0f} MiB)")
     return result
