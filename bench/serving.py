@@ -88,6 +88,12 @@ def interleaved(calls: dict[str, Callable[[], object]], count: int, device: torc
     return times
 
 
+def hand_written(cfg: ServeBench) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The baseline a user writes by hand: the fp32 eager model on cfg.device and its input, a batch of one."""
+    device = torch.device(cfg.device)
+    return build_model(ModelConfig()).to(device).eval(), torch.randn(1, 1, *cfg.size, device=device)
+
+
 def client_calls(cfg: ServeBench, channel: grpc.Channel) -> dict[str, Callable[[], object]]:
     """What a rig's process times, at batch 1 on cfg.device: the hand-written fp32 eager forward (on CUDA
     also under bf16 autocast; on a CPU with several threads also on one thread), gRPC Segment with and
@@ -95,8 +101,7 @@ def client_calls(cfg: ServeBench, channel: grpc.Channel) -> dict[str, Callable[[
     stub = segmenter_pb2_grpc.SegmenterStub(channel)
     infer = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
     device = torch.device(cfg.device)
-    by_hand = build_model(ModelConfig()).to(device).eval()
-    x = torch.randn(1, 1, *cfg.size, device=device)
+    by_hand, x = hand_written(cfg)
 
     @torch.inference_mode()
     def eager_fp32() -> None:
@@ -131,8 +136,7 @@ def pipeline_calls(cfg: ServeBench) -> tuple[dict[str, Callable[[], object]], st
     baseline): the backend alone and the whole pipeline with and without regions (staging, windowing,
     forward, argmax, fractions, regions); and the name of the backend it runs on."""
     device = torch.device(cfg.device)
-    by_hand = build_model(ModelConfig()).to(device).eval()
-    x = torch.randn(1, 1, *cfg.size, device=device)
+    by_hand, x = hand_written(cfg)
     loaded = with_backend(fresh_model(ModelConfig(), device), BackendSettings(cfg.backend, threads=cfg.threads))
     scan = _scan(cfg.size)
     padded = pad_to_multiple(window_intensities(torch.from_numpy(scan)[None, None].to(device)), loaded.config.stride)
