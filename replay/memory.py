@@ -154,6 +154,17 @@ class ReplayMemory:
         slots = candidates[pick].to(self.device)
         return self._x[slots], self._y[slots]
 
+    def first(self, n: int, domain: str) -> tuple[Tensor, Tensor]:
+        """The first n stored pairs of one domain, with no random draw: a fixed probe that measures the
+        same scans every time (a past domain's block does not change until that domain is shown again)."""
+        if domain not in self._domains:
+            raise ValueError(f"unknown domain {domain!r}; the memory holds {self._domains}")
+        assert self._x is not None and self._y is not None
+        d = self._domains.index(domain)
+        start = d * self.per_domain_capacity
+        stop = start + min(max(0, n), self._fill[d])
+        return self._x[start:stop], self._y[start:stop]
+
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         """Stored scans (compacted, domain order), counts and RNG state; save it beside the model."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,10 @@ import torch
 
 from weldstream.bench.cl import metrics
 from weldstream.bench.cl.config import STRATEGIES, BenchConfig
+from weldstream.bench.cl.report import interval_table
+from weldstream.bench.cl.result import RunResult
 from weldstream.bench.cl.stream import build_stream, is_test
+from weldstream.bench.cl.summary import summarise, targets
 
 # R[i][j]: after training on domain i, tested on domain j.
 R = [
@@ -193,3 +197,87 @@ def test_avalanche_agem_runs_when_domains_outnumber_its_memory_batch() -> None:
     assert agem_sample_size(cfg, len(stream.names)) == len(stream.names)
     result, _ = run_avalanche("avalanche-agem", cfg, stream, seed=0)
     assert result.error is None and len(result.miou) == len(stream.names)
+
+
+def _run(strategy: str, seed: int, final: list[float], first_row: float = 0.5) -> RunResult:
+    """A finished two-domain run whose last row is ``final`` (domain 0 scored ``first_row`` when learned)."""
+    return RunResult(strategy, seed, ["a", "b"], miou=[[first_row, 0.0], final], dice=[[0.5, 0.0], final],
+                     baseline_miou=[0.0, 0.0], baseline_dice=[0.0, 0.0],
+                     step_ms={"steps": 10, "total_ms": 1.0, "forward_backward_ms": 1.0, "memory_ms": 0.0,
+                              "update_ms": 0.0},
+                     step_ms_per_domain=[{"steps": 5, "total_ms": 1.0, "forward_backward_ms": 1.0, "memory_ms": 0.0,
+                                          "update_ms": 0.0}] * 2,
+                     peak_rss_mb=1.0, start_rss_mb=1.0, projected_steps=2, plateau=[[0.4, 0.5], [0.2, 0.21]])
+
+
+def test_intervals_are_students_t_and_differences_are_paired_by_seed() -> None:
+    from weldstream.bench.cl.summary import best_within_interval
+
+    mean, half = metrics.interval95([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2) = 4.3027
+    assert math.isnan(metrics.interval95([5.0])[1])
+
+    # The seed moves every row alike: replay is 2 points above the default on every seed, which the rows'
+    # own intervals (seed spread 20 points) hide and the paired difference shows.
+    results = []
+    for seed, level in enumerate((0.2, 0.4, 0.6)):
+        results.append(_run("replay-gem", seed, [level, level]))
+        results.append(_run("replay", seed, [level + 0.02, level + 0.02]))
+        results.append(_run("naive", seed, [level - 0.1 + 0.05 * seed, level]))
+        results.append(_run("offline-joint", seed, [level + 0.3, level + 0.3]))
+    summary = summarise(results, ("offline-joint", "naive", "replay", "replay-gem"))
+    acc_mean, acc_half = summary["replay"]["interval95"]["acc"]
+    assert acc_mean == pytest.approx(42.0) and acc_half > 20
+    diff, diff_half = summary["replay"]["paired_to_default"]["acc"]
+    assert diff == pytest.approx(2.0) and diff_half == pytest.approx(0.0, abs=1e-9)
+    assert summary["replay"]["paired_seeds"] == 3 and "paired_to_default" not in summary["replay-gem"]
+    assert summary["replay"]["projected_share"] == pytest.approx(0.2)
+    assert summary["replay"]["plateau_gain"]["max"] == pytest.approx(10.0)
+    # Replay beats the default on every seed; the ceiling row (offline-joint) never counts as "the best row".
+    assert best_within_interval(summary) == (False, ["replay"])
+    verdict = next(t for t in targets(summary) if "best continual row" in t["target"])
+    assert verdict["met"] is False and "replay" in verdict["note"]
+    # naive's difference straddles zero: not better, so without replay the default is the best row.
+    without = summarise([r for r in results if r.strategy != "replay"], ("offline-joint", "naive", "replay-gem"))
+    assert best_within_interval(without) == (True, [])
+    table = "\n".join(interval_table(summary))
+    assert "| replay | 3 | 42.0 ± " in table and "| +2.0 ± 0.0 |" in table and "| replay-gem (default) | 3 |" in table
+
+
+def test_finished_runs_are_kept_and_reused_only_for_the_same_configuration(tmp_path: Path) -> None:
+    from weldstream.bench.cl.stored import RunStore, load_stored, run_key
+
+    cfg = BenchConfig(seeds=(0, 1))
+    stream = [{"domain": "a", "train": 4}]
+    key = run_key(cfg, stream)
+    store = RunStore(tmp_path, key)
+    store(_run("replay", 0, [0.1, 0.2]))
+    store(RunResult("naive", 0, ["a", "b"], error="worker process failed"))  # failed runs are not kept
+    store(_run("replay-gem", 1, [0.1, 0.2]))
+    # More seeds, other rows, other parallelism: the same configuration, the runs are reused.
+    wider = run_key(BenchConfig(seeds=(0, 1, 2, 3, 4), parallel=2, threads=1, strategies=("replay",)), stream)
+    assert sorted(load_stored(tmp_path, wider)) == [("replay", 0), ("replay-gem", 1)]
+    store.forget(("replay",))
+    assert sorted(load_stored(tmp_path, key)) == [("replay-gem", 1)]
+    # Another budget or other data: nothing is reused, and a store for it empties the folder.
+    assert load_stored(tmp_path, run_key(BenchConfig(steps_per_domain=600), stream)) == {}
+    assert load_stored(tmp_path, run_key(cfg, [{"domain": "a", "train": 5}])) == {}
+    RunStore(tmp_path, run_key(BenchConfig.long_preset(), stream))
+    assert load_stored(tmp_path, key) == {} and not list((tmp_path / "runs").glob("result-*.json"))
+
+
+def test_long_regime_trains_four_times_the_steps_on_the_rows_that_decide_the_default() -> None:
+    import argparse
+
+    from weldstream.bench.cl.cli import DEFAULT_OUT, add_arguments, command_line, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--regime", "long"])
+    cfg = config_from_args(args)
+    assert cfg.regime == "long" and cfg.steps_per_domain == 4 * BenchConfig().steps_per_domain
+    assert cfg.strategies == ("naive", "replay", "replay-gem") and len(cfg.seeds) == 5
+    assert "--regime long" in command_line(args) and DEFAULT_OUT["long"] != DEFAULT_OUT["step-bound"]
+    assert len(config_from_args(parser.parse_args([])).seeds) == 5
+    with pytest.raises(ValueError, match="regime"):
+        BenchConfig(regime="forever")

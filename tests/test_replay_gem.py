@@ -219,19 +219,51 @@ def _half_loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return 0.5 * memory_loss_gradient(model, x, y)
 
 
-def test_replay_gem_balances_its_loss_between_current_and_rehearsed_crops() -> None:
-    """Each part gets its own loss (its own Dice), averaged: a pooled Dice would let one part drown the other."""
-    memory = memory_with({"old": 1})
-    x_mem, y_mem = domain_batch(1, n=8, seed=10)  # the whole memory, rehearsed in full below
-    current = domain_batch(2, n=8, seed=99)
-    model = trained_model()
-    expected = _half_loss_gradient(model, *current) + _half_loss_gradient(model, x_mem, y_mem)
+def test_replay_gem_is_exactly_replay_while_no_past_domain_is_being_forgotten() -> None:
+    """Unguarded, the default is a plain replay step: same weights, bit for bit, over several steps (the
+    forgetting probe draws nothing at random and leaves BatchNorm's running statistics alone)."""
+    runs = {}
+    for strategy in ("replay", "replay-gem"):
+        memory = memory_with({"old": 1, "older": 3})
+        model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 5, 1))
+        torch.manual_seed(0)
+        model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        references = ReferenceGradients()
+        cfg = StepConfig(strategy=strategy, rehearsal=4, memory_batch=4, probe_every=2, forgetting_tolerance=1e6)
+        guarded = []
+        for step in range(6):
+            stats = gem_step(model, optimizer, domain_batch(1, n=4, seed=step), memory, cfg, "new", references)
+            guarded.append(stats.guarded)
+        runs[strategy] = (params_flat(model), model[1].running_mean.clone(), guarded, references)
+    assert torch.equal(runs["replay"][0], runs["replay-gem"][0])
+    assert torch.equal(runs["replay"][1], runs["replay-gem"][1])
+    assert runs["replay-gem"][2] == [0] * 6
+    # The probes ran (both past domains have a record) but no reference gradient was ever computed.
+    gate = runs["replay-gem"][3]
+    assert gate.probed("old") and gate.probed("older") and "old" not in gate and "older" not in gate
 
-    cfg = StepConfig(strategy="replay-gem", clip_norm=None, rehearsal=8, memory_batch=8)
-    stats = gem_step(model, torch.optim.SGD(model.parameters(), lr=0.0), current, memory, cfg, "new",
-                     ReferenceGradients())
-    assert stats.rehearsed == 8 and not stats.projected  # nothing forgotten yet: no projection
-    torch.testing.assert_close(flatten_grads(list(model.parameters())), expected, rtol=1e-5, atol=1e-6)
+
+def test_replay_gem_probes_every_probe_every_steps_and_starts_over_when_the_probe_changes() -> None:
+    references = ReferenceGradients()
+    references.observe_loss("old", 1.0, smoothing=0.5, mark=8)
+    references.observe_loss("old", 2.0, smoothing=0.5, mark=8)
+    assert references.forgetting("old") == pytest.approx(0.5)  # (0.5 * 1 + 0.5 * 2) / 1 - 1
+    references.observe_loss("old", 3.0, smoothing=0.5, mark=9)  # the domain was shown again: new scans
+    assert references.forgetting("old") == 0.0
+
+    memory = memory_with({"old": 1})
+    model = tiny_model()
+    cfg = StepConfig(strategy="replay-gem", rehearsal=4, probe_every=3, forgetting_tolerance=1e6)
+    gate = ReferenceGradients()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(7):
+        gem_step(model, optimizer, domain_batch(2, seed=step), memory, cfg, "new", gate)
+        losses.append(gate._loss["old"])
+    # Probed at steps 0, 3 and 6 only: the running loss changes exactly there.
+    changed = [i for i in range(1, 7) if losses[i] != losses[i - 1]]
+    assert changed == [3, 6]
 
 
 def test_replay_gem_projects_the_current_part_once_a_past_domain_is_being_forgotten() -> None:
@@ -247,11 +279,40 @@ def test_replay_gem_projects_the_current_part_once_a_past_domain_is_being_forgot
     assert violated
 
     references = ReferenceGradients()
-    references.observe_loss("old", 1e-3)  # its best memory loss: today's is far above it, the gate opens
+    # Its best probe loss: today's is far above it, so the gate opens.
+    references.observe_loss("old", 1e-3, mark=memory.seen()["old"])
     stats = gem_step(model, torch.optim.SGD(model.parameters(), lr=0.0), current, memory, cfg, "new", references)
     applied = flatten_grads(list(model.parameters()))
-    assert stats.projected and stats.violations == 1
+    assert stats.projected and stats.violations == 1 and stats.guarded == 1
     torch.testing.assert_close(applied, projected_current + g_rehearsal, rtol=1e-4, atol=1e-6)
     # The current crops' part no longer raises the old domain's loss (to first order); rehearsal is kept.
     assert float((applied - g_rehearsal) @ G[0]) >= -1e-6 * float(G.norm() * applied.norm())
     assert stats.min_dot is not None and stats.min_dot >= -1e-6 * float(G.norm() * applied.norm())
+
+
+def test_replay_gem_releases_a_domain_whose_probe_loss_has_come_back() -> None:
+    """Once the probe loss is back within the tolerance the guard lifts, the cached reference is dropped and
+    the step is plain replay again (no projection, no reference gradient)."""
+    memory = memory_with({"old": 1})
+    model = trained_model()
+    cfg = StepConfig(strategy="replay-gem", clip_norm=None, rehearsal=8, memory_batch=8, probe_every=1)
+    references = ReferenceGradients()
+    references.observe_loss("old", 1e-3, mark=memory.seen()["old"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    first = gem_step(model, optimizer, domain_batch(2, n=8, seed=99), memory, cfg, "new", references)
+    assert first.guarded == 1 and "old" in references
+    references._best["old"] = 1e3  # as if its best had been no better than today
+    second = gem_step(model, optimizer, domain_batch(2, n=8, seed=99), memory, cfg, "new", references)
+    assert second.guarded == 0 and not second.projected and "old" not in references
+
+
+def test_memory_first_is_a_fixed_probe_without_random_draws() -> None:
+    memory = memory_with({"a": 1, "b": 2})
+    state = memory._generator.get_state()
+    x1, y1 = memory.first(3, "b")
+    x2, _ = memory.first(3, "b")
+    assert x1.shape[0] == 3 and torch.equal(x1, x2) and int(y1.max()) == 2
+    assert torch.equal(memory._generator.get_state(), state)
+    assert memory.first(100, "a")[0].shape[0] == 8
+    with pytest.raises(ValueError, match="unknown domain"):
+        memory.first(1, "z")

@@ -1,6 +1,8 @@
 """`weldstream bench cl`: the continual-learning benchmark, from arguments to a written report.
 
-    weldstream bench cl [--quick] [--seeds 3] [--data DIR] [--out DIR]
+    weldstream bench cl [--quick] [--regime step-bound|long] [--seeds 5] [--data DIR] [--out DIR]
+
+Finished runs are kept (``stored``): run again with more seeds or rows and only the missing runs train.
 
 ``add_arguments`` fills a parser (the lead's CLI or ``python -m weldstream.bench.cl``) and
 ``run`` builds the one ``BenchConfig``, the stream, runs every strategy and writes the report.
@@ -20,16 +22,18 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from weldstream.bench.cl.config import STRATEGIES, BenchConfig
+from weldstream.bench.cl.config import REGIMES, STRATEGIES, BenchConfig
 from weldstream.bench.cl.plots import plot_all
 from weldstream.bench.cl.report import write_csv, write_json, write_markdown
 from weldstream.bench.cl.result import RunResult
-from weldstream.bench.cl.runner import run_all
+from weldstream.bench.cl.runner import all_pairs, run_all
+from weldstream.bench.cl.stored import RunStore, load_stored, run_key
 from weldstream.bench.cl.stream import build_stream
 from weldstream.bench.cl.summary import summarise, targets
 from weldstream.cli_args import parse_size
 
-DEFAULT_OUT = Path("runs/bench-cl")
+DEFAULT_OUT = {"step-bound": Path("runs/bench-cl"), "long": Path("runs/bench-cl-long")}
+DEFAULT_SEEDS = 5
 
 
 def _strategies(text: str) -> tuple[str, ...]:
@@ -42,11 +46,18 @@ def _strategies(text: str) -> tuple[str, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="minutes-long pipeline check: 3 domains, tiny splits, 1 seed")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
+    p.add_argument("--regime", choices=list(REGIMES), default="step-bound",
+                   help="step-bound (default): 150 steps a domain, every strategy; long: 600 steps a domain, where "
+                        "forgetting decides, on naive, replay and replay-gem")
+    p.add_argument("--seeds", type=int, default=None, help=f"number of seeds (default {DEFAULT_SEEDS}, quick 1)")
+    p.add_argument("--rerun", type=_strategies, default=None,
+                   help="run these strategies again even where --out holds their runs (their code changed)")
     p.add_argument("--data", type=Path, default=None,
                    help="folder dataset (index.csv with a domain column, or one sub-folder per domain), or a "
                         "dataset in a bucket (s3://bucket/datasets/NAME, see import --to), instead of the simulator")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"report folder (default {DEFAULT_OUT['step-bound']}, long regime {DEFAULT_OUT['long']}); "
+                        "runs it already holds for the same configuration are reused")
     p.add_argument("--strategies", type=_strategies, default=None, help=f"comma list from {','.join(STRATEGIES)}")
     p.add_argument("--train-per-domain", type=int, default=None, help="simulated train scans per domain")
     p.add_argument("--test-per-domain", type=int, default=None, help="simulated test scans per domain")
@@ -71,7 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    cfg = BenchConfig.quick_preset() if args.quick else BenchConfig()
+    regime = getattr(args, "regime", "step-bound")
+    if args.quick:
+        cfg = BenchConfig.quick_preset(**({"regime": "long", "steps_per_domain": 4 * 80} if regime == "long" else {}))
+    elif regime == "long":
+        cfg = BenchConfig.long_preset()
+    else:
+        cfg = BenchConfig(seeds=tuple(range(DEFAULT_SEEDS)))
     overrides: dict[str, Any] = {"data": args.data}
     if args.seeds is not None:
         if args.seeds < 1:
@@ -95,6 +112,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["weldstream", "bench", "cl"]
     if args.quick:
         parts.append("--quick")
+    if getattr(args, "regime", "step-bound") != "step-bound":
+        parts += ["--regime", args.regime]
     for key in ("seeds", "data", "out", "train_per_domain", "test_per_domain", "steps_per_domain", "device",
                 "memory_per_domain",
                 "max_domains", "threads", "parallel", "avalanche_seeds"):
@@ -105,6 +124,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--size", "x".join(map(str, args.size))]
     if args.strategies is not None:
         parts += ["--strategies", ",".join(args.strategies)]
+    if getattr(args, "rerun", None):
+        parts += ["--rerun", ",".join(args.rerun)]
     return shlex.join(parts)
 
 
@@ -115,6 +136,8 @@ def render(out: Path, payload: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = DEFAULT_OUT[getattr(args, "regime", "step-bound")]
     if getattr(args, "report_only", False):
         render(args.out, json.loads((args.out / "results.json").read_text()))
         print(f"bench cl: report rewritten in {args.out / 'report.md'}")
@@ -131,12 +154,24 @@ def run(args: argparse.Namespace) -> int:
     started, load_start = time.perf_counter(), _loadavg()
     print(f"bench cl: building the stream ({'folder ' + str(cfg.data) if cfg.data else 'simulator'}) ...", flush=True)
     stream = build_stream(cfg)
+    key = run_key(cfg, stream.describe())
+    rerun = tuple(getattr(args, "rerun", None) or ())
+    wanted = all_pairs(cfg)
+    stored = {pair: r for pair, r in load_stored(out, key).items() if pair in wanted and pair[0] not in rerun}
+    store = RunStore(out, key)
+    store.forget(rerun)
+    pairs = [pair for pair in wanted if pair not in stored]
+    if stored:
+        print(f"bench cl: reusing {len(stored)} finished runs of this configuration from {out}; "
+              f"{len(pairs)} to run", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-cl-") as work:
-        results = run_all(cfg, stream, Path(work))
+        fresh = run_all(cfg, stream, Path(work), pairs, finished=store) if pairs else []
+    results = sorted([*stored.values(), *fresh], key=lambda r: (r.seed, cfg.strategies.index(r.strategy)))
     summary = summarise(results, cfg.strategies)
     payload = {
         "config": cfg.to_dict(),
-        "run": _run_record(command_line(args), cfg, started, load_start),
+        "run": {**_run_record(command_line(args), cfg, started, load_start), "reused": len(stored),
+                "ran": len(fresh)},
         "source": stream.source,
         "stream": stream.describe(),
         "summary": summary,

@@ -30,6 +30,14 @@ STRATEGIES: tuple[str, ...] = (
 DEFAULT_STRATEGY = "replay-gem"
 CEILING = "offline-joint"
 LEARNER_STRATEGIES = ("offline-joint", "joint-cumulative", "naive", "replay", "replay-gem", "gem", "agem")
+# Rows that are not continual-learning methods under a memory budget (they keep every scan): they bound
+# the others and are never "the best row".
+BOUNDS = ("offline-joint", "joint-cumulative")
+# Two regimes. step-bound: every strategy is limited by optimiser steps (150 a domain), where rehearsal wins
+# by training old domains further. long: each domain gets 4x the steps, so a domain's own score has
+# plateaued before the next one comes and what separates strategies is what they forget.
+REGIMES = {"step-bound": 150, "long": 600}
+LONG_STRATEGIES = ("naive", "replay", "replay-gem")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class BenchConfig:
     avalanche_seeds: int | None = None
     threads: int = 2
     quick: bool = False
+    regime: str = "step-bound"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +98,8 @@ class BenchConfig:
             raise ValueError("parallel and threads must be >= 1")
         if not 0 < self.test_share < 1:
             raise ValueError("test_share must be in (0, 1)")
+        if self.regime not in REGIMES:
+            raise ValueError(f"unknown regime {self.regime!r}; choose from {list(REGIMES)}")
 
     @classmethod
     def quick_preset(cls, **overrides: Any) -> BenchConfig:
@@ -100,6 +111,23 @@ class BenchConfig:
         )
         base.update(overrides)
         return cls(**base)
+
+    @classmethod
+    def long_preset(cls, **overrides: Any) -> BenchConfig:
+        """The forgetting-bound regime: 4x the steps a domain, on the rows that decide the default (the floor,
+        the baseline, the default); add others with --strategies, the finished runs are kept."""
+        base: dict[str, Any] = dict(regime="long", steps_per_domain=REGIMES["long"], strategies=LONG_STRATEGIES,
+                                    seeds=tuple(range(5)))
+        base.update(overrides)
+        return cls(**base)
+
+    def reuse_key(self) -> dict[str, Any]:
+        """What a stored run must share with this configuration to be reused: everything but which rows and
+        seeds run, and how many at once (those change only the time it takes)."""
+        data = self.to_dict()
+        for key in ("seeds", "strategies", "parallel", "threads", "avalanche_seeds", "extra"):
+            data.pop(key)
+        return data
 
     def seeds_of(self, strategy: str) -> tuple[int, ...]:
         """The seeds a strategy runs on: all of them, or the first ``avalanche_seeds`` for Avalanche's rows."""

@@ -20,6 +20,7 @@ from memory, the others take as many more current scans).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.replay import StepConfig
 from weldstream.replay.gem import REHEARSING
+from weldstream.scoring import evaluate
 
 STEP_STRATEGY = {"offline-joint": "naive", "joint-cumulative": "naive", "naive": "naive", "replay": "replay",
                  "replay-gem": "replay-gem", "gem": "gem", "agem": "agem"}
@@ -43,8 +45,8 @@ SETUPS = {
     "joint-cumulative": "the learner (naive steps) whose window keeps every domain seen so far",
     "naive": "the learner, --strategy naive: the current domain only",
     "replay": "the learner, --strategy replay: current crops + memory crops of past domains, no projection",
-    "replay-gem": "the learner's default, --strategy replay-gem: replay plus GEM projection against each past "
-                  "domain whose memory loss has risen",
+    "replay-gem": "the learner's default, --strategy replay-gem: replay, plus GEM projection of the current "
+                  "crops' gradient against each past domain whose probe loss has risen 50 % above its best",
     "gem": "the learner, --strategy gem: GEM projection against every past domain (round-robin references), "
            "no rehearsal",
     "agem": "the learner, --strategy agem: A-GEM projection against the average past-domain gradient",
@@ -81,12 +83,26 @@ def run_weldstream(name: str, cfg: BenchConfig, stream: Stream, seed: int,
             _show(learner, domain)
         learner.budget = learner.steps + cfg.steps_per_domain * len(stream.domains)
     for i, domain in enumerate(stream.domains):
-        if name != "offline-joint":
+        if name == "offline-joint":
+            _train(learner, i, cfg.steps_per_domain, log, progress, result)
+        else:
             _show(learner, domain)
             learner.budget = learner.steps + cfg.steps_per_domain
-        _train(learner, i, cfg.steps_per_domain, log, progress)
+            first = cfg.steps_per_domain * 3 // 4
+            _train(learner, i, first, log, progress, result)
+            before = _current_score(learner, domain, result)
+            _train(learner, i, cfg.steps_per_domain - first, log, progress, result)
+            result.plateau.append([before, _current_score(learner, domain, result)])
         record_row(result, learner.model, stream)
     return result, log
+
+
+def _current_score(learner: ContinualLearner, domain: DomainSplit, result: RunResult) -> float:
+    """The domain being learned, scored on its test scans (has its score stopped rising?)."""
+    start = time.perf_counter()
+    score = evaluate(learner.model, domain.x_test, domain.y_test).miou
+    result.eval_s += time.perf_counter() - start
+    return score
 
 
 def _show(learner: ContinualLearner, domain: DomainSplit) -> None:
@@ -96,11 +112,14 @@ def _show(learner: ContinualLearner, domain: DomainSplit) -> None:
     learner.absorb()
 
 
-def _train(learner: ContinualLearner, index: int, steps: int, log: StepLog, progress: Callable[[int], None]) -> None:
+def _train(learner: ContinualLearner, index: int, steps: int, log: StepLog, progress: Callable[[int], None],
+           result: RunResult) -> None:
     taken = 0
     while taken < steps and learner.remaining() > 0:
         chunk = learner.train_for(min(16, steps - taken), max_seconds=1e9)
         for s in chunk:
+            result.guarded_steps += int(s.guarded > 0)
+            result.projected_steps += int(s.projected)
             update = s.total_s - s.memory_s - s.forward_backward_s - s.projection_s
             log.add(StepTime(index, s.total_s, s.forward_backward_s, s.memory_s + s.projection_s, update))
         taken += len(chunk)

@@ -74,6 +74,20 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(kept), statistics.stdev(kept) if len(kept) > 1 else 0.0
 
 
+def interval95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % confidence interval (Student's t, n - 1 degrees of freedom);
+    nan half-width for a single value, which has no interval."""
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return float("nan"), float("nan")
+    if len(kept) == 1:
+        return kept[0], float("nan")
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(kept) - 1)) * statistics.stdev(kept) / math.sqrt(len(kept))
+    return statistics.fmean(kept), half
+
+
 def mean_matrix(matrices: Sequence[Matrix]) -> list[list[float]]:
     """Element-wise mean of same-shape matrices."""
     rows, cols = len(matrices[0]), len(matrices[0][0])

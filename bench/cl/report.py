@@ -66,6 +66,44 @@ def _pm(values: list[float] | None, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _interval(values: list[float] | None, signed: bool = False) -> str:
+    """mean ± half-width of the 95 % interval (the mean alone where one value has no interval)."""
+    if not values or math.isnan(values[0]):
+        return "n/a"
+    mean, half = values
+    text = f"{mean:+.1f}" if signed else f"{mean:.1f}"
+    return text if math.isnan(half) else f"{text} ± {half:.1f}"
+
+
+def interval_table(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The table that decides: ACC and BWT with 95 % intervals, and each row's paired difference to the
+    default over the seeds both ran."""
+    lines = [
+        "| strategy | seeds | ACC (95 % interval) | Δ ACC to default, paired | BWT (95 % interval) "
+        "| Δ BWT to default, paired | projected steps | last-quarter gain of the domain being learned |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for strategy, e in summary.items():
+        if not e.get("runs_ok"):
+            lines.append(f"| {strategy} | 0 | failed |" + " |" * 5)
+            continue
+        name = f"{strategy} (default)" if strategy == DEFAULT_STRATEGY else strategy
+        paired = e.get("paired_to_default", {})
+        interval = e.get("interval95", {})
+        bwt = "n/a" if strategy == CEILING else _interval(interval.get("bwt"))
+        d_bwt = "n/a" if strategy == CEILING else _interval(paired.get("bwt"), signed=True)
+        share = e.get("projected_share", math.nan)
+        plateau = e.get("plateau_gain")
+        gain = "n/a" if not plateau else f"{plateau['mean']:+.1f} (max {plateau['max']:+.1f})"
+        lines.append(
+            f"| {name} | {e['runs_ok']} | {_interval(interval.get('acc'))} "
+            f"| {'—' if strategy == DEFAULT_STRATEGY else _interval(paired.get('acc'), signed=True)} "
+            f"| {bwt} | {'—' if strategy == DEFAULT_STRATEGY else d_bwt} "
+            f"| {'n/a' if share is None or math.isnan(share) else f'{100 * share:.1f} %'} "
+            f"| {gain} |")
+    return lines
+
+
 def _table(summary: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "| strategy | ACC | share of ceiling | BWT | FWT | max forgetting | ACC (Dice) | step ms (all domains) "
@@ -136,7 +174,9 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"Wall time: {run['wall_s'] / 60:.1f} min on {run['machine']}; load average {run['loadavg_start']} at the "
         f"start, {run['loadavg_end']} at the end (other work on the machine inflates step times).  ",
         f"Mode: {'quick (pipeline check, not a result)' if cfg['quick'] else 'full'}; seeds {cfg['seeds']}"
-        + _run_notes(cfg) + ".",
+        + _run_notes(cfg) + "."
+        + (f" {run['reused']} runs reused from earlier invocations of the same configuration, {run['ran']} run "
+           "in this one (the wall time is this one's)." if run.get("reused") else ""),
         *([""] if run.get("updates") else []),
         *[f"Rerun later (`--update`), same data and budget: {', '.join(u['strategies'])} on {u['finished']}, "
           f"`{u['command']}`, {u['wall_s'] / 60:.1f} min on {u['machine']}.  " for u in run.get("updates", [])],
@@ -164,6 +204,15 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         "memory sampling; the data are fixed.",
         "",
         "## Results",
+        "",
+        f"Regime: **{cfg.get('regime', 'step-bound')}**, {cfg['steps_per_domain']} steps a domain. "
+        "95 % intervals are Student's t over seeds; a paired difference is taken seed by seed against the "
+        "default (same initialisation and data order), so it is narrower than the rows' own intervals. "
+        "Projected steps: the share of steps whose gradient was projected. Last-quarter gain: how much the "
+        "domain being learned still rose, in points, over the last quarter of its steps (its test mIoU after "
+        "3/4 of its steps against after all of them), mean over domains and seeds, and the largest.",
+        "",
+        *interval_table(summary),
         "",
         "mIoU over the defect classes (background excluded) in points (×100), mean ± std over seeds. "
         "ACC = mean of the last row of the accuracy matrix; BWT = mean over earlier domains of (final − "

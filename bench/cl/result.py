@@ -32,6 +32,11 @@ class RunResult:
     eval_s: float = 0.0
     wall_s: float = 0.0
     setup: str = ""  # how the strategy was built, in one line
+    # Per domain: the current domain's test mIoU after 3/4 of its steps and after all of them (has it
+    # plateaued?); empty where not recorded (offline-joint, Avalanche's rows).
+    plateau: list[list[float]] = field(default_factory=list)
+    guarded_steps: int = 0  # replay-gem: steps taken while measured forgetting had switched projection on
+    projected_steps: int = 0  # steps whose gradient was projected
     error: str | None = None  # traceback summary when the run failed
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,8 +29,15 @@ def expected_steps(strategy: str, cfg: BenchConfig, stream: Stream) -> int:
     return cfg.steps_per_domain * len(stream.domains)
 
 
-def run_all(cfg: BenchConfig, stream: Stream, work_dir: Path) -> list[RunResult]:
-    """Every strategy for every seed (seed-major, so a partial run still covers all strategies).
+def all_pairs(cfg: BenchConfig) -> list[tuple[str, int]]:
+    """Every (strategy, seed) of a configuration, seed-major (so a partial run still covers every strategy)."""
+    return [(strategy, seed) for seed in cfg.seeds for strategy in cfg.strategies if seed in cfg.seeds_of(strategy)]
+
+
+def run_all(cfg: BenchConfig, stream: Stream, work_dir: Path, pairs: list[tuple[str, int]] | None = None,
+            finished: Callable[[RunResult], None] = lambda result: None) -> list[RunResult]:
+    """Every strategy for every seed, or only ``pairs``; ``finished`` sees each result as soon as it exists
+    (the CLI stores it, so an interrupted benchmark resumes where it stopped).
 
     ``cfg.parallel`` workers run at once (default one, so each run has the cores to itself and step times
     compare; with more, ACC is unchanged, since every run counts steps, but step times share the cores).
@@ -40,7 +47,7 @@ def run_all(cfg: BenchConfig, stream: Stream, work_dir: Path) -> list[RunResult]
     config_path = work_dir / "config.json"
     stream.save(stream_path)
     config_path.write_text(json.dumps(cfg.to_dict()))
-    pairs = [(strategy, seed) for seed in cfg.seeds for strategy in cfg.strategies if seed in cfg.seeds_of(strategy)]
+    pairs = all_pairs(cfg) if pairs is None else pairs
     total = sum(expected_steps(s, cfg, stream) for s, _ in pairs)
     lock = threading.Lock()
     running: list[str] = []
@@ -66,6 +73,7 @@ def run_all(cfg: BenchConfig, stream: Stream, work_dir: Path) -> list[RunResult]
             advance(max(0, expected_steps(strategy, cfg, stream) - done[0]))  # a failed run ends early
             with lock:
                 running.remove(f"{strategy}/{seed}")
+                finished(result)
             return result
 
         with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
