@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from weldstream.features import encoder_summary, reference_of, stage_channels
-from weldstream.scoring import scan_confusions
+from weldstream.scoring import scan_results
 
 
 def scan_hash(scan_id: str) -> float:
@@ -76,6 +76,11 @@ class ValidationSets:
             references[domain] = reference_of(torch.cat(summaries), stage_channels(model))
         return references
 
+    def entries(self, domain: str) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+        """The domain's held-out scans in set order; an entry is the same object for as long as it stays in
+        the set, so results cached by entry stay valid until the entry leaves (a relabel is a new entry)."""
+        return list(self._items.get(domain, []))
+
     def scan_confusions(self, model: nn.Module, device: torch.device, domains: list[str] | None = None,
                         stride: int = 32) -> dict[str, np.ndarray]:
         """Per-scan confusion matrices (N, K, K) of `model` on every domain's held-out scans, or only on `domains`.
@@ -83,20 +88,31 @@ class ValidationSets:
         Scans are scored whole, at their native size, padded to the model's stride as the server pads
         them; scans of one size share batches, and results keep the set's order.
         """
-        results = {}
-        for domain in self._items if domains is None else domains:
-            items = self._items[domain]
-            by_shape: dict[tuple[int, ...], list[int]] = {}
-            for index, (_, x, _) in enumerate(items):
-                by_shape.setdefault(tuple(x.shape), []).append(index)
-            per_scan: list[np.ndarray | None] = [None] * len(items)
-            for indices in by_shape.values():
-                images = torch.stack([items[i][1] for i in indices]).to(device)
-                masks = torch.stack([items[i][2] for i in indices]).to(device)
-                for i, confusion in zip(indices, scan_confusions(model, images, masks, stride=stride), strict=True):
-                    per_scan[i] = confusion
-            results[domain] = np.stack(per_scan)  # type: ignore[arg-type]
-        return results
+        return {domain: self.scored(model, device, domain, stride=stride)[0]
+                for domain in (self._items if domains is None else domains)}
+
+    def scored(self, model: nn.Module, device: torch.device, domain: str, indices: list[int] | None = None,
+               stride: int = 32, with_features: bool = False) -> tuple[np.ndarray, torch.Tensor | None]:
+        """One domain's per-scan confusions (in set order, or of the scans at ``indices``, in that order) and,
+        with ``with_features``, the same pass's pooled encoder features (None for a model without an encoder)."""
+        items = self._items[domain]
+        chosen = list(range(len(items))) if indices is None else list(indices)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for position, index in enumerate(chosen):
+            by_shape.setdefault(tuple(items[index][1].shape), []).append(position)
+        per_scan: list[np.ndarray | None] = [None] * len(chosen)
+        features: list[torch.Tensor | None] = [None] * len(chosen)
+        for positions in by_shape.values():
+            images = torch.stack([items[chosen[p]][1] for p in positions]).to(device)
+            masks = torch.stack([items[chosen[p]][2] for p in positions]).to(device)
+            confusions, pooled = scan_results(model, images, masks, stride=stride, with_features=with_features)
+            for row, position in enumerate(positions):
+                per_scan[position] = confusions[row]
+                features[position] = None if pooled is None else pooled[row]
+        stacked = np.stack(per_scan) if per_scan else np.zeros((0, 0, 0), dtype=np.int64)  # type: ignore[arg-type]
+        if not with_features or any(f is None for f in features) or not features:
+            return stacked, None
+        return stacked, torch.stack(features)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]]:
         return {d: list(items) for d, items in self._items.items()}

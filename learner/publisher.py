@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from weldstream.errors import CorruptVersion
-from weldstream.features import REFERENCE_KEY
+from weldstream.features import REFERENCE_KEY, reference_of, stage_channels
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.holdout import ValidationSets
 from weldstream.learner.regression import Comparison, compare
@@ -44,6 +44,8 @@ class Decision:
     manifest: Manifest | None = None
     compared_with: int = 0  # the served version the candidate was judged against
     candidate_scans: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # The same pass's pooled encoder features per domain (N, C): the drift reference a published version carries.
+    candidate_features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     reason: str = ""  # why it was refused
 
 
@@ -64,6 +66,9 @@ class Publisher:
         self.parent_version = store.latest() or 0
         self._live_model: nn.Module = build_model(cfg.model, seed=cfg.seed).to(device).eval()
         self._live_scans: dict[str, tuple[int, np.ndarray]] = {}  # domain -> (validation revision, per scan)
+        # The live version's result on each held-out scan, by entry (see ValidationSets.entries): a changed
+        # set costs the live version only its new scans.
+        self._live_by_entry: dict[int, tuple[object, np.ndarray]] = {}
         # With --regression-baseline best: per domain, the best served version's results on its held-out scans.
         self._best_scans: dict[str, tuple[int, np.ndarray]] = {}
         self.follow_served()
@@ -83,18 +88,37 @@ class Publisher:
         self._live_model.load_state_dict(stored.state_dict)
         self.live_version = served
         self._live_scans = {}
+        self._live_by_entry = {}
         self._best_scans = {}  # an operator's pin or rollback, or another trainer's version: the bar restarts
         log.info("candidates are compared with served version %d from now on", served)
         return True
 
     def _score_live(self, validation: ValidationSets) -> dict[str, np.ndarray]:
-        """The live version's per-scan results, re-scored only on domains whose validation set changed."""
-        stale = [d for d in validation.domains()
-                 if d not in self._live_scans or self._live_scans[d][0] != validation.revision(d)]
-        if stale:
-            for domain, scans in validation.scan_confusions(self._live_model, self.device, stale).items():
-                self._live_scans[domain] = (validation.revision(domain), scans)
+        """The live version's per-scan results; where a domain's set changed, only the scans it has not
+        scored yet are scored (the others' results are kept by entry)."""
+        stride = self.cfg.model.stride
+        for domain in validation.domains():
+            if domain in self._live_scans and self._live_scans[domain][0] == validation.revision(domain):
+                continue
+            entries = validation.entries(domain)
+            missing = [i for i, entry in enumerate(entries) if self._cached(entry) is None]
+            if missing:
+                fresh = validation.scored(self._live_model, self.device, domain, missing, stride=stride)[0]
+                for i, result in zip(missing, fresh, strict=True):
+                    self._live_by_entry[id(entries[i])] = (entries[i], result)
+            self._live_scans[domain] = (validation.revision(domain),
+                                        np.stack([self._cached(entry) for entry in entries]))  # type: ignore[misc]
+        self._forget_departed(validation)
         return {domain: scans for domain, (_, scans) in self._live_scans.items()}
+
+    def _cached(self, entry: object) -> np.ndarray | None:
+        kept = self._live_by_entry.get(id(entry))
+        return kept[1] if kept is not None and kept[0] is entry else None
+
+    def _forget_departed(self, validation: ValidationSets) -> None:
+        """Drop results of scans that left the sets (the cache holds each entry, so ids are never reused)."""
+        present = {id(entry) for domain in validation.domains() for entry in validation.entries(domain)}
+        self._live_by_entry = {key: kept for key, kept in self._live_by_entry.items() if key in present}
 
     def _baselines(self, validation: ValidationSets, live: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per domain, the results a candidate's drop is measured from: the served version's, or (with
@@ -109,7 +133,12 @@ class Publisher:
 
     def judge(self, model: nn.Module, validation: ValidationSets, seed: int) -> Decision:
         """Score a candidate on every domain beside the served version; promoted unless a domain regressed."""
-        candidate = validation.scan_confusions(model, self.device)
+        candidate, features = {}, {}
+        for domain in validation.domains():
+            candidate[domain], pooled = validation.scored(model, self.device, domain, stride=self.cfg.model.stride,
+                                                          with_features=True)
+            if pooled is not None:
+                features[domain] = pooled
         live = self._score_live(validation)
         baselines = self._baselines(validation, live)
         scores, live_scores = _scores(candidate), _scores(live)
@@ -136,7 +165,8 @@ class Publisher:
             log.warning("refused candidate (seed %d): %s against version %d; scores %s", seed, reason,
                         self.live_version, _brief(scores))
             return Decision(False, scores, live_scores, regressions, compared_with=self.live_version, reason=reason)
-        return Decision(True, scores, live_scores, compared_with=self.live_version, candidate_scans=candidate)
+        return Decision(True, scores, live_scores, compared_with=self.live_version, candidate_scans=candidate,
+                        candidate_features=features)
 
     def publish(self, model: nn.Module, decision: Decision, validation: ValidationSets, *,
                 version: int | None = None, **details) -> Decision:
@@ -153,9 +183,11 @@ class Publisher:
             self._live_model.load_state_dict(model.state_dict())
             self._live_scans = {domain: (validation.revision(domain), scans)
                                 for domain, scans in decision.candidate_scans.items()}
+            self._live_by_entry = {id(entry): (entry, result) for domain, scans in decision.candidate_scans.items()
+                                   for entry, result in zip(validation.entries(domain), scans, strict=True)}
         log.info("published version %d (parent %d): %s", manifest.version, manifest.parent_version,
                  _brief(decision.scores))
-        return replace(decision, manifest=manifest, candidate_scans={})
+        return replace(decision, manifest=manifest, candidate_scans={}, candidate_features={})
 
     def _unpinned(self) -> bool:
         """Whether servers follow the newest version. After a publish the version is out whatever this says, so
@@ -208,10 +240,21 @@ class Publisher:
                 "memory": learner.memory.per_domain(),
                 "labels_learned": len(label_times),
                 "label_time_median": statistics.median(label_times) if label_times else 0.0,
-                REFERENCE_KEY: validation.feature_reference(learner.published, self.cfg.model.stride),
+                REFERENCE_KEY: self._feature_reference(learner, decision, validation),
             },
             newest_label_at=max(label_times, default=0.0),
         )
+
+
+    def _feature_reference(self, learner: ContinualLearner, decision: Decision,
+                           validation: ValidationSets) -> dict[str, dict]:
+        """The drift reference from the features the judging pass already computed; a second pass only when
+        they are missing (a model without an encoder gives none)."""
+        model = learner.published
+        if decision.candidate_features and set(decision.candidate_features) == set(validation.domains()):
+            stages = stage_channels(model)
+            return {domain: reference_of(features, stages) for domain, features in decision.candidate_features.items()}
+        return validation.feature_reference(model, self.cfg.model.stride)
 
 
 def finds_defects(per_scan: np.ndarray) -> bool:

@@ -160,6 +160,17 @@ def test_quick_benchmark_writes_a_real_report(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2 and "not in" in refused.stdout
 
+    # Run again with the same configuration: every finished run is reused, none trains, the rows are the same.
+    again = subprocess.run(
+        [sys.executable, "-m", "weldstream.bench.cl", "--quick", "--out", str(out), "--strategies", "naive,replay"],
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
+    assert "reusing 2 finished runs" in again.stdout and "0 to run" in again.stdout
+    reused = json.loads((out / "results.json").read_text())
+    assert reused["run"]["ran"] == 0 and [r["strategy"] for r in reused["runs"]] == ["naive", "replay"]
+    assert reused["runs"][1] == after[("replay", 0)]
+
 
 def test_avalanche_rows_can_run_on_fewer_seeds_and_the_report_says_so() -> None:
     """The full run fits its time by giving Avalanche's rows fewer seeds; the learner's rows keep them all."""

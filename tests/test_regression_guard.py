@@ -257,6 +257,7 @@ class _Prepared:
 
     def __init__(self, results: dict[torch.nn.Module, np.ndarray]) -> None:
         self.results = {self._key(model): scans for model, scans in results.items()}
+        self._entries = [object() for _ in range(len(next(iter(self.results.values()))))]
 
     @staticmethod
     def _key(model: torch.nn.Module) -> float:
@@ -268,8 +269,15 @@ class _Prepared:
     def revision(self, domain: str) -> int:
         return 1
 
+    def entries(self, domain: str) -> list[object]:
+        return list(self._entries)
+
     def scan_confusions(self, model, device, domains=None) -> dict[str, np.ndarray]:
         return {"ut": self.results[self._key(model)]}
+
+    def scored(self, model, device, domain, indices=None, stride=32, with_features=False):
+        scans = self.results[self._key(model)]
+        return (scans if indices is None else scans[indices]), None
 
 
 @pytest.mark.parametrize("baseline", ["served", "best"])

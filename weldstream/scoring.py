@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from weldstream.tiles import segment
+from weldstream.tiles import segment_maps
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -72,20 +72,33 @@ def scan_confusions(model: torch.nn.Module, images: torch.Tensor, masks: torch.T
 
     ``stride`` > 1 pads inputs (as the server does) so sides that do not divide by it are scored too.
     """
+    return scan_results(model, images, masks, batch_size, num_classes, stride)[0]
+
+
+@torch.no_grad()
+def scan_results(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 16,
+                 num_classes: int | None = None, stride: int = 1, with_features: bool = False
+                 ) -> tuple[np.ndarray, torch.Tensor | None]:
+    """``scan_confusions``, and with ``with_features`` the same pass's pooled encoder features per scan
+    (N, C), as the server computes them (weldstream.features): one forward gives a candidate's score and
+    the drift reference its manifest carries."""
     was_training = model.training
     model.eval()
-    parts = []
+    parts, features = [], []
     for start in range(0, len(images), batch_size):
-        pred = segment(model, images[start:start + batch_size], stride)[0].long()
+        maps = segment_maps(model, images[start:start + batch_size], stride, with_features=with_features)
+        pred = maps.classes.long()
         k = num_classes or _class_count(model)
         target = masks[start:start + batch_size]
         scan = torch.arange(len(pred), device=pred.device).view(-1, 1, 1).expand_as(pred)
         index = (scan * k + target.long()) * k + pred
         parts.append(torch.bincount(index.reshape(-1), minlength=len(pred) * k * k).reshape(len(pred), k, k))
+        if maps.features is not None:
+            features.append(maps.features.float().cpu())
     model.train(was_training)
     if not parts:
         raise ValueError("cannot score an empty validation set")
-    return torch.cat(parts).cpu().numpy()
+    return torch.cat(parts).cpu().numpy(), torch.cat(features) if features else None
 
 
 def _class_count(model: torch.nn.Module) -> int:

@@ -210,8 +210,9 @@ def update(args: argparse.Namespace) -> int:
     if stream.describe() != payload["stream"]:
         print("bench cl: the rebuilt stream differs from the stored one; nothing written")
         return 2
+    store = RunStore(out, run_key(cfg, stream.describe()))
     with tempfile.TemporaryDirectory(prefix="bench-cl-") as work:
-        fresh = run_all(cfg, stream, Path(work))
+        fresh = run_all(cfg, stream, Path(work), finished=store)
     kept = [RunResult.from_dict(r) for r in payload["runs"] if r["strategy"] not in args.strategies]
     results = sorted(kept + fresh, key=lambda r: (r.seed, stored.strategies.index(r.strategy)))
     summary = summarise(results, stored.strategies)
