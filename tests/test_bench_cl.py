@@ -94,12 +94,13 @@ def test_quick_benchmark_writes_a_real_report(tmp_path: Path) -> None:
     n = len(results["stream"])
     assert n >= 2
 
-    # One table row per strategy: numbers, or "failed" with the reason in a footnote.
+    # One row per strategy in each of the two tables (intervals and paired differences; every figure):
+    # numbers, or "failed" with the reason in a footnote.
     table = report.split("## Results", 1)[1].split("## Targets", 1)[0].splitlines()
     assert set(RUN) <= set(STRATEGIES) and list(summary) == list(RUN)
     for strategy in RUN:
         rows = [line for line in table if line.startswith(f"| {strategy} ")]
-        assert len(rows) == 1, strategy
+        assert len(rows) == 2, strategy
         if "failed" in rows[0]:
             assert f"**{strategy}** failed: " in report and summary[strategy]["errors"]
     assert "## Targets" in report and report.count("| replay-gem (default)") >= 5
