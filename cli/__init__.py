@@ -18,6 +18,7 @@ from weldstream.cli.bench import (
     bench_adapt_arguments,
     bench_cl_arguments,
     bench_faults_arguments,
+    bench_first_minutes_arguments,
     bench_gem_arguments,
     bench_review_arguments,
     bench_serve_arguments,
@@ -266,6 +267,8 @@ BENCHMARKS: dict[str, tuple[str, Filler]] = {
               bench_store_arguments),
     "adapt": ("new rigs served with BatchNorm statistics of their own (AdaBN), by unlabeled scans sent",
               bench_adapt_arguments),
+    "first-minutes": ("a new installation at its defaults: versions served, failed calls, label-to-served "
+                      "freshness", bench_first_minutes_arguments),
 }
 
 

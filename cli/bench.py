@@ -65,6 +65,12 @@ def bench_store_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     store_follow.add_arguments(p)
 
 
+def bench_first_minutes_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from weldstream.bench import first_minutes
+
+    first_minutes.add_arguments(p)
+
+
 def run_bench_serve(args: argparse.Namespace) -> int:
     from weldstream.bench.serving import ServeBench, run_serving_benchmark
     from weldstream.bench.serving_report import format_table, write_report

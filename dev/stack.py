@@ -24,6 +24,7 @@ class Service:
     args: list[str]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)  # WELDSTREAM_* settings on top of this process's environment
+    cwd: Path | None = None  # working directory (None: this process's), where relative defaults resolve
     process: subprocess.Popen[bytes] | None = None
     _log: object = field(default=None, repr=False)
 
@@ -32,7 +33,7 @@ class Service:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([sys.executable, "-m", "weldstream.cli", *self.args], stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, **self.env})
+                                        env={**os.environ, **self.env}, cwd=self.cwd)
         log.info("started %s (pid %d), log %s", self.name, self.process.pid, self.log_path)
         return self
 

@@ -194,11 +194,17 @@ def fault_suite(results: Any) -> str:
     return f"{passed} of {len(results['results'])} pass ({results['mode']} run)"
 
 
+def first_minutes(results: Any) -> str:
+    return (f"{results['new_versions_served']} versions, {results['failed_calls']} failed, "
+            f"{results['freshness_median_s']:.1f} s")
+
+
 # (what the row's first cell names, the benchmark page it links, the data file that page cites, the figure)
 HEADLINES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("serving", "serve.md", "serve-cpu/256/results.json", serving_ratio),
     ("hot swaps", "faults.md", "faults/faults.json", swaps_without_failures),
     ("fault suite", "faults.md", "faults/faults.json", fault_suite),
+    ("a new installation", "first-minutes.md", "first-minutes/results.json", first_minutes),
     ("`replay-gem`", "cl.md", "cl/results.json", cl_acc("replay-gem")),
     ("`replay`", "cl.md", "cl/results.json", cl_acc("replay")),
     ("`offline-joint`", "cl.md", "cl/results.json", cl_acc("offline-joint")),
