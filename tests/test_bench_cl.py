@@ -219,7 +219,8 @@ def _run(strategy: str, seed: int, final: list[float], first_row: float = 0.5) -
                               "update_ms": 0.0},
                      step_ms_per_domain=[{"steps": 5, "total_ms": 1.0, "forward_backward_ms": 1.0, "memory_ms": 0.0,
                                           "update_ms": 0.0}] * 2,
-                     peak_rss_mb=1.0, start_rss_mb=1.0, projected_steps=2, plateau=[[0.4, 0.5], [0.2, 0.21]])
+                     peak_rss_mb=1.0, start_rss_mb=1.0, projected_steps=None if strategy == "ewc" else 2,
+                     guarded_steps=0, plateau=[[0.4, 0.5], [0.2, 0.21]])
 
 
 def test_intervals_are_students_t_and_differences_are_paired_by_seed() -> None:
@@ -244,6 +245,9 @@ def test_intervals_are_students_t_and_differences_are_paired_by_seed() -> None:
     assert diff == pytest.approx(2.0) and diff_half == pytest.approx(0.0, abs=1e-9)
     assert summary["replay"]["paired_seeds"] == 3 and "paired_to_default" not in summary["replay-gem"]
     assert summary["replay"]["projected_share"] == pytest.approx(0.2)
+    uncounted = summarise([_run("ewc", 0, [0.1, 0.1])], ("ewc",))  # Avalanche's rows do not count projections
+    uncounted_run = uncounted["ewc"]
+    assert math.isnan(uncounted_run["projected_share"])
     assert summary["replay"]["plateau_gain"]["max"] == pytest.approx(10.0)
     # Replay beats the default on every seed; the ceiling row (offline-joint) never counts as "the best row".
     assert best_within_interval(summary) == (False, ["replay"])

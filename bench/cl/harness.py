@@ -75,7 +75,7 @@ def run_weldstream(name: str, cfg: BenchConfig, stream: Stream, seed: int,
     keeps_all = name in ("offline-joint", "joint-cumulative")
     window = everything if keeps_all else max(len(d.x_train) for d in stream.domains)
     learner = ContinualLearner(learner_config(name, cfg, seed, window), torch.device(cfg.device))
-    result = RunResult(name, seed, stream.names, setup=SETUPS[name])
+    result = RunResult(name, seed, stream.names, setup=SETUPS[name], guarded_steps=0, projected_steps=0)
     log = StepLog()
     record_baseline(result, learner.model, stream)
     if name == "offline-joint":
@@ -118,8 +118,8 @@ def _train(learner: ContinualLearner, index: int, steps: int, log: StepLog, prog
     while taken < steps and learner.remaining() > 0:
         chunk = learner.train_for(min(16, steps - taken), max_seconds=1e9)
         for s in chunk:
-            result.guarded_steps += int(s.guarded > 0)
-            result.projected_steps += int(s.projected)
+            result.guarded_steps = (result.guarded_steps or 0) + int(s.guarded > 0)
+            result.projected_steps = (result.projected_steps or 0) + int(s.projected)
             update = s.total_s - s.memory_s - s.forward_backward_s - s.projection_s
             log.add(StepTime(index, s.total_s, s.forward_backward_s, s.memory_s + s.projection_s, update))
         taken += len(chunk)

@@ -35,8 +35,10 @@ class RunResult:
     # Per domain: the current domain's test mIoU after 3/4 of its steps and after all of them (has it
     # plateaued?); empty where not recorded (offline-joint, Avalanche's rows).
     plateau: list[list[float]] = field(default_factory=list)
-    guarded_steps: int = 0  # replay-gem: steps taken while measured forgetting had switched projection on
-    projected_steps: int = 0  # steps whose gradient was projected
+    # replay-gem: steps taken while measured forgetting had switched projection on; steps whose gradient was
+    # projected. None where not counted (Avalanche's rows, runs made before the counts existed).
+    guarded_steps: int | None = None
+    projected_steps: int | None = None
     error: str | None = None  # traceback summary when the run failed
 
     def to_dict(self) -> dict[str, Any]:

@@ -64,9 +64,10 @@ def summarise(results: Sequence[RunResult], strategies: Sequence[str]) -> dict[s
 
 
 def _share(runs: Sequence[RunResult], field: str) -> float:
-    """A step count over all of a strategy's runs as a share of their steps."""
+    """A step count over all of a strategy's runs as a share of their steps (nan where a run did not count)."""
     steps = sum(r.step_ms.get("steps", 0) for r in runs)
-    return sum(getattr(r, field) for r in runs) / steps if steps else math.nan
+    counts = [getattr(r, field) for r in runs]
+    return sum(counts) / steps if steps and None not in counts else math.nan
 
 
 def _add_paired(summary: dict[str, dict[str, Any]], results: Sequence[RunResult]) -> None:
