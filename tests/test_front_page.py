@@ -194,6 +194,12 @@ def fault_suite(results: Any) -> str:
     return f"{passed} of {len(results['results'])} pass ({results['mode']} run)"
 
 
+def long_regime_gain(results: Any) -> str:
+    """The default's ACC minus replay's, paired by seed (replay's stored difference is replay - default)."""
+    mean, half = results["summary"]["replay"]["paired_to_default"]["acc"]
+    return f"{-mean:+.1f} ± {half:.1f} ({results['summary']['replay']['paired_seeds']} seeds)"
+
+
 def first_minutes(results: Any) -> str:
     return (f"{results['new_versions_served']} versions, {results['failed_calls']} failed, "
             f"{results['freshness_median_s']:.1f} s")
@@ -208,6 +214,7 @@ HEADLINES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("`replay-gem`", "cl.md", "cl/results.json", cl_acc("replay-gem")),
     ("`replay`", "cl.md", "cl/results.json", cl_acc("replay")),
     ("`offline-joint`", "cl.md", "cl/results.json", cl_acc("offline-joint")),
+    ("long regime", "cl.md", "cl-long/results.json", long_regime_gain),
 ]
 HEADLINE_ROWS = table_rows(section(README_TEXT, "Latest figures"))
 
