@@ -350,10 +350,10 @@ def _guarded_domains(model: nn.Module, memory: ReplayMemory, past: Sequence[str]
     probe = [d for d in past if due or not references.probed(d)]
     if probe:
         seen = memory.seen()
+        device = next(model.parameters()).device
         with torch.no_grad(), frozen_batch_statistics(model):
             for domain in probe:
                 xm, ym = memory.first(cfg.memory_batch, domain)
-                device = next(model.parameters()).device
                 loss = float(loss_fn(model(xm.to(device)), ym.to(device)))
                 references.observe_loss(domain, loss, cfg.loss_smoothing, mark=seen[domain])
     guarded = [d for d in past if references.forgetting(d) > cfg.forgetting_tolerance]
