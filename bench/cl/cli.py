@@ -149,15 +149,52 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bench cl: {exc}")
         return 2
+    return _run(args.out, cfg, tuple(getattr(args, "rerun", None) or ()), command_line(args))
+
+
+def update(args: argparse.Namespace) -> int:
+    """Rerun some strategies on an existing report's configuration and data, and replace their rows.
+
+    A change to one strategy then costs its own runs, not the whole benchmark: every other stored run is
+    reused, as a plain run with ``--rerun`` would; the stream is rebuilt from the stored configuration and
+    must describe the same data, or nothing is written.
+    """
     out: Path = args.out
+    path = out / "results.json"
+    if not path.is_file() or not args.strategies:
+        print(f"bench cl: --update needs --strategies and an existing {path}")
+        return 2
+    previous = json.loads(path.read_text())
+    stored = BenchConfig.from_dict(previous["config"])
+    unknown = [s for s in args.strategies if s not in stored.strategies]
+    if unknown:
+        print(f"bench cl: {unknown} are not in {path}; rerun the whole benchmark to add strategies")
+        return 2
+    cfg = replace(stored, **{k: getattr(args, k) for k in ("parallel", "threads") if getattr(args, k) is not None})
+    return _run(out, cfg, tuple(args.strategies), command_line(args) + " --update", previous)
+
+
+def _run(out: Path, cfg: BenchConfig, rerun: tuple[str, ...], command: str,
+         previous: dict[str, Any] | None = None) -> int:
+    """Run what ``out`` does not hold for this configuration (and ``rerun``), then write the report.
+
+    With ``previous`` (an update) the stored report keeps its configuration and run record, and the
+    update is appended to the record.
+    """
     out.mkdir(parents=True, exist_ok=True)
     started, load_start = time.perf_counter(), _loadavg()
     print(f"bench cl: building the stream ({'folder ' + str(cfg.data) if cfg.data else 'simulator'}) ...", flush=True)
     stream = build_stream(cfg)
+    if previous is not None and stream.describe() != previous["stream"]:
+        print("bench cl: the rebuilt stream differs from the stored one; nothing written")
+        return 2
     key = run_key(cfg, stream.describe())
-    rerun = tuple(getattr(args, "rerun", None) or ())
     wanted = all_pairs(cfg)
-    stored = {pair: r for pair, r in load_stored(out, key).items() if pair in wanted and pair[0] not in rerun}
+    if previous is None:
+        found = load_stored(out, key)
+    else:  # an update keeps every other row of the report as it stands, failed runs included
+        found = {(r.strategy, r.seed): r for r in map(RunResult.from_dict, previous["runs"])}
+    stored = {pair: r for pair, r in found.items() if pair in wanted and pair[0] not in rerun}
     store = RunStore(out, key)
     store.forget(rerun)
     pairs = [pair for pair in wanted if pair not in stored]
@@ -168,62 +205,19 @@ def run(args: argparse.Namespace) -> int:
         fresh = run_all(cfg, stream, Path(work), pairs, finished=store) if pairs else []
     results = sorted([*stored.values(), *fresh], key=lambda r: (r.seed, cfg.strategies.index(r.strategy)))
     summary = summarise(results, cfg.strategies)
-    payload = {
-        "config": cfg.to_dict(),
-        "run": {**_run_record(command_line(args), cfg, started, load_start), "reused": len(stored),
-                "ran": len(fresh)},
-        "source": stream.source,
-        "stream": stream.describe(),
-        "summary": summary,
-        "targets": targets(summary),
-        "runs": [r.to_dict() for r in results],
-    }
+    record = {**_run_record(command, cfg, started, load_start), "reused": len(stored), "ran": len(fresh)}
+    if previous is None:
+        payload = {"config": cfg.to_dict(), "run": record, "source": stream.source, "stream": stream.describe()}
+    else:
+        payload = {k: previous[k] for k in ("config", "run", "source", "stream")}
+        payload["run"].setdefault("updates", []).append({**record, "strategies": list(rerun)})
+    payload.update(summary=summary, targets=targets(summary), runs=[r.to_dict() for r in results])
     _write(out, payload, results)
     failed = [s for s, e in summary.items() if not e["runs_ok"]]
-    print(f"bench cl: report in {out / 'report.md'} ({payload['run']['wall_s'] / 60:.1f} min)"
+    print(f"bench cl: report in {out / 'report.md'} ({record['wall_s'] / 60:.1f} min)"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     _print_targets(payload)
     return 1 if len(failed) == len(summary) else 0
-
-
-def update(args: argparse.Namespace) -> int:
-    """Rerun some strategies on an existing report's configuration and data, and replace their rows.
-
-    A change to one strategy then costs its own runs, not the whole benchmark; the stream is rebuilt from
-    the stored configuration and must describe the same data, or nothing is written.
-    """
-    out: Path = args.out
-    path = out / "results.json"
-    if not path.is_file() or not args.strategies:
-        print(f"bench cl: --update needs --strategies and an existing {path}")
-        return 2
-    payload = json.loads(path.read_text())
-    stored = BenchConfig.from_dict(payload["config"])
-    unknown = [s for s in args.strategies if s not in stored.strategies]
-    if unknown:
-        print(f"bench cl: {unknown} are not in {path}; rerun the whole benchmark to add strategies")
-        return 2
-    cfg = replace(stored, strategies=args.strategies,
-                  **{k: getattr(args, k) for k in ("parallel", "threads") if getattr(args, k) is not None})
-    started, load_start = time.perf_counter(), _loadavg()
-    stream = build_stream(cfg)
-    if stream.describe() != payload["stream"]:
-        print("bench cl: the rebuilt stream differs from the stored one; nothing written")
-        return 2
-    store = RunStore(out, run_key(cfg, stream.describe()))
-    with tempfile.TemporaryDirectory(prefix="bench-cl-") as work:
-        fresh = run_all(cfg, stream, Path(work), finished=store)
-    kept = [RunResult.from_dict(r) for r in payload["runs"] if r["strategy"] not in args.strategies]
-    results = sorted(kept + fresh, key=lambda r: (r.seed, stored.strategies.index(r.strategy)))
-    summary = summarise(results, stored.strategies)
-    payload["run"].setdefault("updates", []).append(
-        {**_run_record(command_line(args) + " --update", cfg, started, load_start),
-         "strategies": list(args.strategies)})
-    payload.update(summary=summary, targets=targets(summary), runs=[r.to_dict() for r in results])
-    _write(out, payload, results)
-    print(f"bench cl: {', '.join(args.strategies)} rerun, report in {out / 'report.md'}")
-    _print_targets(payload)
-    return 0
 
 
 def _run_record(command: str, cfg: BenchConfig, started: float, load_start: str) -> dict[str, Any]:
