@@ -161,6 +161,7 @@ class ContinualLearner:
             "projected_steps": self.projected_steps,
             "scans_learned": self.scans_learned,
             "label_times": list(self.label_times),
+            "forgetting_probe": self.references.probe_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -171,7 +172,8 @@ class ContinualLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.memory.load_state_dict(state["memory"], device=self.device)
         self.window.load_state_dict(state["window"])
-        self.references.clear()
+        # The same weights the probe measured: its records hold (checkpoints without them start over).
+        self.references.load_probe_state(state.get("forgetting_probe", {}))
         self.pending = deque(state["pending"])
         self.crop_size = state["crop_size"]
         self.generator.set_state(state["generator"])

@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -132,10 +133,13 @@ class StepStats:
 
 
 class ReferenceGradients:
-    """Cache of one flattened memory gradient per domain: a (domains, P) tensor on the model's device.
+    """Cache of one flattened memory gradient per domain: a (domains, P) tensor on the model's device, and
+    replay-gem's forgetting records.
 
-    A cache, not state: it is not checkpointed, and after a restart round robin refills it within
-    (number of past domains) steps.
+    The gradients are a cache, not state: they are not checkpointed, and after a restart round robin
+    refills them within (number of past domains) steps. The forgetting records are state
+    (``probe_state``): each past domain's best probe loss was measured on weights that no longer exist,
+    so a restart that dropped them would forget how far a domain had already slid.
     """
 
     def __init__(self) -> None:
@@ -208,6 +212,18 @@ class ReferenceGradients:
         del self._domains[i], self._computed_at[i]
         assert self._grads is not None
         self._grads = torch.cat([self._grads[:i], self._grads[i + 1 :]]) if self._domains else None
+
+    def probe_state(self) -> dict[str, Any]:
+        """The forgetting records and the step count, for the learner's checkpoint."""
+        return {"step": self.step, "loss": dict(self._loss), "best": dict(self._best), "mark": dict(self._mark)}
+
+    def load_probe_state(self, state: dict[str, Any]) -> None:
+        """Restore ``probe_state`` (the gradient cache starts empty and refills)."""
+        self.clear()
+        self.step = int(state.get("step", self.step))
+        self._loss = {str(k): float(v) for k, v in state.get("loss", {}).items()}
+        self._best = {str(k): float(v) for k, v in state.get("best", {}).items()}
+        self._mark = {str(k): int(v) for k, v in state.get("mark", {}).items()}
 
     def clear(self) -> None:
         """Forget every cached gradient and loss record (e.g. after loading other weights); the step count

@@ -145,4 +145,5 @@ def test_a_checkpoint_restores_window_memory_and_the_next_step(tmp_path):
     assert restored.window.scan_ids() == learner.window.scan_ids()
     assert restored.memory.per_domain() == learner.memory.per_domain() == {"ut": 2, "xray": 2}
     assert (restored.steps, restored.remaining()) == (5, 7)
+    assert restored.references.probe_state() == learner.references.probe_state()
     assert abs(restored.step().loss - learner.step().loss) < 1e-5

@@ -316,3 +316,29 @@ def test_memory_first_is_a_fixed_probe_without_random_draws() -> None:
     assert memory.first(100, "a")[0].shape[0] == 8
     with pytest.raises(ValueError, match="unknown domain"):
         memory.first(1, "z")
+
+
+def test_the_forgetting_records_survive_a_checkpoint_and_the_gradient_cache_does_not() -> None:
+    """A past domain's best probe loss was measured on weights that no longer exist: a restart that dropped it
+    would take today's (already forgotten) loss as the best, and the guard would never open."""
+    memory = memory_with({"old": 1})
+    model = trained_model()
+    cfg = StepConfig(strategy="replay-gem", clip_norm=None, rehearsal=8, memory_batch=8, probe_every=1)
+    references = ReferenceGradients()
+    references.observe_loss("old", 1e-3, mark=memory.seen()["old"])  # the best it has been
+    gem_step(model, torch.optim.SGD(model.parameters(), lr=0.0), domain_batch(2, n=8, seed=99), memory, cfg,
+             "new", references)
+    assert "old" in references and references.forgetting("old") > cfg.forgetting_tolerance
+
+    restored = ReferenceGradients()
+    restored.load_probe_state(references.probe_state())
+    assert "old" not in restored  # the gradient is recomputed on the next guarded step
+    assert restored.step == references.step == 1
+    assert restored.forgetting("old") == references.forgetting("old")
+    stats = gem_step(model, torch.optim.SGD(model.parameters(), lr=0.0), domain_batch(2, n=8, seed=99), memory,
+                     cfg, "new", restored)
+    assert stats.guarded == 1 and stats.projected
+
+    started_over = ReferenceGradients()  # what a restart did before: the guard does not open
+    assert gem_step(model, torch.optim.SGD(model.parameters(), lr=0.0), domain_batch(2, n=8, seed=99), memory,
+                    cfg, "new", started_over).guarded == 0
