@@ -29,6 +29,7 @@ import torch
 from weldstream.codec import array_to_tensor
 from weldstream.dev.broker import free_port, wait_for_port
 from weldstream.dev.stack import Service
+from weldstream.dev.versions import publish_learned_version
 from weldstream.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from weldstream.model import ModelConfig, build_model
 from weldstream.preprocess import pad_to_multiple, window_intensities
@@ -37,11 +38,14 @@ from weldstream.server.backends import BackendSettings
 from weldstream.server.config import MODEL_NAME
 from weldstream.server.inference import predict_batch
 from weldstream.server.loader import fresh_model, with_backend
+from weldstream.simulator import generate_scan
 from weldstream.threads import one_thread
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
 from weldstream.weight_store import WeightStore
 
 WARM_UP_CALLS = 5
+ADAPTED_RIG = "bench-adapted-rig"
+ADAPT_CALLS = 400
 BLOCK = 10  # calls of one row before the next row's turn
 
 
@@ -118,6 +122,8 @@ def client_calls(cfg: ServeBench, channel: grpc.Channel) -> dict[str, Callable[[
             by_hand(x)
 
     default, with_regions, fp32 = _request(cfg.size), _request(cfg.size, regions=True), _infer_request(cfg.size)
+    own = _request(cfg.size, rig=ADAPTED_RIG)
+    adapt_rig(stub, own)
     calls: dict[str, Callable[[], object]] = {"eager_fp32_forward": eager_fp32}
     if device.type == "cuda":
         calls["eager_bf16_forward"] = eager_bf16
@@ -126,6 +132,7 @@ def client_calls(cfg: ServeBench, channel: grpc.Channel) -> dict[str, Callable[[
     calls.update({
         "grpc_segment": lambda: stub.Segment(default),
         "grpc_segment_with_regions": lambda: stub.Segment(with_regions),
+        "grpc_segment_rig_statistics": lambda: stub.Segment(own),
         "kserve_model_infer_fp32": lambda: infer.ModelInfer(fp32),
     })
     return calls
@@ -194,10 +201,33 @@ class ServerProcess:
         self.service.stop()
 
 
-def _request(size: tuple[int, int], seed: int = 0, regions: bool | None = None) -> segmenter_pb2.SegmentRequest:
-    """A request as a rig sends it; ``regions`` None leaves return_regions unset (no regions, the default)."""
+def _request(size: tuple[int, int], seed: int = 0, regions: bool | None = None, rig: str = ""
+             ) -> segmenter_pb2.SegmentRequest:
+    """A request as a rig sends it; ``regions`` None leaves return_regions unset (no regions, the default).
+    Without a ``rig`` id the version's statistics serve it."""
     image = tensor_pb2.Image(tensor=array_to_tensor(_scan(size, seed)))
-    return segmenter_pb2.SegmentRequest(scan_id="bench", image=image, return_regions=regions)
+    return segmenter_pb2.SegmentRequest(scan_id="bench", image=image, return_regions=regions, rig_id=rig)
+
+
+def publish_rig_ready_version(store: WeightStore, size: tuple[int, int]) -> None:
+    """Version 1: fresh weights with one simulated domain's BatchNorm statistics and drift reference, so a
+    rig whose scans differ is adapted (the untrained version 0 serves every rig with its own statistics
+    and has no reference to judge a rig by). The rows time the path, not the masks."""
+    domain = "ut-pe100-5mhz"
+    publish_learned_version(store, domain, [generate_scan(domain, 1000 + i, size).image for i in range(16)],
+                            [generate_scan(domain, 2000 + i, size).image for i in range(16)])
+
+
+def adapt_rig(stub: segmenter_pb2_grpc.SegmenterStub, request: segmenter_pb2.SegmentRequest,
+              most: int = ADAPT_CALLS) -> int:
+    """Send the rig's request until the server answers it with the rig's own statistics (the timed row is
+    then the path an adapted rig takes: on a backend that folds the version's statistics into its
+    convolutions, fp32 eager torch). Returns the calls it took."""
+    for calls in range(1, most + 1):
+        if stub.Segment(request).normalisation.source == "rig":
+            return calls
+        time.sleep(0.05)  # the server measures each scan into the rig's statistics off the serving path
+    raise RuntimeError(f"rig {request.rig_id!r} was not served with its own statistics after {most} scans")
 
 
 def _infer_request(size: tuple[int, int]) -> grpc_predict_v2_pb2.ModelInferRequest:
@@ -335,6 +365,7 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
     cfg = ServeBench(**{**asdict(cfg), "threads": threads, "backend": chosen})
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
+        publish_rig_ready_version(WeightStore(model_dir), cfg.size)
         with ServerProcess(model_dir, cfg) as server:
             rows, _ = in_own_process(cfg, server.port)
             pipeline, backend = in_own_process(cfg, None)
@@ -356,6 +387,8 @@ def run_serving_benchmark(cfg: ServeBench) -> dict[str, Any]:
         "around_forward_share_mask_only": 1 - p50["backend_forward"] / p50["pipeline_mask_only"],
         "around_forward_share_with_regions": 1 - p50["backend_forward"] / p50["pipeline_with_regions"],
         "batching_gain": batched / unbatched,
+        # what a rig served with its own statistics pays over the version's path, same server, same scan
+        "rig_statistics_over_version": p50["grpc_segment_rig_statistics"] / p50["grpc_segment"],
     }
     if "eager_fp32_forward_one_thread" in p50:
         ratios["grpc_over_eager_fp32_forward_one_thread"] = p50["grpc_segment"] / p50["eager_fp32_forward_one_thread"]

@@ -19,6 +19,7 @@ ROWS = (
     ("pipeline_with_regions", "in-process pipeline, with regions"),
     ("grpc_segment", "gRPC Segment (server process, default request: no regions)"),
     ("grpc_segment_with_regions", "gRPC Segment, return_regions=true"),
+    ("grpc_segment_rig_statistics", "gRPC Segment from a rig served with its own statistics (fp32 eager path)"),
     ("kserve_model_infer_fp32", "KServe v2 ModelInfer, FP32 scan, every output (as tritonclient sends it)"),
 )
 
@@ -30,7 +31,7 @@ def format_table(result: dict[str, Any]) -> str:
     asked = ("auto, the server's default: the fastest here" if cfg.get("backend_asked") == "auto"
              else f"--backend {cfg['backend']}")
     lines = [
-        f"# weldstream bench serve: {height}x{width} uint16 scans, U-Net/mobilenet_v2 (untrained), "
+        f"# weldstream bench serve: {height}x{width} uint16 scans, U-Net/mobilenet_v2 (fresh weights), "
         f"device {cfg['device_name']}, {cfg['threads']} threads, backend {cfg['served_backend']} ({asked})",
         "",
         f"torch {cfg['torch']}; load average at the end {', '.join(f'{v:.2f}' for v in cfg['load_average'])} "
@@ -61,6 +62,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"| work around the forward, share of the pipeline (with regions) | "
         f"{ratios['around_forward_share_with_regions']:.1%} | |",
     ]
+    if "rig_statistics_over_version" in ratios:
+        lines.append(f"| gRPC Segment, a rig served with its own statistics ÷ with the version's | "
+                     f"{ratios['rig_statistics_over_version']:.2f}× | |")
     if "grpc_over_eager_fp32_forward_one_thread" in ratios:
         lines.append(f"| gRPC Segment ÷ eager fp32 forward on one thread | "
                      f"{ratios['grpc_over_eager_fp32_forward_one_thread']:.2f}× | |")

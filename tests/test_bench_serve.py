@@ -47,3 +47,33 @@ def test_the_report_holds_the_ratios_and_the_raw_figures(tmp_path):
     assert "| eager fp32 forward, by hand (build_model, eval, inference_mode) | 40.0 | 80.0 |" in table
     assert "**1.50×**" in table and table == format_table(result)
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == result
+
+
+def test_a_rig_is_adapted_before_its_row_is_timed_and_the_version_path_stays_the_version(tmp_path):
+    """The rig row must time the path an adapted rig takes (its own statistics), not the version's: adapt_rig
+    sends the rig's scans until the server says so; a request without a rig id is still the version's."""
+    import grpc
+
+    from weldstream.bench.serving import (
+        ADAPTED_RIG,
+        ServeBench,
+        ServerProcess,
+        _request,
+        adapt_rig,
+        publish_rig_ready_version,
+    )
+    from weldstream.v1 import segmenter_pb2_grpc
+    from weldstream.weight_store import WeightStore
+
+    cfg = ServeBench(size=(64, 64), threads=1, backend="onnxruntime")
+    model_dir = tmp_path / "models"
+    publish_rig_ready_version(WeightStore(model_dir), cfg.size)
+    with ServerProcess(model_dir, cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        own = _request(cfg.size, rig=ADAPTED_RIG)
+        assert stub.Segment(own).normalisation.source == "version"  # a new rig starts on the version's
+        calls = adapt_rig(stub, own)
+        assert 1 < calls <= 400
+        reply = stub.Segment(own)
+        assert (reply.normalisation.source, reply.model_version) == ("rig", 1) and reply.normalisation.scans > 1
+        assert stub.Segment(_request(cfg.size)).normalisation.source == "version"

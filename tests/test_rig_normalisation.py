@@ -14,12 +14,11 @@ import numpy as np
 import torch
 
 from weldstream.codec import array_to_tensor
-from weldstream.features import REFERENCE_KEY, encoder_summary, reference_of, stage_channels
+from weldstream.dev.versions import normalised, publish_learned_version
 from weldstream.kserve import grpc_predict_v2_pb2 as pb
 from weldstream.kserve import grpc_predict_v2_pb2_grpc
-from weldstream.model import ModelConfig, build_model
 from weldstream.norm_stats import Moments, measure, measuring_copy
-from weldstream.preprocess import pad_to_multiple, window_intensities
+from weldstream.preprocess import pad_to_multiple
 from weldstream.server.inference import predict_batch
 from weldstream.server.loader import load_version
 from weldstream.server.model_slot import LoadedModel
@@ -49,25 +48,12 @@ def shifted_from(scan: np.ndarray) -> np.ndarray:
     return ((1.0 - image[:, ::-1]) ** 0.5 * 40000 + 9000).astype(np.uint16)
 
 
-def normalised(scans: list[np.ndarray]) -> torch.Tensor:
-    return window_intensities(torch.as_tensor(np.stack(scans).astype(np.float32))[:, None])
 
 
 def publish_version(store: WeightStore, seed: int, parent: int) -> None:
     """A version whose BatchNorm statistics are those of the learned domain, with drift references for it."""
-    model = build_model(ModelConfig(), seed=seed)
-    model.train()
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.BatchNorm2d):
-            layer.reset_running_stats()
-            layer.momentum = None  # a plain average over the batches below
-    with torch.no_grad():
-        for start in range(0, 32, 8):
-            model(pad_to_multiple(normalised([learned_scan(1000 + i) for i in range(start, start + 8)]), 32))
-    model.eval()
-    summaries = encoder_summary(model, normalised([learned_scan(2000 + i) for i in range(16)]), 32)
-    store.publish(model.state_dict(), ModelConfig(), parent_version=parent,
-                  metrics={REFERENCE_KEY: {DOMAIN: reference_of(summaries, stage_channels(model))}})
+    publish_learned_version(store, DOMAIN, [learned_scan(1000 + i) for i in range(32)],
+                            [learned_scan(2000 + i) for i in range(16)], seed=seed, parent=parent)
 
 
 def request(scan: np.ndarray, rig: str = "") -> segmenter_pb2.SegmentRequest:
