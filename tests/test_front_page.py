@@ -200,6 +200,11 @@ def long_regime_gain(results: Any) -> str:
     return f"{-mean:+.1f} ± {half:.1f} ({results['summary']['replay']['paired_seeds']} seeds)"
 
 
+def naive_forgetting(results: Any) -> str:
+    mean, std = results["summary"]["naive"]["metrics"]["bwt"]
+    return f"{mean:.1f} ± {std:.1f}".replace("-", "−")
+
+
 def first_minutes(results: Any) -> str:
     return (f"{results['new_versions_served']} versions, {results['failed_calls']} failed, "
             f"{results['freshness_median_s']:.1f} s")
@@ -214,7 +219,8 @@ HEADLINES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("`replay-gem`", "cl.md", "cl/results.json", cl_acc("replay-gem")),
     ("`replay`", "cl.md", "cl/results.json", cl_acc("replay")),
     ("`offline-joint`", "cl.md", "cl/results.json", cl_acc("offline-joint")),
-    ("long regime", "cl.md", "cl-long/results.json", long_regime_gain),
+    ("long regime (600 steps", "cl.md", "cl-long/results.json", long_regime_gain),
+    ("`naive`", "cl.md", "cl-long/results.json", naive_forgetting),
 ]
 HEADLINE_ROWS = table_rows(section(README_TEXT, "Latest figures"))
 
