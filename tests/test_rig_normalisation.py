@@ -30,6 +30,9 @@ from weldstream.weight_store import WeightStore
 from .conftest import server_config
 
 DOMAIN = "ut-pe100-5mhz"
+# How long to wait for the low-priority measuring thread: a guard against a hang, not a timing (with four
+# CPU-bound processes on 2 cores, 120 s was not enough for twelve scans).
+HANG_GUARD_S = 1800.0
 SIZE = (96, 96)
 
 
@@ -81,7 +84,7 @@ async def test_a_shifted_rig_gets_its_own_statistics_and_no_other_rig_s_masks_mo
         for i in range(12):
             await segment(stub, learned_scan(100 + i), "steady")
             await segment(stub, shifted_scan(100 + i), "shifted")
-        await asyncio.to_thread(server.rig_norm.settle)
+        await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
         assert server.rig_norm.decision("steady") == "keep"
         assert server.rig_norm.decision("shifted") == "adapt"
         adapted = await segment(stub, shifted_scan(0), "shifted")
@@ -103,7 +106,7 @@ async def test_a_shifted_rig_gets_its_own_statistics_and_no_other_rig_s_masks_mo
         infer = pb.ModelInferRequest(model_name="weld-seg", raw_input_contents=[scan.tobytes()])
         infer.inputs.add(name="scan", datatype="UINT16", shape=[1, 1, *scan.shape])
         infer.parameters["rig_id"].string_param = "shifted"
-        await asyncio.to_thread(server.rig_norm.settle)
+        await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
         now = server.rig_norm.statistics("shifted", 1)
         answer = await kserve.ModelInfer(infer)
         assert answer.parameters["normalisation"].string_param == "rig"
@@ -113,7 +116,7 @@ async def test_a_shifted_rig_gets_its_own_statistics_and_no_other_rig_s_masks_mo
         assert answer.raw_output_contents[mask] == expected.mask.tobytes()
 
         # A new version: the shifted rig's statistics are re-estimated from its reservoir before it goes live.
-        await asyncio.to_thread(server.rig_norm.settle)
+        await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
         reservoir = list(server.rig_norm._rigs["shifted"].reservoir)
         publish_version(store, seed=2, parent=1)
         assert await server.swapper.swap_to_served()
@@ -127,9 +130,9 @@ async def test_a_shifted_rig_gets_its_own_statistics_and_no_other_rig_s_masks_mo
         assert served.scans == len(reservoir)
         for name, tensor in expected.items():
             assert torch.allclose(served.buffers[name], tensor, atol=1e-6), name
-        await asyncio.to_thread(server.rig_norm.settle)
+        await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
         await segment(stub, shifted_scan(0), "shifted")
-        await asyncio.to_thread(server.rig_norm.settle)
+        await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
         scans_before_restart = server.rig_norm.scans("shifted")
         buffers_before_restart = server.rig_norm._versions[2].served["shifted"].buffers
 
@@ -160,7 +163,7 @@ async def test_rigs_past_the_label_cap_and_blank_scans_are_served_with_the_versi
         blank = np.zeros(SIZE, np.uint16)
         for _ in range(4):
             await segment(stub, blank, "blank")
-        await asyncio.to_thread(server.rig_norm.settle)
+        await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
     assert "other" not in server.rig_norm.rigs() and "blank" not in server.rig_norm.rigs()
     assert server.rig_norm.scans("rig-0") == 1  # measured, still pending (fewer than min_scans)
 
