@@ -211,8 +211,8 @@ def _request(size: tuple[int, int], seed: int = 0, regions: bool | None = None, 
 
 def publish_rig_ready_version(store: WeightStore, size: tuple[int, int]) -> None:
     """Version 1: fresh weights with one simulated domain's BatchNorm statistics and drift reference, so a
-    rig whose scans differ is adapted (the untrained version 0 serves every rig with its own statistics
-    and has no reference to judge a rig by). The rows time the path, not the masks."""
+    rig whose scans differ is adapted (the untrained version 0 serves every rig with the version's
+    statistics and has no reference to judge a rig by). The rows time the path, not the masks."""
     domain = "ut-pe100-5mhz"
     publish_learned_version(store, domain, [generate_scan(domain, 1000 + i, size).image for i in range(16)],
                             [generate_scan(domain, 2000 + i, size).image for i in range(16)])

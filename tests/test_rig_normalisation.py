@@ -51,8 +51,6 @@ def shifted_from(scan: np.ndarray) -> np.ndarray:
     return ((1.0 - image[:, ::-1]) ** 0.5 * 40000 + 9000).astype(np.uint16)
 
 
-
-
 def publish_version(store: WeightStore, seed: int, parent: int) -> None:
     """A version whose BatchNorm statistics are those of the learned domain, with drift references for it."""
     publish_learned_version(store, DOMAIN, [learned_scan(1000 + i) for i in range(32)],
