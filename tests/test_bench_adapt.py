@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -170,3 +173,36 @@ def test_bench_adapt_quick_serves_every_row_and_leaves_the_old_rig_alone(tmp_pat
     table = (out / "table.md").read_text()
     assert table.strip() == capsys.readouterr().out.strip()
     assert all(f"| {row['name']} |" in table for row in source["rows"])
+    # the rows after labels: every transform rig, the version itself and each label count
+    assert [row["name"] for row in source["labels"]] == list(cfg.transforms)
+    for row in source["labels"]:
+        assert set(row["by_labels"]) == {"0", *map(str, cfg.labels)}
+        version = row["by_labels"]["0"]
+        assert abs(version["old_rig"] - base) <= 0.005  # in-process, the version's own scans score as served
+        assert all(0 <= score <= 1 for scores in row["by_labels"].values() for score in scores.values())
+    assert "after the rig's first labels" in table
+
+
+def test_learning_a_rigs_labels_starts_from_the_version_every_time():
+    """Each label count continues from the version's learner as it was: the same k twice gives the same
+    weights (a count that stepped the version's optimiser or memory would change the next one's start)."""
+    import torch
+
+    from weldstream.bench.adapt import labels
+    from weldstream.bench.adapt.config import AdaptBench
+    from weldstream.bench.adapt.models import train_and_publish
+    from weldstream.bench.adapt.runner import RowRun, rows_for
+
+    cfg = AdaptBench.quick_preset()
+    source = cfg.sources[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = train_and_publish(source, Path(tmp), 8, 8, cfg.size, 2, cfg.crop_size)
+    state = trained.learner.state_dict()
+    before = {k: v.clone() for k, v in trained.learner.optimizer.state_dict()["state"][0].items()}
+    run = RowRun(next(row for row in rows_for(cfg, source) if row.kind == "transform"), cfg)
+    first = labels.learn_labels(state, trained.learner, run, 4, 6).state_dict()
+    second = labels.learn_labels(state, trained.learner, run, 4, 6).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], trained.model.state_dict()[k]) for k in first)  # it did learn
+    after = trained.learner.optimizer.state_dict()["state"][0]
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -35,6 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated source domains, one version each (default: ut-pe100-5mhz and "
                         "xray-dda-steel-x70-inverted)")
     p.add_argument("--stress", default=None, help=f"comma-separated stress rows ({','.join(STRESS)}; '' for none)")
+    p.add_argument("--labels", type=_counts, default=None,
+                   help="labeled scans of each transform rig the learner learns before it is scored again "
+                        "(default 4,16,64; '' for none)")
+    p.add_argument("--label-steps", type=int, default=None,
+                   help="optimiser steps the learner takes on those labels, the same for every count (default 96)")
+    p.add_argument("--labels-only", action="store_true",
+                   help="only the rows after labels (in-process); start no server")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.set_defaults(run=run)
@@ -43,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> AdaptBench:
     cfg = AdaptBench.quick_preset() if args.quick else AdaptBench()
     return cfg.with_changes(
-        steps=args.steps, size=args.size, counts=args.counts, test_scans=args.test_scans, threads=args.threads,
+        steps=args.steps, size=args.size, counts=args.counts, labels=args.labels, label_steps=args.label_steps,
+        served_rows=False if args.labels_only else None, test_scans=args.test_scans, threads=args.threads,
         sources=tuple(s for s in args.sources.split(",") if s) if args.sources is not None else None,
         stress=tuple(s for s in args.stress.split(",") if s) if args.stress is not None else None)
 

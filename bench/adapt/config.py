@@ -23,6 +23,9 @@ class AdaptBench:
     transforms: tuple[str, ...] = ()  # the rigs of transforms.rigs_of to run ((): all)
     unseen: int = 5  # the simulator's other domains served to each version as rigs of their own (at most 5)
     stress: tuple[str, ...] = STRESS
+    served_rows: bool = True  # False: only the label rows (in-process), no server started
+    labels: tuple[int, ...] = (4, 16, 64)  # labeled scans of each transform rig the learner then learns ...
+    label_steps: int = 96  # ... in this many optimiser steps, whatever the count
     old_rig_scans: int = 16  # scans the old rig sends on every row's server before its test scans
     threads: int = 2  # torch threads of the training and of each server's forward
     in_flight: int = 8  # calls a rig has open at once while it adapts (so the server batches them)
@@ -34,6 +37,10 @@ class AdaptBench:
             raise ValueError("at least one source, and counts rising from 0 without repeats")
         if self.test_scans < 2 or self.steps < 1 or self.train_scans < 1:
             raise ValueError("test_scans must be at least 2, steps and train_scans at least 1")
+        if any(k < 1 for k in self.labels) or self.label_steps < 1:
+            raise ValueError("label counts and label_steps must be at least 1")
+        if not self.served_rows and not self.labels:
+            raise ValueError("nothing to measure: no served rows and no label counts")
         unknown = set(self.stress) - set(STRESS)
         if unknown:
             raise ValueError(f"unknown stress rows {sorted(unknown)}; choose from {STRESS}")
@@ -44,7 +51,7 @@ class AdaptBench:
         unseen domain, every stress row, counts 0 and 8."""
         return cls(sources=(ULTRASONIC_SOURCE,), size=(64, 64), steps=96, train_scans=48, crop_size=32,
                    reference_scans=8, counts=(0, 8), test_scans=6, transforms=("flip+gamma+noise+16-bit", "blur"),
-                   unseen=1, old_rig_scans=8, threads=1, in_flight=4, quick=True)
+                   unseen=1, labels=(4,), label_steps=8, old_rig_scans=8, threads=1, in_flight=4, quick=True)
 
     def with_changes(self, **changes: object) -> AdaptBench:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -30,6 +30,7 @@ class Trained:
     manifest: Manifest
     steps: int
     validation_miou: float
+    learner: ContinualLearner  # where the version came from: its memory and optimiser go on in the label rows
 
 
 def labeled(domain: str, first: int, count: int, size: tuple[int, int]) -> list[LabeledSample]:
@@ -72,4 +73,4 @@ def train_and_publish(source: str, store_dir: Path, steps: int, train_scans: int
                              scores={source: {"miou": score.miou, "dice": score.dice, "samples": score.samples}},
                              metrics={"steps": learner.steps, "crop_size": learner.crop_size,
                                       REFERENCE_KEY: {source: reference}})
-    return Trained(source, model, manifest, learner.steps, score.miou)
+    return Trained(source, model, manifest, learner.steps, score.miou, learner)

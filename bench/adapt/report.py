@@ -29,7 +29,9 @@ def _gain(row: dict[str, Any], count: int) -> float:
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target, with whether it holds and the rows that miss it."""
+    """Every target, with whether it holds and the rows that miss it (none without served rows)."""
+    if not any(source["rows"] for source in result["sources"]):
+        return []
     counts = list(result["config"]["counts"])
     ref = reference_count(counts)
     early = 8 if 8 in counts and 8 < ref else None
@@ -124,20 +126,28 @@ def format_table(result: dict[str, Any]) -> str:
         f"`{env.get('command', 'weldstream bench adapt')}` on {env.get('machine', '?')}, "
         f"{env.get('wall_s', '?')} s" + (f", checkout {env['commit']}." if env.get("commit") else "."),
         "",
-        f"One version per source domain, trained by the learner ({cfg['steps']} steps, crops of {cfg['crop_size']} "
-        f"px, {cfg['train_scans']} labeled {size} scans), served by a real `weldstream serve` (eager torch) "
-        f"from a directory store. Scores: mIoU over the defect classes of {cfg['test_scans']} held-out scans per "
-        "row, as the server returned their masks over gRPC. Count 0 is a server with `--no-rig-normalisation`; "
-        f"a count N is the row's test scans, each sent after N scans of the rig to a fresh rig id (the server's "
-        f"own statistics of a rig are used from {cfg['min_scans']} scans on; before that it is served with the "
-        "version's). *Decision*: the server's, per rig id scored at that count (keep: the version's statistics, "
-        "the rig looks like a learned domain; adapt: its own). *Served with*: the statistics that normalised the "
-        f"scored scans at {ref} scans (rig: the rig's own, from so many scans). *Oracle*: statistics measured "
-        "in-process from the test scans themselves; *own statistics in-process*: from the rig's first adaptation "
-        "scans, whatever the server decided. *Old rig*: the source domain's own scans on that row's "
-        "server, after the row.",
     ]
+    if any(source["rows"] for source in result["sources"]):
+        lines.append(
+            f"One version per source domain, trained by the learner ({cfg['steps']} steps, crops of {cfg['crop_size']} "
+            f"px, {cfg['train_scans']} labeled {size} scans), served by a real `weldstream serve` (eager torch) "
+            f"from a directory store. Scores: mIoU over the defect classes of {cfg['test_scans']} held-out scans per "
+            "row, as the server returned their masks over gRPC. Count 0 is a server with `--no-rig-normalisation`; "
+            f"a count N is the row's test scans, each sent after N scans of the rig to a fresh rig id (the server's "
+            f"own statistics of a rig are used from {cfg['min_scans']} scans on; before that it is served with the "
+            "version's). *Decision*: the server's, per rig id scored at that count (keep: the version's statistics, "
+            "the rig looks like a learned domain; adapt: its own). *Served with*: the statistics that normalised the "
+            f"scored scans at {ref} scans (rig: the rig's own, from so many scans). *Oracle*: statistics measured "
+            "in-process from the test scans themselves; *own statistics in-process*: from the rig's first adaptation "
+            "scans, whatever the server decided. *Old rig*: the source domain's own scans on that row's "
+            "server, after the row.")
+    else:
+        lines.append(f"One version per source domain, trained by the learner ({cfg['steps']} steps, crops of "
+                     f"{cfg['crop_size']} px, {cfg['train_scans']} labeled {size} scans); only the rows after labels "
+                     "were run (`--labels-only`), in-process with the server's preprocessing.")
     for source in result["sources"]:
+        if not source["rows"]:
+            continue
         base = source["served_source_miou"]
         lines += [
             "",
@@ -163,12 +173,53 @@ def format_table(result: dict[str, Any]) -> str:
         if restarts:
             lines += ["", "Started over (a drift event or a changed rig) before or while being scored: "
                       + "; ".join(restarts) + "."]
-    lines += ["", "## Targets", ""]
+    lines += label_tables(result)
+    if result["targets"]:
+        lines += ["", "## Targets", ""]
     for target in result["targets"]:
         mark = "holds" if target["holds"] else "**missed**"
         lines.append(f"- {target['target']}: {mark}" + ("" if target["holds"] else
                                                         " (" + "; ".join(target["misses"]) + ")"))
     return "\n".join(lines) + "\n"
+
+
+def label_tables(result: dict[str, Any]) -> list[str]:
+    """Per version: each transform rig after k of its scans were labeled and learned, scored with the version's
+    statistics and with the rig's own."""
+    cfg = result["config"]
+    lines: list[str] = []
+    for source in result["sources"]:
+        rows = source.get("labels") or []
+        if not rows:
+            continue
+        counts = ["0", *(str(k) for k in cfg["labels"])]
+        lines += [
+            "",
+            f"## {source['source']}: after the rig's first labels ({cfg['label_steps']} learner steps whatever "
+            "their count)",
+            "",
+            f"The version's learner goes on with k labeled scans of the rig as a new domain (its window holds only "
+            f"them, its memory rehearses the source), {cfg['label_steps']} steps for every k; the weights it "
+            "publishes score the rig's held-out scans in-process with the version's statistics (*version*) and "
+            f"with the rig's own, measured from 32 of its unlabeled scans under the new weights (*own*). *Old rig*: "
+            f"the source's scans under the new weights (the version itself: {_pts(source['served_source_miou'])}).",
+            "",
+            "| rig | " + " | ".join(f"{k} labels: version / own" for k in counts) + " | own − version, points by k "
+            "| old rig by k |",
+            "| --- | " + " | ".join("---" for _ in counts) + " | --- | --- |",
+        ]
+        for row in rows:
+            by = row["by_labels"]
+            lines.append(
+                f"| {row['name']} | "
+                + " | ".join(f"{_pts(by[k]['version_statistics'])} / {_pts(by[k]['rig_statistics'])}" for k in counts)
+                + " | " + ", ".join(_signed(by[k]["rig_statistics"] - by[k]["version_statistics"]) for k in counts)
+                + " | " + ", ".join(_pts(by[k]["old_rig"]) for k in counts) + " |")
+        means = [sum(r["by_labels"][k]["rig_statistics"] - r["by_labels"][k]["version_statistics"] for r in rows)
+                 / len(rows) for k in counts]
+        lines += ["", "Mean gain of the rig's own statistics over the version's, by labels: "
+                  + ", ".join(f"{k}: {_signed(m)}" for k, m in zip(counts, means, strict=True)) + " points."]
+    return lines
 
 
 def write_report(result: dict[str, Any], out: Path) -> None:

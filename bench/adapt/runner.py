@@ -240,6 +240,31 @@ async def run_source(cfg: AdaptBench, source: str, work: Path, progress: Callabl
     classes = len(trained.manifest.classes)
     rows = rows_for(cfg, source)
     runs = [RowRun(row, cfg) for row in rows]
+    old = runs[0]
+    served: dict[str, Any] = await serve_rows(cfg, work, trained, rows, runs, progress) if cfg.served_rows else {
+        "rows": [], "served_source_miou": inprocess.miou(
+            inprocess.predict(model, [image for image, _ in old.tests["old"]], stride),
+            [mask for _, mask in old.tests["old"]], classes), "served_matches_in_process": None}
+    labelled: list[dict[str, Any]] = []
+    if cfg.labels:
+        from weldstream.bench.adapt import labels  # labels builds on this module's rows
+
+        t0 = time.monotonic()
+        transform_runs = [run for run in runs if run.row.kind == "transform"]
+        labelled = labels.label_rows(trained.learner.state_dict(), trained.learner, model, transform_runs, old,
+                                     cfg.labels, cfg.label_steps, stride, classes)
+        progress(f"{source}: {len(transform_runs)} rig(s) after {', '.join(map(str, cfg.labels))} labels "
+                 f"({time.monotonic() - t0:.0f} s)")
+    return {"source": source, "steps": trained.steps, "crop_size": cfg.crop_size,
+            "validation_miou": trained.validation_miou, **served, "labels": labelled}
+
+
+async def serve_rows(cfg: AdaptBench, work: Path, trained: Trained, rows: list[Row], runs: list[RowRun],
+                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """Every row through real servers: count 0 on one without rig normalisation, then each row on its own."""
+    source = trained.source
+    model, stride = trained.model, ModelConfig.from_dict(trained.manifest.model_config).stride
+    classes = len(trained.manifest.classes)
     ref = reference_count(list(cfg.counts))
     old = runs[0]
     results: list[dict[str, Any]] = []
@@ -270,9 +295,7 @@ async def run_source(cfg: AdaptBench, source: str, work: Path, progress: Callabl
         results.append(result)
         progress(f"{source} / {row.name}: " + ", ".join(f"{n}: {v:.3f}" for n, v in result["miou"].items())
                  + f", oracle {result['oracle']:.3f}, old rig {old_tally.miou:.3f} ({time.monotonic() - t0:.0f} s)")
-    return {"source": source, "steps": trained.steps, "crop_size": cfg.crop_size,
-            "validation_miou": trained.validation_miou, "served_source_miou": results[0]["miou"]["0"],
-            "served_matches_in_process": agree, "rows": results}
+    return {"rows": results, "served_source_miou": results[0]["miou"]["0"], "served_matches_in_process": agree}
 
 
 def _describe(row: Row) -> dict[str, Any]:

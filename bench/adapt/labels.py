@@ -1,0 +1,89 @@
+"""After the first labels: does a rig's own statistics still pay once the learner has learned its labeled scans?
+
+For each transform rig the version's learner (its weights, optimiser, episodic memory of the source) goes
+on with the rig's first k labeled scans as a new domain: its window holds only those k scans, its memory
+rehearses the source, and it takes the same number of optimiser steps whatever k is, so the rows differ
+only in how many labels the steps were drawn from. The weights it would publish are then scored on the
+rig's held-out scans twice, in-process with the server's preprocessing: normalised with the version's
+statistics (the learner alone) and with the rig's own, measured from its unlabeled adaptation scans under
+the new weights (what the server re-estimates from the rig's reservoir before a version goes live). The
+source's own scans under the new weights say what the rig's labels cost the old rig.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from weldstream.bench.adapt import inprocess
+from weldstream.bench.adapt.runner import RowRun, Tally, render
+from weldstream.learner.records import LabeledSample
+from weldstream.learner.trainer import ContinualLearner
+from weldstream.learner.window import TrainingWindow
+from weldstream.preprocess import training_pair
+
+LABEL_SEED = 5_000_000  # the rig's labeled scans: seeds no adaptation or test scan uses
+ADAPTATION_SCANS = 32  # unlabeled scans the rig's statistics are measured from
+
+
+def learn_labels(state: dict[str, Any], learner: ContinualLearner, run: RowRun, k: int, steps: int
+                 ) -> torch.nn.Module:
+    """The weights the learner publishes after ``steps`` steps on the rig's first ``k`` labeled scans,
+    continuing from ``state`` (the version's learner)."""
+    cfg = replace(learner.cfg, decay_steps=max(1, steps // 3))
+    twin = ContinualLearner(cfg, learner.device)
+    twin.load_state_dict(copy.deepcopy(state))  # the optimiser would otherwise step the version's moments
+    twin.window = TrainingWindow(cfg.window_scans, cfg.window_mb << 20, learner.device)  # the rig's scans only
+    rig = run.row.rigs(run.row.stems[0])[0]
+    for i in range(k):
+        image, mask = render(rig, LABEL_SEED + i, run.cfg.size)
+        x, y = training_pair(image, mask)
+        twin.add(LabeledSample(f"{rig.name}-label-{i}", f"{rig.source}/{rig.name}", x, y, 0.0))
+    twin.absorb()
+    twin.budget = twin.steps + steps
+    while twin.remaining() > 0:
+        twin.train_for(32, max_seconds=1e9)
+    return twin.published.eval()
+
+
+def score(model: torch.nn.Module, run: RowRun, stride: int, classes: int, own_statistics: bool) -> float:
+    """mIoU of the row's test scans, normalised with the model's statistics or the rig's own."""
+    stem = run.row.stems[0]
+    images = [image for image, _ in run.tests[stem]]
+    moments = inprocess.rig_moments(model, run.adaptation(0, ADAPTATION_SCANS, 0), stride) if own_statistics \
+        else None
+    tally = Tally(classes)
+    for predicted, (_, mask) in zip(inprocess.predict(model, images, stride, moments), run.tests[stem], strict=True):
+        tally.add(predicted, mask)
+    return tally.miou
+
+
+def label_rows(state: dict[str, Any], learner: ContinualLearner, model: torch.nn.Module, runs: list[RowRun],
+               old: RowRun, labels: tuple[int, ...], steps: int, stride: int, classes: int
+               ) -> list[dict[str, Any]]:
+    """Per transform row and k (0 = the version itself): the rig with the version's statistics and with its
+    own, and the old rig, each after the k labels were learned."""
+    rows = []
+    for run in runs:
+        by_k: dict[str, dict[str, float]] = {}
+        for k in (0, *labels):
+            weights = model if k == 0 else learn_labels(state, learner, run, k, steps)
+            by_k[str(k)] = {"version_statistics": score(weights, run, stride, classes, own_statistics=False),
+                            "rig_statistics": score(weights, run, stride, classes, own_statistics=True),
+                            "old_rig": score(weights, old, stride, classes, own_statistics=False)}
+        rows.append({"name": run.row.name, "by_labels": by_k})
+    return rows
+
+
+def gain(row: dict[str, Any], k: int) -> float:
+    """Points the rig's own statistics add after k labels (negative: they cost)."""
+    scores = row["by_labels"][str(k)]
+    return scores["rig_statistics"] - scores["version_statistics"]
+
+
+def mean_gain(rows: list[dict[str, Any]], k: int) -> float:
+    return float(np.mean([gain(row, k) for row in rows])) if rows else 0.0
