@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,19 @@ from weldstream.server.app import InferenceServer
 from weldstream.server.config import ServerConfig
 
 torch.set_num_threads(2)
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where the browser tests save their page shots: docs/console/ (the pictures the guides show) when
+    WELDSTREAM_REFRESH_SCREENSHOTS=1, else the test's own folder, so a test run leaves the checkout as it was."""
+    if os.environ.get("WELDSTREAM_REFRESH_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    folder = tmp_path / "screenshots"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def server_config(model_dir: Path, **overrides) -> ServerConfig:

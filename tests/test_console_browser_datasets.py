@@ -1,18 +1,14 @@
 """The datasets and try-a-scan pages in a real Chromium: an operator uploads a zip with broken pairs and sees each
 skipped pair with its reason and the job finish (the good pairs on Kafka); a viewer is told datasets are for
 operators; a scan dropped on the try page shows the live model's version and mask; no JavaScript errors.
-Screenshots of both pages go to docs/console/."""
+Screenshots of both pages go to docs/console/ with WELDSTREAM_REFRESH_SCREENSHOTS=1."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from tests.browser import chromium, needs_chromium
 from tests.console_stack import PASSWORD, add_account, console_config, read_labeled, running_console, with_server
 from tests.upload_files import broken_dataset, zip_folder
 from weldstream.simulator.dataset import write_dataset
-
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "console"
 
 
 async def on_page(browser, url: str, name: str, page_name: str):
@@ -23,7 +19,8 @@ async def on_page(browser, url: str, name: str, page_name: str):
 
 
 @needs_chromium
-async def test_an_operator_uploads_a_zip_and_sees_each_skipped_pair_with_its_reason(broker, tmp_path):
+async def test_an_operator_uploads_a_zip_and_sees_each_skipped_pair_with_its_reason(broker, tmp_path,
+                                                                                   screenshots):
     good, broken = broken_dataset(tmp_path / "scans")
     archive = zip_folder(tmp_path / "weld-scans-2024-06.zip", tmp_path / "scans")
     cfg = console_config(tmp_path, broker.bootstrap)
@@ -46,8 +43,7 @@ async def test_an_operator_uploads_a_zip_and_sees_each_skipped_pair_with_its_rea
         assert all(reasons[path].startswith(start) for path, start in broken.items()), reasons
         row = await page.locator("#jobs tbody tr").first.evaluate("r => [...r.children].map(c => c.textContent)")
         assert row[1] == archive.name and row[3] == "done" and row[5:7] == [str(len(good)), str(len(broken))], row
-        DOCS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(DOCS / "datasets.png"), full_page=True)
+        await page.screenshot(path=str(screenshots / "datasets.png"), full_page=True)
 
         viewer = await on_page(browser, url, "vic", "datasets")
         await viewer.wait_for_selector("#not-allowed:not(.hidden)")
@@ -57,7 +53,7 @@ async def test_an_operator_uploads_a_zip_and_sees_each_skipped_pair_with_its_rea
 
 
 @needs_chromium
-async def test_a_scan_tried_in_the_page_shows_the_version_and_its_mask(tmp_path, server):
+async def test_a_scan_tried_in_the_page_shows_the_version_and_its_mask(tmp_path, server, screenshots):
     write_dataset(tmp_path / "try", "xray-film-steel-x52", 1, seed=4, size=(256, 384))
     scan = next((tmp_path / "try" / "images").iterdir())
     cfg = with_server(console_config(tmp_path, None), f"127.0.0.1:{server.port}")
@@ -76,8 +72,7 @@ async def test_a_scan_tried_in_the_page_shows_the_version_and_its_mask(tmp_path,
         assert await page.locator("#opacity-value").text_content() == "70%"
         if not await page.locator("#regions tbody td.muted").count():  # outline the largest region
             await page.locator("#regions tbody tr").first.click()
-        DOCS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(DOCS / "try.png"))
+        await page.screenshot(path=str(screenshots / "try.png"))
 
         refused = tmp_path / "notes.txt"
         refused.write_text("not a scan")

@@ -1,12 +1,11 @@
 """The models and rigs pages in a real Chromium: an operator pins a version through the confirmation dialog and
 two server replicas follow; a viewer sees no pin button; the rigs page draws every rig; no JavaScript errors.
-Screenshots of both pages go to docs/console/."""
+Screenshots of both pages go to docs/console/ with WELDSTREAM_REFRESH_SCREENSHOTS=1."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 from tests.browser import Browser, chromium, needs_chromium, until
 from tests.console_stack import PASSWORD, add_account, console_config, running_console, with_server
@@ -17,8 +16,6 @@ from weldstream.weight_store import WeightStore
 from .conftest import server_config
 from .test_console_models import FOLLOW_S, hearing_replicas, publish, segment, serving
 from .test_learner_stream import wait_for
-
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "console"
 
 
 async def logged_in(browser: Browser, url: str, name: str, page_name: str):
@@ -33,7 +30,8 @@ async def logged_in(browser: Browser, url: str, name: str, page_name: str):
 
 
 @needs_chromium
-async def test_an_operator_pins_through_the_dialog_and_both_replicas_follow(broker, tmp_path, started):
+async def test_an_operator_pins_through_the_dialog_and_both_replicas_follow(broker, tmp_path, started,
+                                                                           screenshots):
     model_dir = tmp_path / "models"
     store = WeightStore(model_dir)
     for _ in range(7):
@@ -62,8 +60,7 @@ async def test_an_operator_pins_through_the_dialog_and_both_replicas_follow(brok
             "[...document.querySelectorAll('#replicas tbody tr')].every(r => r.children[1].textContent === 'v6')",
             timeout=15000)
         assert "pinned" in await page.locator("#pin-state").text_content()
-        DOCS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(DOCS / "models.png"))
+        await page.screenshot(path=str(screenshots / "models.png"))
 
         viewer = await logged_in(browser, url, "vic", "models")
         await viewer.wait_for_selector("#versions tbody tr[data-version='6']")
@@ -80,7 +77,7 @@ async def test_an_operator_pins_through_the_dialog_and_both_replicas_follow(brok
 
 
 @needs_chromium
-async def test_the_rigs_page_shows_every_rig_with_its_lines(tmp_path, started, monkeypatch):
+async def test_the_rigs_page_shows_every_rig_with_its_lines(tmp_path, started, monkeypatch, screenshots):
     monkeypatch.setattr(rig_watch, "INTERVAL_S", 0.3)
     server = await started(server_config(tmp_path / "models"))
     cfg = with_server(console_config(tmp_path, None), f"127.0.0.1:{server.port}",
@@ -98,6 +95,5 @@ async def test_the_rigs_page_shows_every_rig_with_its_lines(tmp_path, started, m
             "rows => rows.map(r => r.dataset.rig)")) == sorted(rigs)
         assert await page.locator("#rigs svg[data-kind='doubt'] polyline").count() >= 1
         assert "up" in await page.locator("#server").text_content()
-        DOCS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(DOCS / "rigs.png"))
+        await page.screenshot(path=str(screenshots / "rigs.png"))
     assert browser.errors == []

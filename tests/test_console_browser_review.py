@@ -6,7 +6,6 @@ portrait tablet paints with touch. No flow leaves a JavaScript error."""
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +27,6 @@ from weldstream.codec import tensor_to_array
 
 pytestmark = needs_chromium
 SIZE = (96, 128)
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "console" / "review.png"
 CRACK, POROSITY, INCLUSION = 1, 2, 4
 
 
@@ -103,7 +101,7 @@ def station(tmp_path, broker):
                  (("ann", "inspector"), ("ben", "inspector"), ("vic", "viewer"))}
 
 
-async def test_an_inspector_paints_erases_fills_and_submits_exactly_those_pixels(station, broker):
+async def test_an_inspector_paints_erases_fills_and_submits_exactly_those_pixels(station, broker, screenshots):
     cfg, tokens = station
     await produce_reviews(broker.bootstrap, [
         review_scan("s-high", rig_id="rig-2", size=SIZE, doubt=0.9, version=3, seed=1),
@@ -175,8 +173,7 @@ async def test_an_inspector_paints_erases_fills_and_submits_exactly_those_pixels
         assert (await state(ann))["changed"] == int((expected != prelabel).sum())
 
         await ann.keyboard.press("0")  # fit, for the picture of the station
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        await ann.screenshot(path=str(SCREENSHOT))
+        await ann.screenshot(path=str(screenshots / "review.png"))
 
         await ann.fill("#domain", "ut-test")
         await ann.click("#submit")

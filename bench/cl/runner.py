@@ -1,7 +1,10 @@
 """Run every (strategy, seed) pair in a fresh worker process, behind one progress bar.
 
-Full runs are sequential so each gets the same cores and its step times are comparable; a worker that dies
-(out of memory, a native crash) is recorded as a failed run with its exit code and last stderr lines.
+With ``--parallel 1`` runs are sequential, so each gets the same cores and its step times are comparable;
+with more, that many workers share the cores (ACC is unaffected: every run takes the same steps, but step
+times are then comparable only between runs made at the same parallelism), Avalanche's slower rows first.
+A worker that dies (out of memory, a native crash) is recorded as a failed run with its exit code and last
+stderr lines.
 """
 
 from __future__ import annotations
