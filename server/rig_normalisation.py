@@ -20,9 +20,13 @@ them. How a rig goes:
 
 Statistics belong to a version: when a new version is loaded, every adapted rig's statistics are
 re-estimated from its reservoir with the new weights on the loader thread, before the swap, so a batch
-always finds statistics made by the very version it runs on. State (decisions, reservoirs, statistics)
-is written to ``state_dir`` and read back at start. Rigs past the server's rig-label cap, scans without
-a rig id and untrained versions are served with the version's statistics.
+always finds statistics made by the very version it runs on. A rig whose scans the new version has learned
+(its reservoir's median drift distance under the new version's statistics and references is at most
+``keep_distance``: its labels were learned) goes back to the version's statistics when that version goes
+live: after its labels are learned, statistics of its own cost points (``bench adapt``, after labels).
+
+State (decisions, reservoirs, statistics) is written to ``state_dir`` and read back at start. Rigs past the
+server's rig-label cap, scans without a rig id and untrained versions are served with the version's statistics.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from weldstream.norm_stats import Moments, measure, measuring_copy
+from weldstream.features import pooled_features, stage_channels
+from weldstream.norm_stats import Moments, batchnorm_layers, measure, measuring_copy
 from weldstream.preprocess import as_channels, pad_to_multiple, window_intensities
+from weldstream.server.drift import References
 from weldstream.server.metrics import ServerMetrics
 from weldstream.server.model_slot import LoadedModel
 
@@ -125,6 +131,8 @@ class VersionStatistics:
     device: torch.device
     rigs: dict[str, Moments] = field(default_factory=dict)  # measured scans only (no prior)
     served: dict[str, Served] = field(default_factory=dict)  # what a batch uses, rebuilt when rigs change
+    references: References | None = None  # the version's learned domains (drift references), if it has them
+    learned: dict[str, float] = field(default_factory=dict)  # adapted rigs this version has learned: distance
 
 
 def _pixels(scan: np.ndarray) -> int:
@@ -228,10 +236,16 @@ class RigNormaliser:
         if not self.cfg.enabled or loaded.untrained:
             return
         table = VersionStatistics(loaded.version, measuring_copy(loaded.module), loaded.config.stride,
-                                  Moments.of_version(loaded.module, self.cfg.prior_scans), loaded.device)
+                                  Moments.of_version(loaded.module, self.cfg.prior_scans), loaded.device,
+                                  references=References.from_manifest(loaded.manifest, stage_channels(loaded.module)))
         with self._lock:
             adapted = {rig: list(state.reservoir) for rig, state in self._rigs.items() if state.decision == ADAPT}
         for rig, scans in adapted.items():
+            if scans and table.references is not None:
+                distance = statistics.median(self._distance(table, scan) for scan in scans)
+                if distance <= self.cfg.keep_distance:
+                    table.learned[rig] = distance  # back to the version's statistics when it goes live
+                    continue
             parts = [self._measure(table, scan) for scan in scans]
             if parts:
                 table.rigs[rig] = Moments.pooled(parts)
@@ -248,9 +262,20 @@ class RigNormaliser:
             for old in [v for v in self._versions if v not in (version, previous)]:
                 del self._versions[old]
             table = self._versions.get(version)
+            learned = []
+            for rig, distance in (table.learned if table is not None else {}).items():
+                state = self._rigs.get(rig)
+                if state is not None and state.decision == ADAPT:
+                    state.decision = KEEP
+                    self._dirty = True
+                    learned.append(rig)
+                    log.info("rig %r: version %d has learned its scans (median drift distance %.2f); it keeps "
+                             "the version's statistics", rig, version, distance)
         if table is not None:
             for rig in list(table.rigs):
                 self._changed(rig, table.served.get(rig, VERSION_STATISTICS))
+        for rig in learned:
+            self._changed(rig, VERSION_STATISTICS)
 
     def reset(self, rig: str, reason: str) -> None:
         """The rig starts over: pending, nothing measured, reservoir empty."""
@@ -365,9 +390,29 @@ class RigNormaliser:
         return Served("rig", int(round(measured.scans)), blend.buffers(table.device), rig)
 
     @staticmethod
-    def _measure(table: VersionStatistics, scan: np.ndarray) -> Moments:
+    def _distance(table: VersionStatistics, scan: np.ndarray) -> float:
+        """A scan's drift distance under the version's own statistics (its measuring copy, briefly in eval
+        mode: only the thread that owns the table runs it)."""
+        assert table.references is not None
+        norms = [layer for _, layer in batchnorm_layers(table.twin)]
+        for layer in norms:
+            layer.eval()
+        try:
+            with torch.no_grad(), pooled_features(table.twin) as features:
+                table.twin(RigNormaliser._input(table, scan))
+        finally:
+            for layer in norms:
+                layer.train()
+        return table.references.distance(features[0][0].double().cpu().numpy())[0]
+
+    @staticmethod
+    def _input(table: VersionStatistics, scan: np.ndarray) -> Tensor:
         x = torch.as_tensor(as_channels(scan).astype(np.float32, copy=False))[None].to(table.device)
-        return measure(table.twin, pad_to_multiple(window_intensities(x), table.stride))
+        return pad_to_multiple(window_intensities(x), table.stride)
+
+    @staticmethod
+    def _measure(table: VersionStatistics, scan: np.ndarray) -> Moments:
+        return measure(table.twin, RigNormaliser._input(table, scan))
 
     # ---- persistence
     def _maybe_save(self) -> None:

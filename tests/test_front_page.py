@@ -205,6 +205,30 @@ def naive_forgetting(results: Any) -> str:
     return f"{mean:.1f} ± {std:.1f}".replace("-", "−")
 
 
+FLIP_ROW = "flip+gamma+noise+16-bit"
+
+
+def adapt_flip_share(results: Any) -> str:
+    """The flip/gamma/noise/16-bit export of the first source: served share of the source's mIoU, 0 -> 32 scans."""
+    source = results["sources"][0]
+    base = source["served_source_miou"]
+    row = next(r for r in source["rows"] if r["name"] == FLIP_ROW)
+    return f"{row['miou']['0'] / base:.0%} → {row['miou']['32'] / base:.0%}".replace("%", " %")
+
+
+def adapt_targets(results: Any) -> str:
+    held = sum(1 for target in results["targets"] if target["holds"])
+    return f"{held} of {len(results['targets'])}"
+
+
+def adapt_label_gain(results: Any) -> str:
+    """The rig's own statistics minus the version's after k labels, mean over every source's transform rigs."""
+    rows = [row for source in results["sources"] for row in source["labels"]]
+    gains = [sum(row["by_labels"][str(k)]["rig_statistics"] - row["by_labels"][str(k)]["version_statistics"]
+                 for row in rows) / len(rows) * 100 for k in results["config"]["labels"]]
+    return (" / ".join(f"{g:+.1f}" for g in gains) + " points").replace("-", "−")
+
+
 def first_minutes(results: Any) -> str:
     return (f"{results['new_versions_served']} versions, {results['failed_calls']} failed, "
             f"{results['freshness_median_s']:.1f} s")
@@ -221,6 +245,9 @@ HEADLINES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("`offline-joint`", "cl.md", "cl/results.json", cl_acc("offline-joint")),
     ("long regime (600 steps", "cl.md", "cl-long/results.json", long_regime_gain),
     ("`naive`", "cl.md", "cl-long/results.json", naive_forgetting),
+    ("a new rig's flip", "adapt.md", "adapt/results.json", adapt_flip_share),
+    ("`bench adapt` targets", "adapt.md", "adapt/results.json", adapt_targets),
+    ("after the rig's first labels", "adapt.md", "adapt/results.json", adapt_label_gain),
 ]
 HEADLINE_ROWS = table_rows(section(README_TEXT, "Latest figures"))
 

@@ -257,3 +257,30 @@ def test_defect_free_scans_adapt_a_rig_like_any_others():
         assert normaliser.decision("clean") == "adapt" and normaliser.scans("clean") == 6
     finally:
         normaliser.close()
+
+
+def test_a_swap_to_a_version_that_learned_the_rig_gives_it_back_the_version_s_statistics():
+    """After its labels are learned a rig's own statistics cost points (bench adapt), so a version whose drift
+    references place the rig's reservoir within the keep distance takes it back to the version's statistics
+    when it goes live; a version that learned something else leaves it adapted."""
+    store = WeightStore(Path(tempfile.mkdtemp()))
+    publish_version(store, 1, parent=0)
+    cpu = torch.device("cpu")
+    normaliser = running_normaliser(load_version(store, 1, cpu))
+    try:
+        feed(normaliser, "shifted", [shifted_scan(i) for i in range(4)], distance=6.0)
+        assert normaliser.decision("shifted") == "adapt"
+        publish_version(store, 2, parent=1)  # the learned domain again, other weights
+        normaliser.prepare(load_version(store, 2, cpu))
+        normaliser.follow(2)
+        assert normaliser.decision("shifted") == "adapt" and normaliser.statistics("shifted", 2).source == "rig"
+        publish_learned_version(store, "shifted-rig", [shifted_scan(100 + i) for i in range(32)],
+                                [shifted_scan(200 + i) for i in range(16)], seed=3, parent=2)
+        normaliser.prepare(load_version(store, 3, cpu))
+        assert normaliser.statistics("shifted", 2).source == "rig"  # until version 3 goes live
+        normaliser.follow(3)
+        assert normaliser.decision("shifted") == "keep" and normaliser.statistics("shifted", 3).source == "version"
+        feed(normaliser, "shifted", [shifted_scan(i) for i in range(4, 8)], distance=1.0)
+        assert normaliser.statistics("shifted", 3).source == "version" and normaliser.scans("shifted", 3) == 0
+    finally:
+        normaliser.close()
