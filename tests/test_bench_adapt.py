@@ -179,7 +179,11 @@ def test_bench_adapt_quick_serves_every_row_and_leaves_the_old_rig_alone(tmp_pat
         assert set(row["by_labels"]) == {"0", *map(str, cfg.labels)}
         version = row["by_labels"]["0"]
         assert abs(version["old_rig"] - base) <= 0.005  # in-process, the version's own scans score as served
-        assert all(0 <= score <= 1 for scores in row["by_labels"].values() for score in scores.values())
+        for scores in row["by_labels"].values():
+            assert all(0 <= scores[key] <= 1 for key in ("version_statistics", "rig_statistics", "old_rig"))
+            assert scores["decision"] in ("keep", "adapt") and scores["distance"] > 0
+            own = scores["decision"] == "adapt"
+            assert scores["served"] == scores["rig_statistics" if own else "version_statistics"]
     assert "after the rig's first labels" in table
 
 
@@ -206,3 +210,29 @@ def test_learning_a_rigs_labels_starts_from_the_version_every_time():
     assert any(not torch.equal(first[k], trained.model.state_dict()[k]) for k in first)  # it did learn
     after = trained.learner.optimizer.state_dict()["state"][0]
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_labels_only_run_replaces_the_label_rows_of_the_kept_report_and_nothing_else():
+    from weldstream.bench.adapt.cli import with_label_rows
+    from weldstream.bench.adapt.report import format_table
+
+    kept = {"config": {"counts": [0], "size": [8, 8], "labels": [4], "label_steps": 8, "steps": 1, "crop_size": 8,
+                       "train_scans": 1, "test_scans": 2, "min_scans": 8},
+            "sources": [{"source": "ut-pe100-5mhz", "rows": [], "served_source_miou": 0.66, "labels": [{"old": True}]},
+                        {"source": "xray-dda-steel-x70-inverted", "rows": [], "labels": [{"untouched": True}]}]}
+    scores = {"version_statistics": 0.5, "rig_statistics": 0.6, "old_rig": 0.7, "served": 0.5, "decision": "keep",
+              "distance": 1.2}
+    fresh = {"config": {"labels": [16], "label_steps": 96},
+             "environment": {"command": "weldstream bench adapt --labels-only", "wall_s": 9.0},
+             "sources": [{"source": "ut-pe100-5mhz", "rows": [],
+                          "labels": [{"name": "blur", "by_labels": {"0": scores, "16": scores}}]}]}
+    merged = with_label_rows(kept, fresh)
+    ut, x70 = merged["sources"]
+    assert ut["served_source_miou"] == 0.66 and ut["labels"][0]["name"] == "blur"
+    assert x70["labels"] == [{"untouched": True}]
+    assert merged["config"]["labels"] == [16] and merged["config"]["label_steps"] == 96
+    x70["labels"] = []
+    merged["targets"] = []
+    assert "measured apart: `weldstream bench adapt --labels-only`" in format_table(merged)
+    assert "| blur | 50.0 / 60.0 | 50.0 / 60.0 | +10.0, +10.0 | 50.0 (keep at 1.2), 50.0 (keep at 1.2) |" \
+        in format_table(merged)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from weldstream.bench.adapt.config import STRESS, AdaptBench
 from weldstream.cli_args import parse_size
@@ -41,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-steps", type=int, default=None,
                    help="optimiser steps the learner takes on those labels, the same for every count (default 96)")
     p.add_argument("--labels-only", action="store_true",
-                   help="only the rows after labels (in-process); start no server")
+                   help="only the rows after labels (in-process), start no server; they replace the label rows of the "
+                        "report already in --out, if any")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.set_defaults(run=run)
@@ -67,6 +70,18 @@ def _commit() -> str:
         return ""
 
 
+def with_label_rows(report: dict[str, Any], labels: dict[str, Any]) -> dict[str, Any]:
+    """A kept report with its label rows replaced by those of a ``--labels-only`` run (per source; its
+    environment is kept beside the report's as ``labels_environment``)."""
+    by_source = {source["source"]: source for source in labels["sources"]}
+    for source in report["sources"]:
+        if source["source"] in by_source:
+            source["labels"] = by_source[source["source"]]["labels"]
+    report["config"].update({key: labels["config"][key] for key in ("labels", "label_steps")})
+    report["labels_environment"] = labels["environment"]
+    return report
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -89,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         "command": command.strip(), "commit": _commit(), "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
         "wall_s": round(time.monotonic() - started, 1)}
+    if not cfg.served_rows and (args.out / "results.json").exists():
+        result = with_label_rows(json.loads((args.out / "results.json").read_text()), result)
     result["targets"] = targets(result)
     print(format_table(result))
     write_report(result, args.out)

@@ -7,7 +7,11 @@ only in how many labels the steps were drawn from. The weights it would publish 
 rig's held-out scans twice, in-process with the server's preprocessing: normalised with the version's
 statistics (the learner alone) and with the rig's own, measured from its unlabeled adaptation scans under
 the new weights (what the server re-estimates from the rig's reservoir before a version goes live). The
-source's own scans under the new weights say what the rig's labels cost the old rig.
+source's own scans under the new weights say what the rig's labels cost the old rig. And what the server does
+when that version goes live: the version's drift references are built as the learner builds them, from
+held-out labeled scans of each domain it learned (the source's, and ``max(2, k // 4)`` more of the rig's),
+and a rig whose unlabeled scans lie within the server's keep distance of them goes back to the version's
+statistics; any other keeps its own.
 """
 
 from __future__ import annotations
@@ -20,13 +24,19 @@ import numpy as np
 import torch
 
 from weldstream.bench.adapt import inprocess
+from weldstream.bench.adapt.models import REFERENCE_SEED, labeled
 from weldstream.bench.adapt.runner import RowRun, Tally, render
+from weldstream.features import encoder_summary, reference_of, stage_channels
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.learner.window import TrainingWindow
 from weldstream.preprocess import training_pair
+from weldstream.server.config import ServerConfig
+from weldstream.server.drift import References
 
 LABEL_SEED = 5_000_000  # the rig's labeled scans: seeds no adaptation or test scan uses
+HELD_OUT_SEED = 6_000_000  # the rig's held-out labeled scans (its drift reference in the new version)
+KEEP_DISTANCE = ServerConfig().rig_keep_distance
 ADAPTATION_SCANS = 32  # unlabeled scans the rig's statistics are measured from
 
 
@@ -62,8 +72,33 @@ def score(model: torch.nn.Module, run: RowRun, stride: int, classes: int, own_st
     return tally.miou
 
 
+def rig_domain(run: RowRun) -> str:
+    rig = run.row.rigs(run.row.stems[0])[0]
+    return f"{rig.source}/{rig.name}"
+
+
+def server_decision(model: torch.nn.Module, run: RowRun, k: int, reference_scans: int, stride: int
+                    ) -> tuple[str, float]:
+    """The server's decision once these weights go live, and the median drift distance it rests on: the
+    rig's unlabeled scans against the references the learner would publish (source, and the rig after labels)."""
+    source = run.row.model
+    images = [s.x for s in labeled(source, REFERENCE_SEED, reference_scans, run.cfg.size)]
+    stats = {source: reference_of(encoder_summary(model, torch.stack(images), stride), stage_channels(model))}
+    if k:
+        rig = run.row.rigs(run.row.stems[0])[0]
+        held_out = [render(rig, HELD_OUT_SEED + i, run.cfg.size)[0] for i in range(max(2, k // 4))]
+        stats[rig_domain(run)] = reference_of(encoder_summary(model, torch.stack(inprocess.normalised(held_out)),
+                                                              stride), stage_channels(model))
+    references = References.from_stats(stats, stage_channels(model))
+    assert references is not None
+    scans = torch.stack(inprocess.normalised(run.adaptation(0, ADAPTATION_SCANS, 0)))
+    distance = float(np.median([references.distance(row.numpy())[0]
+                                for row in encoder_summary(model, scans, stride)]))
+    return ("keep" if distance <= KEEP_DISTANCE else "adapt"), distance
+
+
 def label_rows(state: dict[str, Any], learner: ContinualLearner, model: torch.nn.Module, runs: list[RowRun],
-               old: RowRun, labels: tuple[int, ...], steps: int, stride: int, classes: int
+               old: RowRun, labels: tuple[int, ...], steps: int, stride: int, classes: int, reference_scans: int
                ) -> list[dict[str, Any]]:
     """Per transform row and k (0 = the version itself): the rig with the version's statistics and with its
     own, and the old rig, each after the k labels were learned."""
@@ -72,18 +107,11 @@ def label_rows(state: dict[str, Any], learner: ContinualLearner, model: torch.nn
         by_k: dict[str, dict[str, float]] = {}
         for k in (0, *labels):
             weights = model if k == 0 else learn_labels(state, learner, run, k, steps)
-            by_k[str(k)] = {"version_statistics": score(weights, run, stride, classes, own_statistics=False),
-                            "rig_statistics": score(weights, run, stride, classes, own_statistics=True),
-                            "old_rig": score(weights, old, stride, classes, own_statistics=False)}
+            scores = {"version_statistics": score(weights, run, stride, classes, own_statistics=False),
+                      "rig_statistics": score(weights, run, stride, classes, own_statistics=True),
+                      "old_rig": score(weights, old, stride, classes, own_statistics=False)}
+            decision, distance = server_decision(weights, run, k, reference_scans, stride)
+            scores["served"] = scores["version_statistics" if decision == "keep" else "rig_statistics"]
+            by_k[str(k)] = {**scores, "decision": decision, "distance": distance}
         rows.append({"name": run.row.name, "by_labels": by_k})
     return rows
-
-
-def gain(row: dict[str, Any], k: int) -> float:
-    """Points the rig's own statistics add after k labels (negative: they cost)."""
-    scores = row["by_labels"][str(k)]
-    return scores["rig_statistics"] - scores["version_statistics"]
-
-
-def mean_gain(rows: list[dict[str, Any]], k: int) -> float:
-    return float(np.mean([gain(row, k) for row in rows])) if rows else 0.0

@@ -183,11 +183,21 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _served_after(scores: dict[str, Any]) -> str:
+    if "served" not in scores:
+        return "?"
+    return f"{_pts(scores['served'])} ({scores['decision']} at {scores['distance']:.1f})"
+
+
 def label_tables(result: dict[str, Any]) -> list[str]:
     """Per version: each transform rig after k of its scans were labeled and learned, scored with the version's
     statistics and with the rig's own."""
     cfg = result["config"]
     lines: list[str] = []
+    env = result.get("labels_environment")
+    if env and any(source.get("labels") for source in result["sources"]):
+        lines += ["", f"The rows after labels were measured apart: `{env.get('command')}`, {env.get('wall_s')} s"
+                  + (f", checkout {env['commit']}." if env.get("commit") else ".")]
     for source in result["sources"]:
         rows = source.get("labels") or []
         if not rows:
@@ -202,11 +212,14 @@ def label_tables(result: dict[str, Any]) -> list[str]:
             f"them, its memory rehearses the source), {cfg['label_steps']} steps for every k; the weights it "
             "publishes score the rig's held-out scans in-process with the version's statistics (*version*) and "
             f"with the rig's own, measured from 32 of its unlabeled scans under the new weights (*own*). *Old rig*: "
-            f"the source's scans under the new weights (the version itself: {_pts(source['served_source_miou'])}).",
+            f"the source's scans under the new weights (the version itself: {_pts(source['served_source_miou'])}). "
+            "*Served*: what the server serves the rig once those weights go live (keep: the version's statistics, the "
+            "rig's scans within the keep distance of the references the learner publishes, the rig's own held-out "
+            "labeled scans among them; adapt: its own), with that median distance.",
             "",
             "| rig | " + " | ".join(f"{k} labels: version / own" for k in counts) + " | own − version, points by k "
-            "| old rig by k |",
-            "| --- | " + " | ".join("---" for _ in counts) + " | --- | --- |",
+            "| served by k | old rig by k |",
+            "| --- | " + " | ".join("---" for _ in counts) + " | --- | --- | --- |",
         ]
         for row in rows:
             by = row["by_labels"]
@@ -214,6 +227,7 @@ def label_tables(result: dict[str, Any]) -> list[str]:
                 f"| {row['name']} | "
                 + " | ".join(f"{_pts(by[k]['version_statistics'])} / {_pts(by[k]['rig_statistics'])}" for k in counts)
                 + " | " + ", ".join(_signed(by[k]["rig_statistics"] - by[k]["version_statistics"]) for k in counts)
+                + " | " + ", ".join(_served_after(by[k]) for k in counts)
                 + " | " + ", ".join(_pts(by[k]["old_rig"]) for k in counts) + " |")
         means = [sum(r["by_labels"][k]["rig_statistics"] - r["by_labels"][k]["version_statistics"] for r in rows)
                  / len(rows) for k in counts]
