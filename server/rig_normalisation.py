@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from weldstream.features import pooled_features, stage_channels
+from weldstream.features import encoder_summary, stage_channels
 from weldstream.norm_stats import Moments, batchnorm_layers, measure, measuring_copy
 from weldstream.preprocess import as_channels, pad_to_multiple, window_intensities
 from weldstream.server.drift import References
@@ -391,28 +391,25 @@ class RigNormaliser:
 
     @staticmethod
     def _distance(table: VersionStatistics, scan: np.ndarray) -> float:
-        """A scan's drift distance under the version's own statistics (its measuring copy, briefly in eval
-        mode: only the thread that owns the table runs it)."""
+        """A scan's drift distance under the version's own statistics: the encoder's summary as the server
+        computes it, on the measuring copy (``encoder_summary`` leaves it in eval mode; its BatchNorm layers go
+        back to measuring after). Only the thread that owns the table runs it."""
         assert table.references is not None
-        norms = [layer for _, layer in batchnorm_layers(table.twin)]
-        for layer in norms:
-            layer.eval()
         try:
-            with torch.no_grad(), pooled_features(table.twin) as features:
-                table.twin(RigNormaliser._input(table, scan))
+            summary = encoder_summary(table.twin, RigNormaliser._normalised(table, scan), table.stride)
         finally:
-            for layer in norms:
+            for _, layer in batchnorm_layers(table.twin):
                 layer.train()
-        return table.references.distance(features[0][0].double().cpu().numpy())[0]
+        return table.references.distance(summary[0].double().cpu().numpy())[0]
 
     @staticmethod
-    def _input(table: VersionStatistics, scan: np.ndarray) -> Tensor:
+    def _normalised(table: VersionStatistics, scan: np.ndarray) -> Tensor:
         x = torch.as_tensor(as_channels(scan).astype(np.float32, copy=False))[None].to(table.device)
-        return pad_to_multiple(window_intensities(x), table.stride)
+        return window_intensities(x)
 
     @staticmethod
     def _measure(table: VersionStatistics, scan: np.ndarray) -> Moments:
-        return measure(table.twin, RigNormaliser._input(table, scan))
+        return measure(table.twin, pad_to_multiple(RigNormaliser._normalised(table, scan), table.stride))
 
     # ---- persistence
     def _maybe_save(self) -> None:

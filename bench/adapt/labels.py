@@ -26,6 +26,7 @@ import torch
 from weldstream.bench.adapt import inprocess
 from weldstream.bench.adapt.models import REFERENCE_SEED, labeled
 from weldstream.bench.adapt.runner import RowRun, Tally, render
+from weldstream.bench.adapt.transforms import Rig
 from weldstream.features import encoder_summary, reference_of, stage_channels
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner
@@ -40,6 +41,15 @@ KEEP_DISTANCE = ServerConfig().rig_keep_distance
 ADAPTATION_SCANS = 32  # unlabeled scans the rig's statistics are measured from
 
 
+def rig_of(run: RowRun) -> Rig:
+    """The physical rig of a transform row (one rig id, one rig)."""
+    return run.row.rigs(run.row.stems[0])[0]
+
+
+def rig_domain(rig: Rig) -> str:
+    return f"{rig.source}/{rig.name}"
+
+
 def learn_labels(state: dict[str, Any], learner: ContinualLearner, run: RowRun, k: int, steps: int
                  ) -> torch.nn.Module:
     """The weights the learner publishes after ``steps`` steps on the rig's first ``k`` labeled scans,
@@ -48,11 +58,11 @@ def learn_labels(state: dict[str, Any], learner: ContinualLearner, run: RowRun, 
     twin = ContinualLearner(cfg, learner.device)
     twin.load_state_dict(copy.deepcopy(state))  # the optimiser would otherwise step the version's moments
     twin.window = TrainingWindow(cfg.window_scans, cfg.window_mb << 20, learner.device)  # the rig's scans only
-    rig = run.row.rigs(run.row.stems[0])[0]
+    rig = rig_of(run)
     for i in range(k):
         image, mask = render(rig, LABEL_SEED + i, run.cfg.size)
         x, y = training_pair(image, mask)
-        twin.add(LabeledSample(f"{rig.name}-label-{i}", f"{rig.source}/{rig.name}", x, y, 0.0))
+        twin.add(LabeledSample(f"{rig.name}-label-{i}", rig_domain(rig), x, y, 0.0))
     twin.absorb()
     twin.budget = twin.steps + steps
     while twin.remaining() > 0:
@@ -60,57 +70,55 @@ def learn_labels(state: dict[str, Any], learner: ContinualLearner, run: RowRun, 
     return twin.published.eval()
 
 
-def score(model: torch.nn.Module, run: RowRun, stride: int, classes: int, own_statistics: bool) -> float:
-    """mIoU of the row's test scans, normalised with the model's statistics or the rig's own."""
+def score(model: torch.nn.Module, run: RowRun, stride: int, classes: int,
+          adaptation: list[np.ndarray] | None = None) -> float:
+    """mIoU of the row's test scans, normalised with the model's statistics, or with the rig's own measured
+    from its unlabeled ``adaptation`` scans."""
     stem = run.row.stems[0]
     images = [image for image, _ in run.tests[stem]]
-    moments = inprocess.rig_moments(model, run.adaptation(0, ADAPTATION_SCANS, 0), stride) if own_statistics \
-        else None
+    moments = inprocess.rig_moments(model, adaptation, stride) if adaptation is not None else None
     tally = Tally(classes)
     for predicted, (_, mask) in zip(inprocess.predict(model, images, stride, moments), run.tests[stem], strict=True):
         tally.add(predicted, mask)
     return tally.miou
 
 
-def rig_domain(run: RowRun) -> str:
-    rig = run.row.rigs(run.row.stems[0])[0]
-    return f"{rig.source}/{rig.name}"
-
-
-def server_decision(model: torch.nn.Module, run: RowRun, k: int, reference_scans: int, stride: int
-                    ) -> tuple[str, float]:
+def server_decision(model: torch.nn.Module, run: RowRun, k: int, source_held_out: torch.Tensor,
+                    adaptation: list[np.ndarray], stride: int) -> tuple[str, float]:
     """The server's decision once these weights go live, and the median drift distance it rests on: the
     rig's unlabeled scans against the references the learner would publish (source, and the rig after labels)."""
-    source = run.row.model
-    images = [s.x for s in labeled(source, REFERENCE_SEED, reference_scans, run.cfg.size)]
-    stats = {source: reference_of(encoder_summary(model, torch.stack(images), stride), stage_channels(model))}
+    stats = {run.row.model: reference_of(encoder_summary(model, source_held_out, stride), stage_channels(model))}
     if k:
-        rig = run.row.rigs(run.row.stems[0])[0]
+        rig = rig_of(run)
         held_out = [render(rig, HELD_OUT_SEED + i, run.cfg.size)[0] for i in range(max(2, k // 4))]
-        stats[rig_domain(run)] = reference_of(encoder_summary(model, torch.stack(inprocess.normalised(held_out)),
+        stats[rig_domain(rig)] = reference_of(encoder_summary(model, torch.stack(inprocess.normalised(held_out)),
                                                               stride), stage_channels(model))
     references = References.from_stats(stats, stage_channels(model))
     assert references is not None
-    scans = torch.stack(inprocess.normalised(run.adaptation(0, ADAPTATION_SCANS, 0)))
+    scans = torch.stack(inprocess.normalised(adaptation))
     distance = float(np.median([references.distance(row.numpy())[0]
                                 for row in encoder_summary(model, scans, stride)]))
     return ("keep" if distance <= KEEP_DISTANCE else "adapt"), distance
 
 
-def label_rows(state: dict[str, Any], learner: ContinualLearner, model: torch.nn.Module, runs: list[RowRun],
-               old: RowRun, labels: tuple[int, ...], steps: int, stride: int, classes: int, reference_scans: int
+def label_rows(learner: ContinualLearner, model: torch.nn.Module, runs: list[RowRun], old: RowRun,
+               labels: tuple[int, ...], steps: int, stride: int, classes: int, reference_scans: int
                ) -> list[dict[str, Any]]:
     """Per transform row and k (0 = the version itself): the rig with the version's statistics and with its
     own, and the old rig, each after the k labels were learned."""
+    state = learner.state_dict()
+    source_held_out = torch.stack([s.x for s in labeled(old.row.model, REFERENCE_SEED, reference_scans,
+                                                        old.cfg.size)])
     rows = []
     for run in runs:
+        adaptation = run.adaptation(0, ADAPTATION_SCANS, 0)
         by_k: dict[str, dict[str, float]] = {}
         for k in (0, *labels):
             weights = model if k == 0 else learn_labels(state, learner, run, k, steps)
-            scores = {"version_statistics": score(weights, run, stride, classes, own_statistics=False),
-                      "rig_statistics": score(weights, run, stride, classes, own_statistics=True),
-                      "old_rig": score(weights, old, stride, classes, own_statistics=False)}
-            decision, distance = server_decision(weights, run, k, reference_scans, stride)
+            scores = {"version_statistics": score(weights, run, stride, classes),
+                      "rig_statistics": score(weights, run, stride, classes, adaptation),
+                      "old_rig": score(weights, old, stride, classes)}
+            decision, distance = server_decision(weights, run, k, source_held_out, adaptation, stride)
             scores["served"] = scores["version_statistics" if decision == "keep" else "rig_statistics"]
             by_k[str(k)] = {**scores, "decision": decision, "distance": distance}
         rows.append({"name": run.row.name, "by_labels": by_k})

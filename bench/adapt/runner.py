@@ -251,8 +251,8 @@ async def run_source(cfg: AdaptBench, source: str, work: Path, progress: Callabl
 
         t0 = time.monotonic()
         transform_runs = [run for run in runs if run.row.kind == "transform"]
-        labelled = labels.label_rows(trained.learner.state_dict(), trained.learner, model, transform_runs, old,
-                                     cfg.labels, cfg.label_steps, stride, classes, cfg.reference_scans)
+        labelled = labels.label_rows(trained.learner, model, transform_runs, old, cfg.labels, cfg.label_steps,
+                                     stride, classes, cfg.reference_scans)
         progress(f"{source}: {len(transform_runs)} rig(s) after {', '.join(map(str, cfg.labels))} labels "
                  f"({time.monotonic() - t0:.0f} s)")
     return {"source": source, "steps": trained.steps, "crop_size": cfg.crop_size,
