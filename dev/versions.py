@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from weldstream.features import REFERENCE_KEY, encoder_summary, reference_of, stage_channels
+from weldstream.gain_curve import PROFILE_KEY, as_state, mean_profile
 from weldstream.model import ModelConfig, build_model
 from weldstream.preprocess import pad_to_multiple, window_intensities
 from weldstream.weight_store import Manifest, WeightStore
@@ -39,4 +40,6 @@ def publish_learned_version(store: WeightStore, domain: str, statistics_scans: S
     summaries = encoder_summary(model, normalised(reference_scans), config.stride)
     parent_version = (store.latest() or 0) if parent is None else parent
     return store.publish(model.state_dict(), config, parent_version=parent_version,
-                         metrics={REFERENCE_KEY: {domain: reference_of(summaries, stage_channels(model))}})
+                         metrics={REFERENCE_KEY: {domain: {
+                             **reference_of(summaries, stage_channels(model)),
+                             PROFILE_KEY: as_state(mean_profile([normalised(reference_scans)]))}}})

@@ -17,6 +17,7 @@ from torch import nn
 
 from weldstream.errors import CorruptVersion
 from weldstream.features import REFERENCE_KEY, reference_of, stage_channels
+from weldstream.gain_curve import PROFILE_KEY, as_state
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.holdout import ValidationSets
 from weldstream.learner.regression import Comparison, compare
@@ -253,8 +254,14 @@ class Publisher:
         model = learner.published
         if decision.candidate_features and set(decision.candidate_features) == set(validation.domains()):
             stages = stage_channels(model)
-            return {domain: reference_of(features, stages) for domain, features in decision.candidate_features.items()}
-        return validation.feature_reference(model, self.cfg.model.stride)
+            references = {domain: reference_of(features, stages)
+                          for domain, features in decision.candidate_features.items()}
+        else:
+            references = validation.feature_reference(model, self.cfg.model.stride)
+        for domain, profile in validation.gain_profiles().items():  # for rigs with another gain curve
+            if domain in references:
+                references[domain][PROFILE_KEY] = as_state(profile)
+        return references
 
 
 def finds_defects(per_scan: np.ndarray) -> bool:

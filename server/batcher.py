@@ -199,7 +199,7 @@ class Batcher:
                 continue
             self._metrics.inference_seconds.observe(time.perf_counter() - started)
             for prediction in predictions:
-                self._metrics.normalisation_scans.labels(prediction.normalisation.source, prediction.backend).inc()
+                self._metrics.normalisation_scans.labels(prediction.normalisation.kind, prediction.backend).inc()
             for pending in live:
                 mine, predictions = predictions[:len(pending.scans)], predictions[len(pending.scans):]
                 if not pending.future.done():

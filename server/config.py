@@ -68,6 +68,9 @@ class ServerConfig:
     rig_normalisation: bool = setting(True, help="serve each shifted rig with BatchNorm statistics re-estimated "
                                                  "from its own served scans (no labels)")
     rig_norm_min_scans: int = setting(8, help="scans a rig sends before its own statistics are used")
+    rig_min_gain_db: float = setting(3.0, help="a rig's gain curve against a learned domain's brightness profile "
+                                     "is applied only if it spans at least this many dB (see "
+                                     "weldstream/gain_curve.py; 0 to always try, a large value to never)")
     rig_keep_distance: float = setting(2.0, help="a rig whose median drift distance is at most this is close "
                                                  "enough to a learned domain to keep the version's statistics")
     rig_state_dir: Path | None = setting(None, parse=optional_path,
@@ -124,7 +127,8 @@ class ServerConfig:
     def rig_norm_settings(self) -> RigNormConfig:
         state_dir = self.rig_state_dir if self.rig_state_dir is not None else self.model_dir.parent / "rig-statistics"
         return RigNormConfig(enabled=self.rig_normalisation, min_scans=self.rig_norm_min_scans,
-                             keep_distance=self.rig_keep_distance, state_dir=state_dir)
+                             keep_distance=self.rig_keep_distance, min_gain_db=self.rig_min_gain_db,
+                             state_dir=state_dir)
 
     @property
     def max_scan_pixels(self) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weldstream.gain_curve import undo
 from weldstream.norm_stats import with_statistics
 from weldstream.preprocess import as_channels, window_intensities
 from weldstream.server.backends import Backend, bucket_size
@@ -70,7 +71,10 @@ def predict_batch(loaded: LoadedModel, scans: list[np.ndarray],
         normalisation = served[indices[0]]
         runner = loaded.runner if normalisation.buffers is None else rig_runner(loaded, normalisation)
         with host_threads(device):
-            images = window_intensities(stage([scans[i] for i in indices], device))
+            staged = stage([scans[i] for i in indices], device)
+            if normalisation.gain is not None:  # the rig's gain curve undone on the raw pixels
+                staged = undo(staged, normalisation.gain)
+            images = window_intensities(staged)
             if runner.pads_batches:
                 images = _pad_batch(images, bucket_size(count, BUCKET_LIMIT))
         with nullcontext() if runner.torch_threads else host_threads(device):  # padding and tiling copies

@@ -110,6 +110,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # which BatchNorm statistics normalised the scans (one rig per request, so one answer)
         response.parameters["normalisation"].string_param = predictions[0].normalisation.source
         response.parameters["normalisation_scans"].int64_param = predictions[0].normalisation.scans
+        gain = predictions[0].normalisation.gain
+        if gain is not None:
+            response.parameters["normalisation_gain_domain"].string_param = gain.domain
+            response.parameters["normalisation_gain_db"].double_param = round(gain.span_db, 2)
         height, width = predictions[0].mask.shape
         same_size = all(p.mask.shape == (height, width) for p in predictions)
         if not same_size:  # cannot happen for one input tensor; guards the stacking below

@@ -91,12 +91,17 @@ class ServerMetrics:
         self.normalisation_scans = Counter(
             "inference_normalisation_scans_total",
             "Scans served by which BatchNorm statistics (rig: the rig's own; version: the version's trained "
-            "ones) and the backend that ran them (a rig's own statistics run on eager torch).",
+            "ones; gain: the version's, on scans corrected by the rig's gain curve) and the backend that ran "
+            "them (a rig's own statistics run on eager torch).",
             ["source", "backend"], registry=r)
         self.rig_statistics_scans = Gauge(
             "inference_rig_statistics_scans",
             "Scans behind a rig's own normalisation statistics (0 while it is served with the version's).",
             ["rig"], registry=r)
+        self.rig_gain_db = Gauge(
+            "inference_rig_gain_db",
+            "Span in dB of the gain curve a rig's scans are corrected by before the model (another TGC slope or "
+            "dose falloff than the learned domain it is matched to; 0: none).", ["rig"], registry=r)
         self.rig_statistics_resets = Counter(
             "inference_rig_statistics_resets_total",
             "Rigs whose statistics started over: drift (its drift detector fired) or mismatch (its scans "

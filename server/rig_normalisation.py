@@ -14,6 +14,11 @@ them. How a rig goes:
    re-estimating the statistics of a rig close to a learned domain costs points) or is **adapted**: served with its
    own statistics, the version's blended in with the weight of ``prior_scans`` scans, updated with every
    scan (an exponential average past ``saturation`` scans).
+   A rig that would be adapted is first matched to the learned domains' brightness profiles
+   (weldstream/gain_curve.py): when undoing its gain curve along depth and across the width (another TGC
+   slope, a dose falloff) brings its reservoir's median drift distance within ``keep_distance`` of the
+   version's references, the rig **keeps** the version's statistics with its scans corrected by that curve,
+   which BatchNorm statistics of its own could not undo.
 3. It **starts over** (back to pending, reservoir emptied) when its drift detector fires, or when
    ``patience`` scans in a row do not resemble its statistics (``Moments.mismatch``: a new probe, another
    rig behind the same id); those scans are its first ones then. A lone unlike scan is not blended in.
@@ -45,7 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from weldstream.features import encoder_summary, stage_channels
+from weldstream.features import REFERENCE_KEY, encoder_summary, stage_channels
+from weldstream.gain_curve import GainCurve, match, reference_profiles, undo
 from weldstream.norm_stats import Moments, batchnorm_layers, measure, measuring_copy
 from weldstream.preprocess import as_channels, pad_to_multiple, window_intensities
 from weldstream.server.drift import References
@@ -72,6 +78,9 @@ class RigNormConfig:
     # gradient (3.4) gained 12-37 points; on a weaker model a depth-gain ramp at 3.6 lost 8, so no distance
     # separates every rig that gains from every rig that loses.
     keep_distance: float = 2.0
+    # A gain curve spanning less than this (dB, rows and columns added) is not worth correcting: scans of a
+    # learned domain differ by a few dB from their reference's mean profile.
+    min_gain_db: float = 3.0
     mismatch: float = 1.75  # a scan this far from its rig's (Moments.mismatch; about 0.9 for a like scan) is unlike
     patience: int = 8  # scans in a row that do not resemble their rig's statistics before it starts over
     reservoir_scans: int = 32
@@ -90,12 +99,20 @@ class RigNormConfig:
 @dataclass(frozen=True)
 class Served:
     """The statistics a scan was normalised with: ``rig`` (its rig's own, from ``scans`` scans) or
-    ``version`` (the served version's trained ones, ``buffers`` None)."""
+    ``version`` (the served version's trained ones, ``buffers`` None); ``gain``: the rig's gain curve its
+    scans are corrected by first (fitted on ``gain_scans`` of them), if it has one."""
 
     source: str = "version"
     scans: int = 0
     buffers: dict[str, Tensor] | None = None
     rig: str = ""
+    gain: GainCurve | None = None
+    gain_scans: int = 0  # scans the gain curve was fitted on
+
+    @property
+    def kind(self) -> str:
+        """``rig``, ``version``, or ``gain`` (the version's statistics on gain-corrected scans)."""
+        return "gain" if self.gain is not None else self.source
 
 
 VERSION_STATISTICS = Served()
@@ -111,6 +128,9 @@ class Rig:
     pixels: int = 0
     # measured scans unlike the rig's statistics, held aside: (scan, moments, drift distance)
     strangers: list[tuple[np.ndarray, Moments, float | None]] = field(default_factory=list)
+    gain: GainCurve | None = None  # the gain curve its scans are corrected by (it keeps the version's statistics)
+    gain_scans: int = 0  # how many scans the curve was fitted on
+    decided_at: int = 0  # reservoir size when its decision was made (a fresh decision is tried for a gain curve)
 
     def keep(self, scan: np.ndarray, cfg: RigNormConfig) -> None:
         self.reservoir.append(scan)
@@ -133,6 +153,7 @@ class VersionStatistics:
     served: dict[str, Served] = field(default_factory=dict)  # what a batch uses, rebuilt when rigs change
     references: References | None = None  # the version's learned domains (drift references), if it has them
     learned: dict[str, float] = field(default_factory=dict)  # adapted rigs this version has learned: distance
+    profiles: dict[str, np.ndarray] = field(default_factory=dict)  # learned domains' brightness profiles
 
 
 def _pixels(scan: np.ndarray) -> int:
@@ -235,11 +256,15 @@ class RigNormaliser:
         from the rig's reservoir with its weights. Runs on the loader thread."""
         if not self.cfg.enabled or loaded.untrained:
             return
-        table = VersionStatistics(loaded.version, measuring_copy(loaded.module), loaded.config.stride,
-                                  Moments.of_version(loaded.module, self.cfg.prior_scans), loaded.device,
-                                  references=References.from_manifest(loaded.manifest, stage_channels(loaded.module)))
+        table = self._table(loaded)
         with self._lock:
             adapted = {rig: list(state.reservoir) for rig, state in self._rigs.items() if state.decision == ADAPT}
+            corrected = {rig: list(state.reservoir) for rig, state in self._rigs.items() if state.gain is not None}
+        for rig, scans in corrected.items():  # learned as they come, they need no correction any more
+            if scans and table.references is not None:
+                distance = statistics.median(self._distance(table, scan) for scan in scans)
+                if distance <= self.cfg.keep_distance:
+                    table.learned[rig] = distance
         for rig, scans in adapted.items():
             if scans and table.references is not None:
                 distance = statistics.median(self._distance(table, scan) for scan in scans)
@@ -253,7 +278,23 @@ class RigNormaliser:
             for rig in table.rigs:
                 if self._rigs.get(rig) is not None and self._rigs[rig].decision == ADAPT:
                     table.served[rig] = self._served(table, rig)
+            self._carry_gains(table)
             self._versions[loaded.version] = table
+
+    def _table(self, loaded: LoadedModel) -> VersionStatistics:
+        stats = loaded.manifest.metrics.get(REFERENCE_KEY) if loaded.manifest is not None else None
+        return VersionStatistics(loaded.version, measuring_copy(loaded.module), loaded.config.stride,
+                                 Moments.of_version(loaded.module, self.cfg.prior_scans), loaded.device,
+                                 references=References.from_manifest(loaded.manifest, stage_channels(loaded.module)),
+                                 profiles=reference_profiles(stats or {}))
+
+    def _carry_gains(self, table: VersionStatistics) -> None:
+        """A gain curve belongs to the rig, not the version (it is fitted on the scans): every version serves
+        the rig's corrected scans with its own statistics, until one has learned the rig's scans as they come
+        (``learned``). Under the lock."""
+        for rig, state in self._rigs.items():
+            if state.decision == KEEP and state.gain is not None and rig not in table.learned:
+                table.served[rig] = Served("version", 0, None, rig, state.gain, state.gain_scans)
 
     def follow(self, version: int) -> None:
         """``version`` is live now; statistics of versions no batch can lease any more are dropped."""
@@ -265,8 +306,9 @@ class RigNormaliser:
             learned = []
             for rig, distance in (table.learned if table is not None else {}).items():
                 state = self._rigs.get(rig)
-                if state is not None and state.decision == ADAPT:
-                    state.decision = KEEP
+                if state is not None and (state.decision == ADAPT or state.gain is not None):
+                    state.decision, state.gain = KEEP, None
+                    table.served.pop(rig, None)
                     self._dirty = True
                     learned.append(rig)
                     log.info("rig %r: version %d has learned its scans (median drift distance %.2f); it keeps "
@@ -293,9 +335,10 @@ class RigNormaliser:
 
     def _changed(self, rig: str, served: Served) -> None:
         self._metrics.rig_statistics_scans.labels(rig).set(served.scans)
-        if self._sources.get(rig, "version") != served.source and self._on_switch is not None:
+        self._metrics.rig_gain_db.labels(rig).set(served.gain.span_db if served.gain is not None else 0.0)
+        if self._sources.get(rig, "version") != served.kind and self._on_switch is not None:
             self._on_switch(rig)
-        self._sources[rig] = served.source
+        self._sources[rig] = served.kind
 
     # ---- the worker
     def _run(self) -> None:
@@ -356,7 +399,49 @@ class RigNormaliser:
                 state.strangers = []
                 self._admit(table, rig, state, scan, moments, distance)
             served = table.served.get(rig, VERSION_STATISTICS)
+            decided = state.decision == ADAPT and state.decided_at == len(state.reservoir) and state.gain is None
+            reservoir = list(state.reservoir) if decided and table.profiles and table.references else []
+        if reservoir:
+            served = self._try_gain(table, rig, state, reservoir) or served
         self._changed(rig, served)
+
+    def _try_gain(self, table: VersionStatistics, rig: str, state: Rig, reservoir: list[np.ndarray]
+                  ) -> Served | None:
+        """A rig just found unlike every learned domain: if undoing a gain curve makes its reservoir like one,
+        it keeps the version's statistics on corrected scans. Measured outside the lock (forward passes)."""
+        curve, distance = self._match_gain(table, reservoir)
+        if curve is None:
+            return None
+        with self._lock:
+            if self._rigs.get(rig) is not state or self._versions.get(self._live) is not table or \
+                    state.decision != ADAPT:
+                return None
+            state.decision, state.gain, state.gain_scans = KEEP, curve, len(reservoir)
+            table.rigs.pop(rig, None)
+            for other in self._versions.values():
+                other.rigs.pop(rig, None)
+            self._carry_gains(table)
+            self._dirty = True
+            served = table.served[rig]
+        log.info("rig %r: keeps the version's statistics with its scans corrected by a gain curve of %.1f dB "
+                 "against %r (median drift distance %.2f, was %.2f)", rig, curve.span_db, curve.domain, distance,
+                 statistics.median(state.distances))
+        return served
+
+    def _match_gain(self, table: VersionStatistics, reservoir: list[np.ndarray]) -> tuple[GainCurve | None, float]:
+        """The learned domain whose brightness profile, once the rig's gain curve against it is undone, puts the
+        reservoir's median drift distance lowest, if that is within ``keep_distance``."""
+        raw = [self._raw(table, scan) for scan in reservoir]
+        best: tuple[GainCurve | None, float] = (None, float("inf"))
+        for domain, reference in sorted(table.profiles.items()):
+            curve = match(raw, reference, domain)
+            if curve.span_db < self.cfg.min_gain_db:
+                continue
+            distance = statistics.median(self._distance(table, window_intensities(undo(x, curve)), windowed=True)
+                                         for x in raw)
+            if distance < best[1]:
+                best = (curve, distance)
+        return best if best[1] <= self.cfg.keep_distance else (None, best[1])
 
     def _admit(self, table: VersionStatistics, rig: str, state: Rig, scan: np.ndarray, moments: Moments,
                distance: float | None) -> None:
@@ -372,6 +457,7 @@ class RigNormaliser:
                 state.distances.append(distance)
             if table.rigs[rig].scans >= cfg.min_scans and len(state.distances) >= cfg.min_scans:
                 state.decision = self._decide(state)
+                state.decided_at = len(state.reservoir)
                 log.info("rig %r: %s (median drift distance %.2f over %d scans)", rig,
                          "keeps the version's statistics" if state.decision == KEEP else "gets its own statistics",
                          statistics.median(state.distances), len(state.distances))
@@ -390,22 +476,28 @@ class RigNormaliser:
         return Served("rig", int(round(measured.scans)), blend.buffers(table.device), rig)
 
     @staticmethod
-    def _distance(table: VersionStatistics, scan: np.ndarray) -> float:
+    def _distance(table: VersionStatistics, scan: np.ndarray | Tensor, windowed: bool = False) -> float:
         """A scan's drift distance under the version's own statistics: the encoder's summary as the server
         computes it, on the measuring copy (``encoder_summary`` leaves it in eval mode; its BatchNorm layers go
-        back to measuring after). Only the thread that owns the table runs it."""
+        back to measuring after). ``windowed``: ``scan`` is already a windowed (1, C, H, W) tensor. Only the
+        thread that owns the table runs it."""
         assert table.references is not None
+        x = scan if windowed else RigNormaliser._normalised(table, scan)
         try:
-            summary = encoder_summary(table.twin, RigNormaliser._normalised(table, scan), table.stride)
+            summary = encoder_summary(table.twin, x, table.stride)
         finally:
             for _, layer in batchnorm_layers(table.twin):
                 layer.train()
         return table.references.distance(summary[0].double().cpu().numpy())[0]
 
     @staticmethod
+    def _raw(table: VersionStatistics, scan: np.ndarray) -> Tensor:
+        # a copy: served scans are read-only views of the request
+        return torch.tensor(as_channels(scan), dtype=torch.float32)[None].to(table.device)
+
+    @staticmethod
     def _normalised(table: VersionStatistics, scan: np.ndarray) -> Tensor:
-        x = torch.as_tensor(as_channels(scan).astype(np.float32, copy=False))[None].to(table.device)
-        return window_intensities(x)
+        return window_intensities(RigNormaliser._raw(table, scan))
 
     @staticmethod
     def _measure(table: VersionStatistics, scan: np.ndarray) -> Moments:
@@ -424,6 +516,7 @@ class RigNormaliser:
             table = self._versions.get(self._live)
             state = {"version": self._live, "rigs": {
                 rig: {"decision": s.decision, "distances": list(s.distances),
+                      "gain": s.gain.to_state() if s.gain is not None else None, "gain_scans": s.gain_scans,
                       "reservoir": [torch.from_numpy(np.array(a)) for a in s.reservoir],
                       "moments": table.rigs[rig].to_state() if table is not None and rig in table.rigs else None}
                 for rig, s in self._rigs.items()}}
@@ -446,7 +539,9 @@ class RigNormaliser:
         try:
             state = torch.load(path, weights_only=True)
             rigs = {rig: Rig(decision=s["decision"] if s["decision"] in DECISIONS else PENDING,
-                             distances=[float(d) for d in s["distances"]]) for rig, s in state["rigs"].items()}
+                             distances=[float(d) for d in s["distances"]],
+                             gain=GainCurve.from_state(s["gain"]) if s.get("gain") else None,
+                             gain_scans=int(s.get("gain_scans", 0))) for rig, s in state["rigs"].items()}
             for rig, s in state["rigs"].items():
                 for tensor in s["reservoir"]:
                     rigs[rig].keep(tensor.numpy(), self.cfg)
@@ -466,9 +561,9 @@ class RigNormaliser:
         log.info("restored the normalisation statistics of %d rig(s) from %s", len(rigs), path)
 
     def prepare_from_saved(self, loaded: LoadedModel, saved: dict[str, dict | None]) -> None:
-        table = VersionStatistics(loaded.version, measuring_copy(loaded.module), loaded.config.stride,
-                                  Moments.of_version(loaded.module, self.cfg.prior_scans), loaded.device)
+        table = self._table(loaded)
         with self._lock:
+            self._carry_gains(table)
             for rig, moments in saved.items():
                 state = self._rigs.get(rig)
                 if moments is not None and state is not None and state.decision != KEEP:

@@ -30,6 +30,10 @@ def build_response(scan_id: str, prediction: Prediction, started: float,
                                              doubt=prediction.doubt, drift=drift)
     response.normalisation.source = prediction.normalisation.source
     response.normalisation.scans = prediction.normalisation.scans
+    if prediction.normalisation.gain is not None:
+        response.normalisation.gain_domain = prediction.normalisation.gain.domain
+        response.normalisation.gain_db = prediction.normalisation.gain.span_db
+        response.normalisation.gain_scans = prediction.normalisation.gain_scans
     fill_tensor(response.mask, prediction.mask)
     for class_id, fraction in enumerate(prediction.fractions):
         response.class_fractions.add(class_id=class_id, class_name=classes[class_id], fraction=float(fraction))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from weldstream.gain_curve import BINS, PROFILE_KEY
 from weldstream.learner.holdout import ValidationSets
 from weldstream.learner.publisher import Publisher
 from weldstream.learner.trainer import ContinualLearner
@@ -101,3 +102,6 @@ def test_a_published_version_carries_the_drift_reference_of_its_judging_pass(tmp
         assert carried[domain]["stages"] == separate[domain]["stages"]
         np.testing.assert_allclose(carried[domain]["mean"], separate[domain]["mean"], rtol=1e-3, atol=1e-5)
         np.testing.assert_allclose(carried[domain]["std"], separate[domain]["std"], rtol=1e-3, atol=1e-5)
+        # and each domain's brightness profile, which a server matches a rig with another gain curve to
+        np.testing.assert_allclose(carried[domain][PROFILE_KEY], validation.gain_profiles()[domain], atol=1e-3)
+        assert np.shape(carried[domain][PROFILE_KEY]) == (2, BINS)

@@ -15,10 +15,11 @@ import torch
 
 from weldstream.codec import array_to_tensor
 from weldstream.dev.versions import normalised, publish_learned_version
+from weldstream.gain_curve import undo
 from weldstream.kserve import grpc_predict_v2_pb2 as pb
 from weldstream.kserve import grpc_predict_v2_pb2_grpc
 from weldstream.norm_stats import Moments, measure, measuring_copy
-from weldstream.preprocess import pad_to_multiple
+from weldstream.preprocess import pad_to_multiple, window_intensities
 from weldstream.server.inference import predict_batch
 from weldstream.server.loader import load_version
 from weldstream.server.model_slot import LoadedModel
@@ -282,5 +283,96 @@ def test_a_swap_to_a_version_that_learned_the_rig_gives_it_back_the_version_s_st
         assert normaliser.decision("shifted") == "keep" and normaliser.statistics("shifted", 3).source == "version"
         feed(normaliser, "shifted", [shifted_scan(i) for i in range(4, 8)], distance=1.0)
         assert normaliser.statistics("shifted", 3).source == "version" and normaliser.scans("shifted", 3) == 0
+    finally:
+        normaliser.close()
+
+
+def depth_gain_scan(seed: int, db: float = 26.0) -> np.ndarray:
+    """The learned domain from a rig whose gain rises ``db`` dB from the top row to the bottom (another TGC
+    slope), exported with the headroom that keeps the ramp unclipped."""
+    image = learned_scan(seed).astype(np.float64)
+    gain = 10.0 ** (db * np.arange(SIZE[0]) / (SIZE[0] - 1) / 20.0)
+    return np.round(image * gain[:, None] / gain[-1] * 16).astype(np.uint16)
+
+
+async def test_a_rig_with_another_gain_curve_keeps_the_version_s_statistics_on_corrected_scans(tmp_path, started):
+    """A depth-gain ramp changes a scan's brightness along depth, which a rig's own BatchNorm statistics cannot
+    undo: the server fits the rig's gain curve against the learned domain's brightness profile (published by
+    the learner) and serves its corrected scans with the version's statistics; no other rig's masks move, the
+    answer says so on both APIs, a restart keeps the curve and a drift event starts the rig over."""
+    model_dir = tmp_path / "models"
+    publish_version(WeightStore(model_dir), seed=1, parent=0)
+    cfg = server_config(model_dir, poll_interval_s=3600, rig_norm_min_scans=8)
+    server = await started(cfg)
+    probes = [learned_scan(5000 + i) for i in range(3)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        before = [await segment(stub, scan, "steady") for scan in probes]
+        for i in range(10):
+            await segment(stub, depth_gain_scan(100 + i), "tgc")
+        await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
+        assert server.rig_norm.decision("tgc") == "keep"
+        served = server.rig_norm.statistics("tgc", 1)
+        assert served.source == "version" and served.gain is not None and served.gain.domain == DOMAIN
+        rise = served.gain.db("rows", SIZE[0])
+        assert 20.0 < rise[-1] - rise[0] < 32.0 and np.ptp(served.gain.db("columns", SIZE[1])) < 3.0
+        corrected = await segment(stub, depth_gain_scan(7), "tgc")
+        assert corrected.normalisation.source == "version" and corrected.normalisation.gain_domain == DOMAIN
+        assert corrected.normalisation.gain_db > 20.0 and corrected.normalisation.gain_scans >= 8
+        plain = await segment(stub, depth_gain_scan(7))  # the same scan without a rig id: not corrected
+        assert plain.normalisation.gain_domain == "" and plain.confidence.data != corrected.confidence.data
+        [expected] = predict_batch(server.slot.current(), [depth_gain_scan(7)], statistics=[served])
+        assert corrected.mask.data == expected.mask.tobytes()
+        # corrected, the rig's scans sit as near the learned domain's references as the domain's own scans
+        live = server.slot.current()
+        table = server.rig_norm._versions[1]
+        ramped = [RigNormaliser._distance(table, depth_gain_scan(300 + i)) for i in range(4)]
+        fixed = [RigNormaliser._distance(table, window_intensities(undo(RigNormaliser._raw(table, depth_gain_scan(
+            300 + i)), served.gain)), windowed=True) for i in range(4)]
+        learned = [RigNormaliser._distance(table, learned_scan(300 + i)) for i in range(4)]
+        assert min(ramped) > 2.0 and max(fixed) < max(learned) + 0.5, (ramped, fixed, learned)
+        after = [await segment(stub, scan, "steady") for scan in probes]
+        for old, new in zip(before, after, strict=True):
+            assert new.mask.data == old.mask.data and new.confidence.data == old.confidence.data  # bit-exact
+        kserve = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+        scan = depth_gain_scan(7)
+        infer = pb.ModelInferRequest(model_name="weld-seg", raw_input_contents=[scan.tobytes()])
+        infer.inputs.add(name="scan", datatype="UINT16", shape=[1, 1, *scan.shape])
+        infer.parameters["rig_id"].string_param = "tgc"
+        answer = await kserve.ModelInfer(infer)
+        assert answer.parameters["normalisation"].string_param == "version"
+        assert answer.parameters["normalisation_gain_domain"].string_param == DOMAIN
+        assert answer.parameters["normalisation_gain_db"].double_param > 20.0
+        assert server.metrics.rig_gain_db.labels("tgc")._value.get() > 20.0
+        assert live.version == 1
+
+    await server.stop()
+    again = await started(cfg)
+    assert again.rig_norm.decision("tgc") == "keep" and again.rig_norm.statistics("tgc", 1).gain == served.gain
+    again.rig_norm.observe("tgc", depth_gain_scan(8), 9.0, drift_event=True)
+    await asyncio.to_thread(again.rig_norm.settle, HANG_GUARD_S)
+    assert again.rig_norm.statistics("tgc", 1).gain is None and again.rig_norm.decision("tgc") == "pending"
+
+
+def test_a_swap_keeps_a_rig_s_gain_curve_until_a_version_has_learned_its_scans_as_they_come():
+    store = WeightStore(Path(tempfile.mkdtemp()))
+    publish_version(store, 1, parent=0)
+    cpu = torch.device("cpu")
+    normaliser = running_normaliser(load_version(store, 1, cpu))
+    try:
+        feed(normaliser, "tgc", [depth_gain_scan(i) for i in range(4)], distance=6.0)
+        curve = normaliser.statistics("tgc", 1).gain
+        assert normaliser.decision("tgc") == "keep" and curve is not None
+        publish_version(store, 2, parent=1)  # the learned domain again, other weights: the curve carries over
+        normaliser.prepare(load_version(store, 2, cpu))
+        normaliser.follow(2)
+        assert normaliser.statistics("tgc", 2).gain == curve
+        publish_learned_version(store, "tgc-rig", [depth_gain_scan(100 + i) for i in range(32)],
+                                [depth_gain_scan(200 + i) for i in range(16)], seed=3, parent=2)
+        normaliser.prepare(load_version(store, 3, cpu))
+        assert normaliser.statistics("tgc", 2).gain == curve  # until version 3 goes live
+        normaliser.follow(3)
+        served = normaliser.statistics("tgc", 3)
+        assert normaliser.decision("tgc") == "keep" and served.gain is None and served.source == "version"
     finally:
         normaliser.close()

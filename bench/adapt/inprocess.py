@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from weldstream.gain_curve import GainCurve, undo
 from weldstream.norm_stats import Moments, measure, measuring_copy, with_statistics
-from weldstream.preprocess import normalise_scan, pad_to_multiple
+from weldstream.preprocess import as_channels, normalise_scan, pad_to_multiple, window_intensities
 from weldstream.scoring import confusion_matrix, score_confusion
 from weldstream.tiles import pixel_maps, segment_maps
 
@@ -29,9 +30,16 @@ def by_size(images: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
     return groups
 
 
-def normalised(images: Sequence[np.ndarray]) -> list[Tensor]:
-    """Raw scans -> (C, H, W) float32 as the server normalises them."""
-    return [torch.from_numpy(normalise_scan(image)) for image in images]
+def normalised(images: Sequence[np.ndarray], gain: GainCurve | None = None) -> list[Tensor]:
+    """Raw scans -> (C, H, W) float32 as the server normalises them (corrected by a rig's ``gain`` curve first)."""
+    if gain is None:
+        return [torch.from_numpy(normalise_scan(image)) for image in images]
+    return [window_intensities(undo(raw(image), gain))[0] for image in images]
+
+
+def raw(image: np.ndarray) -> Tensor:
+    """One raw scan as the (1, C, H, W) float32 tensor the server stages."""
+    return torch.tensor(as_channels(image), dtype=torch.float32)[None]
 
 
 @torch.no_grad()
@@ -48,9 +56,9 @@ def rig_moments(model: nn.Module, images: Sequence[np.ndarray], stride: int, bat
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Sequence[np.ndarray], stride: int, moments: Moments | None = None
-            ) -> list[np.ndarray]:
-    """Each scan's class map: with the version's statistics, or served with ``moments``."""
+def predict(model: nn.Module, images: Sequence[np.ndarray], stride: int, moments: Moments | None = None,
+            gain: GainCurve | None = None) -> list[np.ndarray]:
+    """Each scan's class map: with the version's statistics, or served with ``moments``; corrected by ``gain``."""
     model.eval()
     if moments is None:
         predictor: object = model
@@ -59,7 +67,7 @@ def predict(model: nn.Module, images: Sequence[np.ndarray], stride: int, moments
 
         def predictor(padded: Tensor) -> tuple[Tensor, ...]:
             return pixel_maps(with_statistics(model, buffers, padded), with_entropy=False)
-    xs = normalised(images)
+    xs = normalised(images, gain)
     masks: list[np.ndarray] = [np.empty(0)] * len(images)
     for indices in by_size(images).values():
         for start in range(0, len(indices), BATCH):

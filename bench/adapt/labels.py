@@ -11,7 +11,10 @@ source's own scans under the new weights say what the rig's labels cost the old 
 when that version goes live: the version's drift references are built as the learner builds them, from
 held-out labeled scans of each domain it learned (the source's, and ``max(2, k // 4)`` more of the rig's),
 and a rig whose unlabeled scans lie within the server's keep distance of them goes back to the version's
-statistics; any other keeps its own.
+statistics; any other keeps its own. A rig the server matched to the source by a gain curve before any label
+(its first unlabeled scans, corrected, within the keep distance under the version) keeps the curve, served with
+the new version's statistics on corrected scans, until a version places its scans as they come within the
+keep distance.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from weldstream.bench.adapt.models import REFERENCE_SEED, labeled
 from weldstream.bench.adapt.runner import RowRun, Tally, render
 from weldstream.bench.adapt.transforms import Rig
 from weldstream.features import encoder_summary, reference_of, stage_channels
+from weldstream.gain_curve import GainCurve, match, mean_profile
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.learner.window import TrainingWindow
@@ -38,6 +42,8 @@ from weldstream.server.drift import References
 LABEL_SEED = 5_000_000  # the rig's labeled scans: seeds no adaptation or test scan uses
 HELD_OUT_SEED = 6_000_000  # the rig's held-out labeled scans (its drift reference in the new version)
 KEEP_DISTANCE = ServerConfig().rig_keep_distance
+MIN_GAIN_DB = ServerConfig().rig_min_gain_db
+MIN_SCANS = ServerConfig().rig_norm_min_scans  # the reservoir a server decides on
 ADAPTATION_SCANS = 32  # unlabeled scans the rig's statistics are measured from
 
 
@@ -71,14 +77,15 @@ def learn_labels(state: dict[str, Any], learner: ContinualLearner, run: RowRun, 
 
 
 def score(model: torch.nn.Module, run: RowRun, stride: int, classes: int,
-          adaptation: list[np.ndarray] | None = None) -> float:
+          adaptation: list[np.ndarray] | None = None, gain: GainCurve | None = None) -> float:
     """mIoU of the row's test scans, normalised with the model's statistics, or with the rig's own measured
-    from its unlabeled ``adaptation`` scans."""
+    from its unlabeled ``adaptation`` scans; corrected by the rig's ``gain`` curve first if given."""
     stem = run.row.stems[0]
     images = [image for image, _ in run.tests[stem]]
     moments = inprocess.rig_moments(model, adaptation, stride) if adaptation is not None else None
     tally = Tally(classes)
-    for predicted, (_, mask) in zip(inprocess.predict(model, images, stride, moments), run.tests[stem], strict=True):
+    predicted_masks = inprocess.predict(model, images, stride, moments, gain)
+    for predicted, (_, mask) in zip(predicted_masks, run.tests[stem], strict=True):
         tally.add(predicted, mask)
     return tally.miou
 
@@ -95,10 +102,30 @@ def server_decision(model: torch.nn.Module, run: RowRun, k: int, source_held_out
                                                               stride), stage_channels(model))
     references = References.from_stats(stats, stage_channels(model))
     assert references is not None
-    scans = torch.stack(inprocess.normalised(adaptation))
-    distance = float(np.median([references.distance(row.numpy())[0]
-                                for row in encoder_summary(model, scans, stride)]))
+    distance = median_distance(model, references, adaptation, stride)
     return ("keep" if distance <= KEEP_DISTANCE else "adapt"), distance
+
+
+def median_distance(model: torch.nn.Module, references: References, images: list[np.ndarray], stride: int,
+                    gain: GainCurve | None = None) -> float:
+    scans = torch.stack(inprocess.normalised(images, gain))
+    return float(np.median([references.distance(row.numpy())[0] for row in encoder_summary(model, scans, stride)]))
+
+
+def server_gain(model: torch.nn.Module, run: RowRun, source_held_out: torch.Tensor, adaptation: list[np.ndarray],
+                stride: int) -> tuple[GainCurve | None, float]:
+    """The gain curve the server fits for the rig before any label (on its first ``MIN_SCANS`` scans against the
+    source's brightness profile, as the version's manifest carries it), if the corrected scans pass; with
+    their median drift distance."""
+    first = adaptation[:MIN_SCANS]
+    references = References.from_stats({run.row.model: reference_of(encoder_summary(model, source_held_out, stride),
+                                                                     stage_channels(model))}, stage_channels(model))
+    assert references is not None
+    curve = match([inprocess.raw(image) for image in first], mean_profile([source_held_out]), run.row.model)
+    if curve.span_db < MIN_GAIN_DB:
+        return None, float("nan")
+    distance = median_distance(model, references, first, stride, curve)
+    return (curve if distance <= KEEP_DISTANCE else None), distance
 
 
 def label_rows(learner: ContinualLearner, model: torch.nn.Module, runs: list[RowRun], old: RowRun,
@@ -113,13 +140,24 @@ def label_rows(learner: ContinualLearner, model: torch.nn.Module, runs: list[Row
     for run in runs:
         adaptation = run.adaptation(0, ADAPTATION_SCANS, 0)
         by_k: dict[str, dict[str, float]] = {}
+        curve: GainCurve | None = None
         for k in (0, *labels):
             weights = model if k == 0 else learn_labels(state, learner, run, k, steps)
             scores = {"version_statistics": score(weights, run, stride, classes),
                       "rig_statistics": score(weights, run, stride, classes, adaptation),
                       "old_rig": score(weights, old, stride, classes)}
             decision, distance = server_decision(weights, run, k, source_held_out, adaptation, stride)
-            scores["served"] = scores["version_statistics" if decision == "keep" else "rig_statistics"]
+            if k == 0 and decision == "adapt":
+                curve, gain_distance = server_gain(weights, run, source_held_out, adaptation, stride)
+                if curve is not None:
+                    decision, distance = "gain", gain_distance
+            elif curve is not None:  # a rig with a curve keeps it until a version has learned its scans as they come
+                decision = "keep" if decision == "keep" else "gain"
+                curve = curve if decision == "gain" else None
+            if curve is not None:
+                scores["corrected"] = score(weights, run, stride, classes, gain=curve)
+            scores["served"] = scores[{"keep": "version_statistics", "adapt": "rig_statistics",
+                                       "gain": "corrected"}[decision]]
             by_k[str(k)] = {**scores, "decision": decision, "distance": distance}
         rows.append({"name": run.row.name, "by_labels": by_k})
     return rows

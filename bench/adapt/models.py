@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from weldstream.features import REFERENCE_KEY, encoder_summary, reference_of, stage_channels
+from weldstream.gain_curve import PROFILE_KEY, as_state, mean_profile
 from weldstream.learner.config import LearnerConfig
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner
@@ -66,7 +67,8 @@ def train_and_publish(source: str, store_dir: Path, steps: int, train_scans: int
     y = torch.stack([s.y for s in held_out])
     stride = learner.cfg.model.stride
     score = evaluate(model, x, y)
-    reference = reference_of(encoder_summary(model, x, stride), stage_channels(model))
+    reference = {**reference_of(encoder_summary(model, x, stride), stage_channels(model)),
+                 PROFILE_KEY: as_state(mean_profile([x]))}  # as the learner's publisher writes it
     store = WeightStore(store_dir)
     manifest = store.publish(model.state_dict(), learner.cfg.model, parent_version=0,
                              strategy=learner.cfg.step.strategy,

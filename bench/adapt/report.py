@@ -82,7 +82,10 @@ def _signed(value: float) -> str:
 
 def _served(summary: dict[str, Any]) -> str:
     """How the scored scans were normalised: 'rig 8-11' (all by the rig's statistics from 8 to 11 scans),
-    'version', or a mix."""
+    'version', 'version, gain 25.7 dB' (the version's, on scans corrected by the rig's gain curve), or a mix."""
+    if summary.get("gain"):
+        share = "" if summary["gain"] == summary["scored"] else f" ({summary['gain']}/{summary['scored']})"
+        return f"version, gain {summary['gain_db']:.1f} dB{share}"
     if not summary["rig"]:
         return "version"
     low, high = summary["rig_scans"]
@@ -136,8 +139,10 @@ def format_table(result: dict[str, Any]) -> str:
             f"a count N is the row's test scans, each sent after N scans of the rig to a fresh rig id (the server's "
             f"own statistics of a rig are used from {cfg['min_scans']} scans on; before that it is served with the "
             "version's). *Decision*: the server's, per rig id scored at that count (keep: the version's statistics, "
-            "the rig looks like a learned domain; adapt: its own). *Served with*: the statistics that normalised the "
-            f"scored scans at {ref} scans (rig: the rig's own, from so many scans). *Oracle*: statistics measured "
+            "the rig looks like a learned domain; gain: the version's, on scans corrected by the rig's gain curve "
+            "against a learned domain's brightness profile; adapt: its own). *Served with*: the statistics that "
+            f"normalised the scored scans at {ref} scans (rig: the rig's own, from so many scans; gain: the curve's "
+            "span). *Oracle*: BatchNorm statistics measured "
             "in-process from the test scans themselves; *own statistics in-process*: from the rig's first adaptation "
             "scans, whatever the server decided. *Old rig*: the source domain's own scans on that row's "
             "server, after the row.")

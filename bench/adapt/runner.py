@@ -118,6 +118,7 @@ class Tally:
         self.confusion = torch.zeros(classes, classes, dtype=torch.int64)
         self.served: list[tuple[str, int]] = []
         self.drift: list[float] = []
+        self.gains: list[float] = []  # per scored scan, the span of the gain curve it was corrected by (0: none)
 
     def add(self, predicted: np.ndarray, truth: np.ndarray, answer: Answer | None = None) -> None:
         k = self.confusion.shape[0]
@@ -125,6 +126,7 @@ class Tally:
         self.served.append((answer.source, answer.scans) if answer is not None else ("version", 0))
         if answer is not None:
             self.drift.append(answer.drift)
+        self.gains.append(answer.gain_db if answer is not None else 0.0)
 
     @property
     def miou(self) -> float:
@@ -132,8 +134,10 @@ class Tally:
 
     def summary(self) -> dict[str, Any]:
         by_rig = [scans for source, scans in self.served if source == "rig"]
+        gained = [db for db in self.gains if db > 0]
         return {"scored": len(self.served), "rig": len(by_rig),
                 "rig_scans": [min(by_rig), max(by_rig)] if by_rig else None,
+                "gain": len(gained), "gain_db": round(float(np.mean(gained)), 1) if gained else None,
                 "drift": round(float(np.mean(self.drift)), 2) if self.drift else None}
 
 

@@ -29,6 +29,7 @@ class Answer:
     scans: int  # how many of the rig's scans its statistics came from (0 for "version")
     version: int
     drift: float  # the rig's drift score after this scan
+    gain_db: float = 0.0  # span of the gain curve its scan was corrected by (0: none)
 
 
 class ServedModel:
@@ -69,7 +70,8 @@ class ServedModel:
                                                image=tensor_pb2.Image(tensor=array_to_tensor(image)))
         reply = await self._stub.Segment(request, timeout=CALL_TIMEOUT_S, wait_for_ready=True)
         return Answer(tensor_to_array(reply.mask, "mask"), reply.normalisation.source or "version",
-                      int(reply.normalisation.scans), int(reply.model_version), float(reply.drift))
+                      int(reply.normalisation.scans), int(reply.model_version), float(reply.drift),
+                      float(reply.normalisation.gain_db) if reply.normalisation.gain_domain else 0.0)
 
     async def send(self, scans: list[tuple[str, np.ndarray]]) -> list[Answer]:
         """(rig, image) pairs sent with up to ``in_flight`` calls at once (so the server batches them), in
@@ -92,8 +94,11 @@ class ServedModel:
         return int(self.server.rig_norm.scans(rig))
 
     def decision(self, rig: str) -> str:
-        """What the server decided for ``rig``: pending, keep (the version's statistics) or adapt ('' if this
-        server does not say)."""
+        """What the server decided for ``rig``: pending, keep (the version's statistics), gain (the version's, on
+        scans corrected by the rig's gain curve) or adapt ('' if this server does not say)."""
         assert self.server is not None
         decide = getattr(self.server.rig_norm, "decision", None)
-        return str(decide(rig)) if decide is not None else ""
+        decision = str(decide(rig)) if decide is not None else ""
+        if decision == "keep" and self.server.rig_norm.statistics(rig, self.server.slot.current().version).gain:
+            return "gain"
+        return decision
