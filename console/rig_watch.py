@@ -51,6 +51,16 @@ class RigReading:
     events: float = 0.0
     drift: float | None = None
     created: float = 0.0  # when the server made the rig's doubt series (0: not exported)
+    own_scans: float | None = None  # scans behind the rig's own normalisation statistics (0: the version's)
+    gain_db: float | None = None  # span of the gain curve its scans are corrected by (0: none)
+
+    def normalisation(self) -> str | None:
+        """What normalises the rig's scans now, in words (None: the server does not say)."""
+        if self.gain_db:
+            return f"gain curve, {self.gain_db:.1f} dB"
+        if self.own_scans:
+            return f"own statistics, {int(self.own_scans)} scans"
+        return None if self.own_scans is None and self.gain_db is None else "version's statistics"
 
 
 @dataclass
@@ -70,6 +80,7 @@ class ServerState:
     checked_at: float | None = None
     version: int | None = None
     requests: float = 0.0
+    normalisation: dict[str, str] = field(default_factory=dict)  # per rig, at the latest reading
 
 
 def metrics_url(cfg: ConsoleConfig) -> str:
@@ -103,6 +114,10 @@ def parse(text: str) -> Reading:
                 reading.rigs.setdefault(rig, RigReading()).events = s.value
             elif s.name == "inference_drift_score":
                 reading.rigs.setdefault(rig, RigReading()).drift = s.value
+            elif s.name == "inference_rig_statistics_scans":
+                reading.rigs.setdefault(rig, RigReading()).own_scans = s.value
+            elif s.name == "inference_rig_gain_db":
+                reading.rigs.setdefault(rig, RigReading()).gain_db = s.value
     return reading
 
 
@@ -157,6 +172,7 @@ class RigWatch:
             log.info("server metrics at %s answer again", state.url)
         state.up, state.error, state.checked_at = True, "", time.time()
         state.version, state.requests = reading.version, reading.requests
+        state.normalisation = {rig: said for rig, r in reading.rigs.items() if (said := r.normalisation())}
         try:
             await asyncio.to_thread(self.record, reading, state.checked_at)
         except Exception as exc:  # the database is down: the next reading tries again

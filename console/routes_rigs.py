@@ -21,8 +21,8 @@ MAX_POINTS = 600  # a series longer than this is thinned to buckets of consecuti
 
 @router.get("")
 async def rigs(request: Request, _: Annotated[Account, Depends(require("viewer"))]) -> dict:
-    """Per rig: scans served in the kept window, the latest interval's mean doubt, the drift now, drift events
-    and the version served; and whether the server's metrics answer."""
+    """Per rig: scans served in the kept window, the latest interval's mean doubt, the drift now, drift events,
+    the version served and what normalises its scans now; and whether the server's metrics answer."""
     svc = services(request)
     return {"server": _server(svc), "keep_s": KEEP_S, "rigs": await asyncio.to_thread(_summary, svc)}
 
@@ -40,8 +40,12 @@ async def rig(rig: str, request: Request, _: Annotated[Account, Depends(require(
 
 
 def _server(svc: Services) -> dict[str, Any]:
-    state: ServerState = svc.extras.get(STATE) or ServerState(metrics_url(svc.cfg))
-    return {**asdict(state), "interval_s": rig_watch.INTERVAL_S}
+    state = _state(svc)
+    return {**{k: v for k, v in asdict(state).items() if k != "normalisation"}, "interval_s": rig_watch.INTERVAL_S}
+
+
+def _state(svc: Services) -> ServerState:
+    return svc.extras.get(STATE) or ServerState(metrics_url(svc.cfg))
 
 
 def _summary(svc: Services) -> list[dict[str, Any]]:
@@ -55,13 +59,15 @@ def _summary(svc: Services) -> list[dict[str, Any]]:
         "SELECT s.rig, s.doubt, s.at FROM rig_samples s JOIN (SELECT rig, MAX(id) AS id FROM rig_samples "
         "WHERE doubt IS NOT NULL GROUP BY rig) m ON s.id = m.id"))
     last_event = dict(query("SELECT rig, MAX(at) FROM rig_samples WHERE events > 0 GROUP BY rig"))
+    normalisation = _state(svc).normalisation
     found = []
     for rig, scans, events, first, last in totals:
         drift, version = latest.get(rig, (None, None))
         mean_doubt, doubt_at = doubt.get(rig, (None, None))
         found.append({"rig": rig, "scans": int(scans or 0), "drift_events": int(events or 0), "drift": drift,
                       "doubt": mean_doubt, "doubt_at": doubt_at, "version": version, "first_at": first,
-                      "last_at": last, "last_event_at": last_event.get(rig)})
+                      "last_at": last, "last_event_at": last_event.get(rig),
+                      "normalisation": normalisation.get(rig)})
     return found
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from tests.console_stack import add_account, client, console_config, running_console, with_server
 from weldstream.announcements import announce_once
@@ -20,6 +21,7 @@ from weldstream.dev.broker import free_port
 from weldstream.model import ModelConfig, build_model
 from weldstream.registry import Round, open_registry
 from weldstream.server.app import InferenceServer
+from weldstream.server.metrics import ServerMetrics
 from weldstream.simulator.dataset import write_dataset
 from weldstream.topics import MODELS, ensure_topics
 from weldstream.v1 import segmenter_pb2, segmenter_pb2_grpc, tensor_pb2
@@ -227,6 +229,22 @@ async def test_the_rig_watcher_keeps_what_the_servers_metrics_say_per_rig(tmp_pa
         assert sum(s["scans"] for s in series["samples"]) == 3 and len(series["samples"]) >= 2
         assert all(s["doubt"] > 0.9 for s in series["samples"] if s["scans"]) and series["events"] == []
         assert (await viewer.get("/api/rigs/rig-z")).status_code == 404
+
+
+def test_the_rigs_page_says_what_normalises_each_rig_s_scans():
+    """From the server's per-rig gauges: its own statistics, a gain curve, or the version's."""
+    metrics = ServerMetrics()
+    metrics.rig_statistics_scans.labels("adapted").set(40)
+    metrics.rig_gain_db.labels("adapted").set(0)
+    metrics.rig_statistics_scans.labels("tgc").set(0)
+    metrics.rig_gain_db.labels("tgc").set(25.74)
+    metrics.rig_statistics_scans.labels("kept").set(0)
+    metrics.rig_gain_db.labels("kept").set(0)
+    metrics.drift_score.labels("new").set(1.0)
+    reading = rig_watch.parse(generate_latest(metrics.registry).decode())
+    said = {rig: r.normalisation() for rig, r in reading.rigs.items()}
+    assert said == {"adapted": "own statistics, 40 scans", "tgc": "gain curve, 25.7 dB",
+                    "kept": "version's statistics", "new": None}
 
 
 async def test_a_server_that_does_not_answer_is_shown_down(tmp_path, monkeypatch):

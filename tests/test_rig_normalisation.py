@@ -323,6 +323,7 @@ async def test_a_rig_with_another_gain_curve_keeps_the_version_s_statistics_on_c
         assert plain.normalisation.gain_domain == "" and plain.confidence.data != corrected.confidence.data
         [expected] = predict_batch(server.slot.current(), [depth_gain_scan(7)], statistics=[served])
         assert corrected.mask.data == expected.mask.tobytes()
+        assert expected.backend == server.slot.current().runner.name  # the version's backend, not eager's fallback
         # corrected, the rig's scans sit as near the learned domain's references as the domain's own scans
         live = server.slot.current()
         table = server.rig_norm._versions[1]

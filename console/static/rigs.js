@@ -103,12 +103,13 @@
       cell(tr, spark(samples.map((s) => [s.at, s.drift]), from, to, top, "drift", events, 1));
       cell(tr, r.drift_events, "num" + (r.drift_events ? " high" : ""));
       cell(tr, r.version === null ? "–" : "v" + r.version);
+      cell(tr, r.normalisation || "–", "normalisation");
       cell(tr, Console.when(r.last_at));
       tbody.appendChild(tr);
     });
     if (!answer.rigs.length) {
       const tr = document.createElement("tr");
-      cell(tr, "no rig has been served yet", "muted").colSpan = 9;
+      cell(tr, "no rig has been served yet", "muted").colSpan = 10;
       tbody.appendChild(tr);
     }
     timer = setTimeout(refresh, Math.max(5, answer.server.interval_s) * 1000);
