@@ -87,3 +87,13 @@ def test_a_curve_survives_the_state_file_and_a_manifest_without_profiles_gives_n
     assert GainCurve.from_state(curve.to_state()) == curve
     assert reference_profiles({DOMAIN: {"mean": [0.0], "std": [1.0]}}) == {}
     assert set(reference_profiles({DOMAIN: {"gain_profile": np.zeros((2, BINS)).tolist()}})) == {DOMAIN}
+
+
+def test_scans_of_any_size_have_a_profile_and_a_curve_applies_at_any_size():
+    curve = GainCurve(DOMAIN, (0.0, 20.0, 0.0), (0.0, 0.0, 0.0))
+    for height, width in ((7, 5), (100, 37), (16, 16)):
+        scan = torch.rand(1, 1, height, width) * 100 + 1
+        assert torch.isfinite(profiles(window_intensities(scan))).all()
+        rise = curve.db("rows", height)
+        assert np.isclose(rise[-1] - rise[0], 20.0 * (height - 1) / height)
+        assert undo(scan, curve).shape == scan.shape

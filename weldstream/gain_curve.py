@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from weldstream.preprocess import window_intensities
@@ -68,13 +69,8 @@ def _positions(length: int) -> np.ndarray:
 
 
 def _bands(levels: Tensor) -> Tensor:
-    """(N, L) levels along one axis -> (N, BINS) band means (each band the rows whose centre falls in it)."""
-    length = levels.shape[-1]
-    index = torch.clamp(((torch.arange(length, device=levels.device) + 0.5) * BINS / length).long(), max=BINS - 1)
-    sums = torch.zeros(levels.shape[0], BINS, dtype=levels.dtype, device=levels.device)
-    sums.index_add_(1, index, levels)
-    counts = torch.bincount(index, minlength=BINS).clamp(min=1).to(levels.dtype)
-    return sums / counts
+    """(N, L) levels along one axis -> (N, BINS) band means (a scan shorter than BINS repeats its rows)."""
+    return F.adaptive_avg_pool1d(levels[:, None, :], BINS)[:, 0]
 
 
 def profiles(windowed: Tensor) -> Tensor:
