@@ -259,12 +259,6 @@ class RigNormaliser:
         table = self._table(loaded)
         with self._lock:
             adapted = {rig: list(state.reservoir) for rig, state in self._rigs.items() if state.decision == ADAPT}
-            corrected = {rig: list(state.reservoir) for rig, state in self._rigs.items() if state.gain is not None}
-        for rig, scans in corrected.items():  # learned as they come, they need no correction any more
-            if scans and table.references is not None:
-                distance = statistics.median(self._distance(table, scan) for scan in scans)
-                if distance <= self.cfg.keep_distance:
-                    table.learned[rig] = distance
         for rig, scans in adapted.items():
             if scans and table.references is not None:
                 distance = statistics.median(self._distance(table, scan) for scan in scans)
@@ -290,10 +284,11 @@ class RigNormaliser:
 
     def _carry_gains(self, table: VersionStatistics) -> None:
         """A gain curve belongs to the rig, not the version (it is fitted on the scans): every version serves
-        the rig's corrected scans with its own statistics, until one has learned the rig's scans as they come
-        (``learned``). Under the lock."""
+        the rig's corrected scans with its own statistics, even one that has learned the rig's labeled scans as
+        they come (corrected, they look like the domain a version knows best: ``bench adapt``, after labels).
+        Under the lock."""
         for rig, state in self._rigs.items():
-            if state.decision == KEEP and state.gain is not None and rig not in table.learned:
+            if state.decision == KEEP and state.gain is not None:
                 table.served[rig] = Served("version", 0, None, rig, state.gain, state.gain_scans)
 
     def follow(self, version: int) -> None:
@@ -306,9 +301,8 @@ class RigNormaliser:
             learned = []
             for rig, distance in (table.learned if table is not None else {}).items():
                 state = self._rigs.get(rig)
-                if state is not None and (state.decision == ADAPT or state.gain is not None):
-                    state.decision, state.gain = KEEP, None
-                    table.served.pop(rig, None)
+                if state is not None and state.decision == ADAPT:
+                    state.decision = KEEP
                     self._dirty = True
                     learned.append(rig)
                     log.info("rig %r: version %d has learned its scans (median drift distance %.2f); it keeps "

@@ -12,9 +12,8 @@ when that version goes live: the version's drift references are built as the lea
 held-out labeled scans of each domain it learned (the source's, and ``max(2, k // 4)`` more of the rig's),
 and a rig whose unlabeled scans lie within the server's keep distance of them goes back to the version's
 statistics; any other keeps its own. A rig the server matched to the source by a gain curve before any label
-(its first unlabeled scans, corrected, within the keep distance under the version) keeps the curve, served with
-the new version's statistics on corrected scans, until a version places its scans as they come within the
-keep distance.
+(its first unlabeled scans, corrected, within the keep distance under the version) keeps the curve: every later
+version serves its corrected scans with the version's statistics (*corrected*, scored at every k).
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ def score(model: torch.nn.Module, run: RowRun, stride: int, classes: int,
 
 
 def server_decision(model: torch.nn.Module, run: RowRun, k: int, source_held_out: torch.Tensor,
-                    adaptation: list[np.ndarray], stride: int) -> tuple[str, float]:
+                    adaptation: list[np.ndarray], stride: int, gain: GainCurve | None = None) -> tuple[str, float]:
     """The server's decision once these weights go live, and the median drift distance it rests on: the
     rig's unlabeled scans against the references the learner would publish (source, and the rig after labels)."""
     stats = {run.row.model: reference_of(encoder_summary(model, source_held_out, stride), stage_channels(model))}
@@ -102,7 +101,7 @@ def server_decision(model: torch.nn.Module, run: RowRun, k: int, source_held_out
                                                               stride), stage_channels(model))
     references = References.from_stats(stats, stage_channels(model))
     assert references is not None
-    distance = median_distance(model, references, adaptation, stride)
+    distance = median_distance(model, references, adaptation, stride, gain)
     return ("keep" if distance <= KEEP_DISTANCE else "adapt"), distance
 
 
@@ -148,14 +147,11 @@ def label_rows(learner: ContinualLearner, model: torch.nn.Module, runs: list[Row
                       "old_rig": score(weights, old, stride, classes)}
             decision, distance = server_decision(weights, run, k, source_held_out, adaptation, stride)
             if k == 0 and decision == "adapt":
-                curve, gain_distance = server_gain(weights, run, source_held_out, adaptation, stride)
-                if curve is not None:
-                    decision, distance = "gain", gain_distance
-            elif curve is not None:  # a rig with a curve keeps it until a version has learned its scans as they come
-                decision = "keep" if decision == "keep" else "gain"
-                curve = curve if decision == "gain" else None
-            if curve is not None:
+                curve, _ = server_gain(weights, run, source_held_out, adaptation, stride)
+            if curve is not None:  # kept by every later version: the distance its corrected scans sit at
                 scores["corrected"] = score(weights, run, stride, classes, gain=curve)
+                decision = "gain"
+                distance = server_decision(weights, run, k, source_held_out, adaptation, stride, curve)[1]
             scores["served"] = scores[{"keep": "version_statistics", "adapt": "rig_statistics",
                                        "gain": "corrected"}[decision]]
             by_k[str(k)] = {**scores, "decision": decision, "distance": distance}
