@@ -216,6 +216,13 @@ def adapt_flip_share(results: Any) -> str:
     return f"{row['miou']['0'] / base:.0%} → {row['miou']['32'] / base:.0%}".replace("%", " %")
 
 
+def adapt_gain_curves(results: Any) -> str:
+    """The depth-gain ramp and the dose gradient, served mIoU 0 -> 32 unlabeled scans (their gain curves)."""
+    rows = {row["name"]: row for source in results["sources"] for row in source["rows"]}
+    return " / ".join(f"{rows[name]['miou']['0'] * 100:.1f} → {rows[name]['miou']['32'] * 100:.1f}"
+                      for name in ("depth-gain", "dose-gradient"))
+
+
 def adapt_targets(results: Any) -> str:
     held = sum(1 for target in results["targets"] if target["holds"])
     return f"{held} of {len(results['targets'])}"
@@ -246,6 +253,7 @@ HEADLINES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("long regime (600 steps", "cl.md", "cl-long/results.json", long_regime_gain),
     ("`naive`", "cl.md", "cl-long/results.json", naive_forgetting),
     ("a new rig's flip", "adapt.md", "adapt/results.json", adapt_flip_share),
+    ("a depth-gain ramp", "adapt.md", "adapt/results.json", adapt_gain_curves),
     ("`bench adapt` targets", "adapt.md", "adapt/results.json", adapt_targets),
     ("after the rig's first labels", "adapt.md", "adapt/results.json", adapt_label_gain),
 ]
