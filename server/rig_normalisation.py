@@ -154,6 +154,7 @@ class VersionStatistics:
     references: References | None = None  # the version's learned domains (drift references), if it has them
     learned: dict[str, float] = field(default_factory=dict)  # adapted rigs this version has learned: distance
     profiles: dict[str, np.ndarray] = field(default_factory=dict)  # learned domains' brightness profiles
+    gained: dict[str, tuple[GainCurve, int]] = field(default_factory=dict)  # adapted rigs it matched to a curve
 
 
 def _pixels(scan: np.ndarray) -> int:
@@ -259,12 +260,21 @@ class RigNormaliser:
         table = self._table(loaded)
         with self._lock:
             adapted = {rig: list(state.reservoir) for rig, state in self._rigs.items() if state.decision == ADAPT}
+            live = self._versions.get(self._live)
+        # Rigs adapted while no version had brightness profiles (one published before them, or state from such a
+        # server) are matched to a gain curve by the first version that has them.
+        first_profiles = bool(table.profiles) and (live is None or not live.profiles)
         for rig, scans in adapted.items():
             if scans and table.references is not None:
                 distance = statistics.median(self._distance(table, scan) for scan in scans)
                 if distance <= self.cfg.keep_distance:
                     table.learned[rig] = distance  # back to the version's statistics when it goes live
                     continue
+                if first_profiles:
+                    curve, _ = self._match_gain(table, scans)
+                    if curve is not None:
+                        table.gained[rig] = (curve, len(scans))
+                        continue
             parts = [self._measure(table, scan) for scan in scans]
             if parts:
                 table.rigs[rig] = Moments.pooled(parts)
@@ -307,11 +317,20 @@ class RigNormaliser:
                     learned.append(rig)
                     log.info("rig %r: version %d has learned its scans (median drift distance %.2f); it keeps "
                              "the version's statistics", rig, version, distance)
+            for rig, (curve, scans) in (table.gained if table is not None else {}).items():
+                state = self._rigs.get(rig)
+                if state is not None and state.decision == ADAPT and state.gain is None:
+                    state.decision, state.gain, state.gain_scans = KEEP, curve, scans
+                    table.served[rig] = Served("version", 0, None, rig, curve, scans)
+                    self._dirty = True
+                    learned.append(rig)
+                    log.info("rig %r: version %d matches it to %r by a gain curve of %.1f dB; it keeps the "
+                             "version's statistics on corrected scans", rig, version, curve.domain, curve.span_db)
         if table is not None:
             for rig in list(table.rigs):
                 self._changed(rig, table.served.get(rig, VERSION_STATISTICS))
         for rig in learned:
-            self._changed(rig, VERSION_STATISTICS)
+            self._changed(rig, table.served.get(rig, VERSION_STATISTICS) if table is not None else VERSION_STATISTICS)
 
     def reset(self, rig: str, reason: str) -> None:
         """The rig starts over: pending, nothing measured, reservoir empty."""

@@ -15,7 +15,8 @@ import torch
 
 from weldstream.codec import array_to_tensor
 from weldstream.dev.versions import normalised, publish_learned_version
-from weldstream.gain_curve import undo
+from weldstream.features import REFERENCE_KEY
+from weldstream.gain_curve import PROFILE_KEY, undo
 from weldstream.kserve import grpc_predict_v2_pb2 as pb
 from weldstream.kserve import grpc_predict_v2_pb2_grpc
 from weldstream.norm_stats import Moments, measure, measuring_copy
@@ -377,5 +378,33 @@ def test_a_swap_keeps_a_rig_s_gain_curve_even_to_a_version_that_learned_its_scan
         normaliser.follow(3)
         served = normaliser.statistics("tgc", 3)
         assert normaliser.decision("tgc") == "keep" and served.gain == curve and served.source == "version"
+    finally:
+        normaliser.close()
+
+
+def test_a_rig_adapted_before_versions_had_brightness_profiles_is_matched_by_the_first_version_that_has_them():
+    """An installation upgraded from a learner that published no profiles: its adapted rigs get their gain curve
+    when the first version with profiles goes live, not only after they start over."""
+    store = WeightStore(Path(tempfile.mkdtemp()))
+    publish_version(store, 1, parent=0)
+    cpu = torch.device("cpu")
+    old = load_version(store, 1, cpu)
+    for reference in old.manifest.metrics[REFERENCE_KEY].values():
+        reference.pop(PROFILE_KEY)  # as a version published before profiles existed
+    normaliser = running_normaliser(old)
+    try:
+        feed(normaliser, "tgc", [depth_gain_scan(i) for i in range(6)], distance=6.0)
+        assert normaliser.decision("tgc") == "adapt" and normaliser.statistics("tgc", 1).gain is None
+        publish_version(store, 2, parent=1)
+        normaliser.prepare(load_version(store, 2, cpu))
+        assert normaliser.statistics("tgc", 1).source == "rig"  # until version 2 goes live
+        normaliser.follow(2)
+        served = normaliser.statistics("tgc", 2)
+        assert normaliser.decision("tgc") == "keep" and served.gain is not None and served.gain.domain == DOMAIN
+        assert served.source == "version" and served.gain_scans == 6
+        publish_version(store, 3, parent=2)  # later versions carry the curve; nothing is matched again
+        normaliser.prepare(load_version(store, 3, cpu))
+        normaliser.follow(3)
+        assert normaliser.statistics("tgc", 3).gain == served.gain
     finally:
         normaliser.close()
