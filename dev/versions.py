@@ -37,9 +37,10 @@ def publish_learned_version(store: WeightStore, domain: str, statistics_scans: S
         for start in range(0, len(statistics_scans), 8):
             model(pad_to_multiple(normalised(statistics_scans[start:start + 8]), config.stride))
     model.eval()
-    summaries = encoder_summary(model, normalised(reference_scans), config.stride)
+    references = normalised(reference_scans)
+    summaries = encoder_summary(model, references, config.stride)
     parent_version = (store.latest() or 0) if parent is None else parent
     return store.publish(model.state_dict(), config, parent_version=parent_version,
                          metrics={REFERENCE_KEY: {domain: {
                              **reference_of(summaries, stage_channels(model)),
-                             PROFILE_KEY: as_state(mean_profile([normalised(reference_scans)]))}}})
+                             PROFILE_KEY: as_state(mean_profile([references]))}}})

@@ -80,14 +80,7 @@ class ValidationSets:
     def gain_profiles(self) -> dict[str, np.ndarray]:
         """Per domain, the (2, BINS) mean brightness profile of its held-out scans along rows and columns
         (weldstream/gain_curve.py): what a server matches a rig with another gain curve to."""
-        profiles = {}
-        for domain, items in self._items.items():
-            by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
-            for _, x, _ in items:
-                by_shape.setdefault(tuple(x.shape), []).append(x)
-            if by_shape:
-                profiles[domain] = mean_profile(torch.stack(xs) for xs in by_shape.values())
-        return profiles
+        return {domain: mean_profile(x[None] for _, x, _ in items) for domain, items in self._items.items() if items}
 
     def entries(self, domain: str) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
         """The domain's held-out scans in set order; an entry is the same object for as long as it stays in

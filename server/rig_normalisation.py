@@ -130,7 +130,6 @@ class Rig:
     strangers: list[tuple[np.ndarray, Moments, float | None]] = field(default_factory=list)
     gain: GainCurve | None = None  # the gain curve its scans are corrected by (it keeps the version's statistics)
     gain_scans: int = 0  # how many scans the curve was fitted on
-    decided_at: int = 0  # reservoir size when its decision was made (a fresh decision is tried for a gain curve)
 
     def keep(self, scan: np.ndarray, cfg: RigNormConfig) -> None:
         self.reservoir.append(scan)
@@ -321,11 +320,12 @@ class RigNormaliser:
                 state = self._rigs.get(rig)
                 if state is not None and state.decision == ADAPT and state.gain is None:
                     state.decision, state.gain, state.gain_scans = KEEP, curve, scans
-                    table.served[rig] = Served("version", 0, None, rig, curve, scans)
                     self._dirty = True
                     learned.append(rig)
                     log.info("rig %r: version %d matches it to %r by a gain curve of %.1f dB; it keeps the "
                              "version's statistics on corrected scans", rig, version, curve.domain, curve.span_db)
+            if table is not None and table.gained:
+                self._carry_gains(table)
         if table is not None:
             for rig in list(table.rigs):
                 self._changed(rig, table.served.get(rig, VERSION_STATISTICS))
@@ -406,14 +406,14 @@ class RigNormaliser:
                 strangers = state.strangers
                 self.reset(rig, "mismatch")
                 state = self._rigs[rig]
-                for stranger in strangers:
-                    self._admit(table, rig, state, *stranger)
+                decided = [self._admit(table, rig, state, *stranger) for stranger in strangers][-1]
             else:
                 state.strangers = []
-                self._admit(table, rig, state, scan, moments, distance)
+                decided = self._admit(table, rig, state, scan, moments, distance)
             served = table.served.get(rig, VERSION_STATISTICS)
-            decided = state.decision == ADAPT and state.decided_at == len(state.reservoir) and state.gain is None
-            reservoir = list(state.reservoir) if decided and table.profiles and table.references else []
+            # a rig just found unlike every learned domain is first matched to a gain curve
+            matching = decided and state.decision == ADAPT and table.profiles and table.references
+            reservoir = list(state.reservoir) if matching else []
         if reservoir:
             served = self._try_gain(table, rig, state, reservoir) or served
         self._changed(rig, served)
@@ -457,9 +457,10 @@ class RigNormaliser:
         return best if best[1] <= self.cfg.keep_distance else (None, best[1])
 
     def _admit(self, table: VersionStatistics, rig: str, state: Rig, scan: np.ndarray, moments: Moments,
-               distance: float | None) -> None:
-        """Blend one measured scan into its rig's statistics (under the lock)."""
+               distance: float | None) -> bool:
+        """Blend one measured scan into its rig's statistics (under the lock); True if that made its decision."""
         cfg = self.cfg
+        decided = False
         state.keep(scan, cfg)
         current = table.rigs.get(rig)
         if current is not None and current.scans >= cfg.saturation:
@@ -470,7 +471,7 @@ class RigNormaliser:
                 state.distances.append(distance)
             if table.rigs[rig].scans >= cfg.min_scans and len(state.distances) >= cfg.min_scans:
                 state.decision = self._decide(state)
-                state.decided_at = len(state.reservoir)
+                decided = True
                 log.info("rig %r: %s (median drift distance %.2f over %d scans)", rig,
                          "keeps the version's statistics" if state.decision == KEEP else "gets its own statistics",
                          statistics.median(state.distances), len(state.distances))
@@ -479,6 +480,7 @@ class RigNormaliser:
         elif state.decision == KEEP:
             table.rigs.pop(rig, None)
         self._dirty = True
+        return decided
 
     def _decide(self, state: Rig) -> str:
         return KEEP if statistics.median(state.distances) <= self.cfg.keep_distance else ADAPT

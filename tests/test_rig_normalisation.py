@@ -35,6 +35,7 @@ DOMAIN = "ut-pe100-5mhz"
 # How long to wait for the low-priority measuring thread: a guard against a hang, not a timing (with four
 # CPU-bound processes on 2 cores, 120 s was not enough for twelve scans).
 HANG_GUARD_S = 1800.0
+CPU = torch.device("cpu")
 SIZE = (96, 96)
 
 
@@ -168,12 +169,19 @@ async def test_rigs_past_the_label_cap_and_blank_scans_are_served_with_the_versi
     assert server.rig_norm.scans("rig-0") == 1  # measured, still pending (fewer than min_scans)
 
 
+def store_with_version_1() -> WeightStore:
+    """A fresh store holding version 1 (as publish_version), for tests that swap to later versions."""
+    store = WeightStore(Path(tempfile.mkdtemp()))
+    publish_version(store, 1, parent=0)
+    return store
+
+
 @functools.cache
 def loaded_version(seed: int = 1) -> LoadedModel:
     """Version 1 in memory, its BatchNorm statistics those of the learned domain (as publish_version)."""
     store = WeightStore(Path(tempfile.mkdtemp()))
     publish_version(store, seed, parent=0)
-    return load_version(store, 1, torch.device("cpu"))
+    return load_version(store, 1, CPU)
 
 
 def running_normaliser(loaded: LoadedModel, **overrides) -> RigNormaliser:
@@ -265,20 +273,18 @@ def test_a_swap_to_a_version_that_learned_the_rig_gives_it_back_the_version_s_st
     """After its labels are learned a rig's own statistics cost points (bench adapt), so a version whose drift
     references place the rig's reservoir within the keep distance takes it back to the version's statistics
     when it goes live; a version that learned something else leaves it adapted."""
-    store = WeightStore(Path(tempfile.mkdtemp()))
-    publish_version(store, 1, parent=0)
-    cpu = torch.device("cpu")
-    normaliser = running_normaliser(load_version(store, 1, cpu))
+    store = store_with_version_1()
+    normaliser = running_normaliser(load_version(store, 1, CPU))
     try:
         feed(normaliser, "shifted", [shifted_scan(i) for i in range(4)], distance=6.0)
         assert normaliser.decision("shifted") == "adapt"
         publish_version(store, 2, parent=1)  # the learned domain again, other weights
-        normaliser.prepare(load_version(store, 2, cpu))
+        normaliser.prepare(load_version(store, 2, CPU))
         normaliser.follow(2)
         assert normaliser.decision("shifted") == "adapt" and normaliser.statistics("shifted", 2).source == "rig"
         publish_learned_version(store, "shifted-rig", [shifted_scan(100 + i) for i in range(32)],
                                 [shifted_scan(200 + i) for i in range(16)], seed=3, parent=2)
-        normaliser.prepare(load_version(store, 3, cpu))
+        normaliser.prepare(load_version(store, 3, CPU))
         assert normaliser.statistics("shifted", 2).source == "rig"  # until version 3 goes live
         normaliser.follow(3)
         assert normaliser.decision("shifted") == "keep" and normaliser.statistics("shifted", 3).source == "version"
@@ -359,21 +365,19 @@ async def test_a_rig_with_another_gain_curve_keeps_the_version_s_statistics_on_c
 def test_a_swap_keeps_a_rig_s_gain_curve_even_to_a_version_that_learned_its_scans_as_they_come():
     """Corrected, the rig's scans look like the domain a version knows best: after its labels the corrected scans
     still scored above the uncorrected ones with the version's statistics at every label count (bench adapt)."""
-    store = WeightStore(Path(tempfile.mkdtemp()))
-    publish_version(store, 1, parent=0)
-    cpu = torch.device("cpu")
-    normaliser = running_normaliser(load_version(store, 1, cpu))
+    store = store_with_version_1()
+    normaliser = running_normaliser(load_version(store, 1, CPU))
     try:
         feed(normaliser, "tgc", [depth_gain_scan(i) for i in range(4)], distance=6.0)
         curve = normaliser.statistics("tgc", 1).gain
         assert normaliser.decision("tgc") == "keep" and curve is not None
         publish_version(store, 2, parent=1)  # the learned domain again, other weights: the curve carries over
-        normaliser.prepare(load_version(store, 2, cpu))
+        normaliser.prepare(load_version(store, 2, CPU))
         normaliser.follow(2)
         assert normaliser.statistics("tgc", 2).gain == curve
         publish_learned_version(store, "tgc-rig", [depth_gain_scan(100 + i) for i in range(32)],
                                 [depth_gain_scan(200 + i) for i in range(16)], seed=3, parent=2)
-        normaliser.prepare(load_version(store, 3, cpu))
+        normaliser.prepare(load_version(store, 3, CPU))
         assert normaliser.statistics("tgc", 2).gain == curve  # until version 3 goes live
         normaliser.follow(3)
         served = normaliser.statistics("tgc", 3)
@@ -385,10 +389,8 @@ def test_a_swap_keeps_a_rig_s_gain_curve_even_to_a_version_that_learned_its_scan
 def test_a_rig_adapted_before_versions_had_brightness_profiles_is_matched_by_the_first_version_that_has_them():
     """An installation upgraded from a learner that published no profiles: its adapted rigs get their gain curve
     when the first version with profiles goes live, not only after they start over."""
-    store = WeightStore(Path(tempfile.mkdtemp()))
-    publish_version(store, 1, parent=0)
-    cpu = torch.device("cpu")
-    old = load_version(store, 1, cpu)
+    store = store_with_version_1()
+    old = load_version(store, 1, CPU)
     for reference in old.manifest.metrics[REFERENCE_KEY].values():
         reference.pop(PROFILE_KEY)  # as a version published before profiles existed
     normaliser = running_normaliser(old)
@@ -396,14 +398,14 @@ def test_a_rig_adapted_before_versions_had_brightness_profiles_is_matched_by_the
         feed(normaliser, "tgc", [depth_gain_scan(i) for i in range(6)], distance=6.0)
         assert normaliser.decision("tgc") == "adapt" and normaliser.statistics("tgc", 1).gain is None
         publish_version(store, 2, parent=1)
-        normaliser.prepare(load_version(store, 2, cpu))
+        normaliser.prepare(load_version(store, 2, CPU))
         assert normaliser.statistics("tgc", 1).source == "rig"  # until version 2 goes live
         normaliser.follow(2)
         served = normaliser.statistics("tgc", 2)
         assert normaliser.decision("tgc") == "keep" and served.gain is not None and served.gain.domain == DOMAIN
         assert served.source == "version" and served.gain_scans == 6
         publish_version(store, 3, parent=2)  # later versions carry the curve; nothing is matched again
-        normaliser.prepare(load_version(store, 3, cpu))
+        normaliser.prepare(load_version(store, 3, CPU))
         normaliser.follow(3)
         assert normaliser.statistics("tgc", 3).gain == served.gain
     finally:
