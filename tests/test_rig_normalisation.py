@@ -169,9 +169,13 @@ async def test_rigs_past_the_label_cap_and_blank_scans_are_served_with_the_versi
     assert server.rig_norm.scans("rig-0") == 1  # measured, still pending (fewer than min_scans)
 
 
+# Stores outlive a single test (loaded_version is cached), so they live under one directory removed at exit.
+_STORES = tempfile.TemporaryDirectory(prefix="weldstream-test-stores-")
+
+
 def store_with_version_1() -> WeightStore:
     """A fresh store holding version 1 (as publish_version), for tests that swap to later versions."""
-    store = WeightStore(Path(tempfile.mkdtemp()))
+    store = WeightStore(Path(tempfile.mkdtemp(dir=_STORES.name)))
     publish_version(store, 1, parent=0)
     return store
 
@@ -179,7 +183,7 @@ def store_with_version_1() -> WeightStore:
 @functools.cache
 def loaded_version(seed: int = 1) -> LoadedModel:
     """Version 1 in memory, its BatchNorm statistics those of the learned domain (as publish_version)."""
-    store = WeightStore(Path(tempfile.mkdtemp()))
+    store = WeightStore(Path(tempfile.mkdtemp(dir=_STORES.name)))
     publish_version(store, seed, parent=0)
     return load_version(store, 1, CPU)
 
