@@ -73,6 +73,9 @@ class ServerConfig:
                                      "weldstream/gain_curve.py; 0 to always try, a large value to never)")
     rig_keep_distance: float = setting(2.0, help="a rig whose median drift distance is at most this is close "
                                                  "enough to a learned domain to keep the version's statistics")
+    rig_gain_adapt_distance: float = setting(8.0, help="a rig whose gain curve brings its median drift distance "
+                                             "within this (but not within --rig-keep-distance) gets its own "
+                                             "statistics on corrected scans (0: never)")
     rig_state_dir: Path | None = setting(None, parse=optional_path,
                                          help="where rigs' statistics and scan reservoirs are kept across restarts "
                                               "(default: rig-statistics beside --model-dir)")
@@ -113,8 +116,8 @@ class ServerConfig:
             raise ValueError("review_doubt must be in [0, 1] and review_sample in (0, 1]")
         if self.review_rate <= 0 or self.review_burst < 1 or self.review_queue < 1 or self.drift_threshold <= 0:
             raise ValueError("review_rate and drift_threshold must be > 0, review_burst and review_queue >= 1")
-        if self.rig_norm_min_scans < 1 or self.rig_keep_distance < 0:
-            raise ValueError("rig_norm_min_scans must be >= 1 and rig_keep_distance >= 0")
+        if self.rig_norm_min_scans < 1 or self.rig_keep_distance < 0 or self.rig_gain_adapt_distance < 0:
+            raise ValueError("rig_norm_min_scans must be >= 1, rig_keep_distance and rig_gain_adapt_distance >= 0")
         if self.max_queue_pixels < self.max_scan_pixels or self.max_batch_pixels < 1:
             raise ValueError(f"max_queue_pixels must hold at least one largest scan ({self.max_scan_pixels}) "
                              "and max_batch_pixels must be >= 1")
@@ -128,7 +131,7 @@ class ServerConfig:
         state_dir = self.rig_state_dir if self.rig_state_dir is not None else self.model_dir.parent / "rig-statistics"
         return RigNormConfig(enabled=self.rig_normalisation, min_scans=self.rig_norm_min_scans,
                              keep_distance=self.rig_keep_distance, min_gain_db=self.rig_min_gain_db,
-                             state_dir=state_dir)
+                             gain_adapt_distance=self.rig_gain_adapt_distance, state_dir=state_dir)
 
     @property
     def max_scan_pixels(self) -> int:

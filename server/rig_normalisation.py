@@ -18,7 +18,11 @@ them. How a rig goes:
    (weldstream/gain_curve.py): when undoing its gain curve along depth and across the width (another TGC
    slope, a dose falloff) brings its reservoir's median drift distance within ``keep_distance`` of the
    version's references, the rig **keeps** the version's statistics with its scans corrected by that curve,
-   which BatchNorm statistics of its own could not undo.
+   which BatchNorm statistics of its own could not undo. When the curve brings the rig closer but not that
+   close (within ``gain_adapt_distance``: a rig with another gain curve *and* another probe or exporter), the
+   rig is adapted on its corrected scans: the curve undoes the gain, its own statistics the rest. A rig
+   still far from every learned domain after correction (another domain, whose brightness profile a curve
+   only bends towards the learned one) is adapted on its scans as they are (``bench adapt``).
 3. It **starts over** (back to pending, reservoir emptied) when its drift detector fires, or when
    ``patience`` scans in a row do not resemble its statistics (``Moments.mismatch``: a new probe, another
    rig behind the same id); those scans are its first ones then. A lone unlike scan is not blended in.
@@ -81,6 +85,11 @@ class RigNormConfig:
     # A gain curve spanning less than this (dB, rows and columns added) is not worth correcting: scans of a
     # learned domain differ by a few dB from their reference's mean profile.
     min_gain_db: float = 3.0
+    # Median drift distance, after its gain curve is undone, up to which a rig gets its own statistics on corrected
+    # scans. In `bench adapt` a depth-gain ramp with a blur or a flip/gamma/noise export sat at 3.0-5.3 after
+    # correction and gained 20-31 points over its own statistics alone; the simulator's other domains sat at
+    # 10.9-23.7, and on one of them (another TGC) the correction cost 12 points.
+    gain_adapt_distance: float = 8.0
     mismatch: float = 1.75  # a scan this far from its rig's (Moments.mismatch; about 0.9 for a like scan) is unlike
     patience: int = 8  # scans in a row that do not resemble their rig's statistics before it starts over
     reservoir_scans: int = 32
@@ -111,8 +120,11 @@ class Served:
 
     @property
     def kind(self) -> str:
-        """``rig``, ``version``, or ``gain`` (the version's statistics on gain-corrected scans)."""
-        return "gain" if self.gain is not None else self.source
+        """``rig``, ``version``, ``gain`` (the version's statistics on gain-corrected scans) or ``rig+gain``
+        (the rig's own statistics on gain-corrected scans)."""
+        if self.gain is None:
+            return self.source
+        return "rig+gain" if self.source == "rig" else "gain"
 
 
 VERSION_STATISTICS = Served()
@@ -128,7 +140,7 @@ class Rig:
     pixels: int = 0
     # measured scans unlike the rig's statistics, held aside: (scan, moments, drift distance)
     strangers: list[tuple[np.ndarray, Moments, float | None]] = field(default_factory=list)
-    gain: GainCurve | None = None  # the gain curve its scans are corrected by (it keeps the version's statistics)
+    gain: GainCurve | None = None  # the gain curve its scans are corrected by (before either statistics)
     gain_scans: int = 0  # how many scans the curve was fitted on
 
     def keep(self, scan: np.ndarray, cfg: RigNormConfig) -> None:
@@ -258,23 +270,24 @@ class RigNormaliser:
             return
         table = self._table(loaded)
         with self._lock:
-            adapted = {rig: list(state.reservoir) for rig, state in self._rigs.items() if state.decision == ADAPT}
+            adapted = {rig: (list(state.reservoir), state.gain) for rig, state in self._rigs.items()
+                       if state.decision == ADAPT}
             live = self._versions.get(self._live)
         # Rigs adapted while no version had brightness profiles (one published before them, or state from such a
         # server) are matched to a gain curve by the first version that has them.
         first_profiles = bool(table.profiles) and (live is None or not live.profiles)
-        for rig, scans in adapted.items():
+        for rig, (scans, gain) in adapted.items():
             if scans and table.references is not None:
-                distance = statistics.median(self._distance(table, scan) for scan in scans)
+                distance = statistics.median(self._distance(table, scan, gain=gain) for scan in scans)
                 if distance <= self.cfg.keep_distance:
                     table.learned[rig] = distance  # back to the version's statistics when it goes live
                     continue
-                if first_profiles:
-                    curve, _ = self._match_gain(table, scans)
-                    if curve is not None:
+                if first_profiles and gain is None:
+                    curve, matched = self._match_gain(table, scans)
+                    if curve is not None and matched <= self.cfg.keep_distance:
                         table.gained[rig] = (curve, len(scans))
                         continue
-            parts = [self._measure(table, scan) for scan in scans]
+            parts = [self._measure(table, scan, gain) for scan in scans]
             if parts:
                 table.rigs[rig] = Moments.pooled(parts)
         with self._lock:
@@ -324,8 +337,8 @@ class RigNormaliser:
                     learned.append(rig)
                     log.info("rig %r: version %d matches it to %r by a gain curve of %.1f dB; it keeps the "
                              "version's statistics on corrected scans", rig, version, curve.domain, curve.span_db)
-            if table is not None and table.gained:
-                self._carry_gains(table)
+            if table is not None:
+                self._carry_gains(table)  # also rigs adapted on corrected scans that this version has learned
         if table is not None:
             for rig in list(table.rigs):
                 self._changed(rig, table.served.get(rig, VERSION_STATISTICS))
@@ -389,9 +402,11 @@ class RigNormaliser:
             state = self._rigs.setdefault(rig, Rig())
             if state.decision == KEEP:
                 return  # served with the version's statistics; drift events start it over
+            gain = state.gain  # an adapted rig's statistics are those of its corrected scans
         if not np.ptp(scan):
             return  # a blank scan says nothing about the rig's statistics (and has no variance to measure)
-        moments = self._measure(table, scan)
+        moments = self._measure(table, scan, gain)
+        admitted = [(scan, moments, distance)]
         with self._lock:
             if self._rigs.get(rig) is not state or self._versions.get(self._live) is not table:
                 return  # reset, or a swap, while measuring
@@ -403,13 +418,18 @@ class RigNormaliser:
                 state.strangers.append((scan, moments, distance))
                 if len(state.strangers) < cfg.patience:
                     return
-                strangers = state.strangers
+                admitted = state.strangers
                 self.reset(rig, "mismatch")
                 state = self._rigs[rig]
-                decided = [self._admit(table, rig, state, *stranger) for stranger in strangers][-1]
             else:
                 state.strangers = []
-                decided = self._admit(table, rig, state, scan, moments, distance)
+        if gain is not None and state.gain is None:
+            # the rig started over: its new first scans were measured corrected by the old rig's curve
+            admitted = [(x, self._measure(table, x), d) for x, _, d in admitted]
+        with self._lock:
+            if self._rigs.get(rig) is not state or self._versions.get(self._live) is not table:
+                return
+            decided = [self._admit(table, rig, state, *item) for item in admitted][-1]
             served = table.served.get(rig, VERSION_STATISTICS)
             # a rig just found unlike every learned domain is first matched to a gain curve
             matching = decided and state.decision == ADAPT and table.profiles and table.references
@@ -421,29 +441,37 @@ class RigNormaliser:
     def _try_gain(self, table: VersionStatistics, rig: str, state: Rig, reservoir: list[np.ndarray]
                   ) -> Served | None:
         """A rig just found unlike every learned domain: if undoing a gain curve makes its reservoir like one,
-        it keeps the version's statistics on corrected scans. Measured outside the lock (forward passes)."""
+        it keeps the version's statistics on corrected scans; if it brings the reservoir within
+        ``gain_adapt_distance``, its own statistics are measured on corrected scans. Measured outside the lock
+        (forward passes)."""
         curve, distance = self._match_gain(table, reservoir)
-        if curve is None:
+        if curve is None or distance > max(self.cfg.keep_distance, self.cfg.gain_adapt_distance):
             return None
+        keep = distance <= self.cfg.keep_distance
+        corrected = None if keep else Moments.pooled([self._measure(table, scan, curve) for scan in reservoir])
         with self._lock:
             if self._rigs.get(rig) is not state or self._versions.get(self._live) is not table or \
                     state.decision != ADAPT:
                 return None
-            state.decision, state.gain, state.gain_scans = KEEP, curve, len(reservoir)
-            table.rigs.pop(rig, None)
+            state.gain, state.gain_scans = curve, len(reservoir)
             for other in self._versions.values():
                 other.rigs.pop(rig, None)
-            self._carry_gains(table)
+            if corrected is None:
+                state.decision = KEEP
+                self._carry_gains(table)
+            else:
+                table.rigs[rig] = corrected
+                table.served[rig] = self._served(table, rig)
             self._dirty = True
             served = table.served[rig]
-        log.info("rig %r: keeps the version's statistics with its scans corrected by a gain curve of %.1f dB "
-                 "against %r (median drift distance %.2f, was %.2f)", rig, curve.span_db, curve.domain, distance,
-                 statistics.median(state.distances))
+        log.info("rig %r: %s with its scans corrected by a gain curve of %.1f dB against %r (median drift distance "
+                 "%.2f, was %.2f)", rig, "keeps the version's statistics" if keep else "gets its own statistics",
+                 curve.span_db, curve.domain, distance, statistics.median(state.distances))
         return served
 
     def _match_gain(self, table: VersionStatistics, reservoir: list[np.ndarray]) -> tuple[GainCurve | None, float]:
         """The learned domain whose brightness profile, once the rig's gain curve against it is undone, puts the
-        reservoir's median drift distance lowest, if that is within ``keep_distance``."""
+        reservoir's median drift distance lowest: that curve and distance (None if no curve is worth applying)."""
         raw = [self._raw(table, scan) for scan in reservoir]
         best: tuple[GainCurve | None, float] = (None, float("inf"))
         for domain, reference in sorted(table.profiles.items()):
@@ -454,7 +482,7 @@ class RigNormaliser:
                                          for x in raw)
             if distance < best[1]:
                 best = (curve, distance)
-        return best if best[1] <= self.cfg.keep_distance else (None, best[1])
+        return best
 
     def _admit(self, table: VersionStatistics, rig: str, state: Rig, scan: np.ndarray, moments: Moments,
                distance: float | None) -> bool:
@@ -486,18 +514,23 @@ class RigNormaliser:
         return KEEP if statistics.median(state.distances) <= self.cfg.keep_distance else ADAPT
 
     def _served(self, table: VersionStatistics, rig: str) -> Served:
+        """An adapted rig's statistics (and its gain curve, if its scans are corrected first). Under the lock."""
         measured = table.rigs[rig]
         blend = Moments.pooled([table.prior, measured]) if table.prior.scans > 0 else measured
-        return Served("rig", int(round(measured.scans)), blend.buffers(table.device), rig)
+        state = self._rigs.get(rig)
+        gain = state.gain if state is not None else None
+        return Served("rig", int(round(measured.scans)), blend.buffers(table.device), rig, gain,
+                      state.gain_scans if state is not None and gain is not None else 0)
 
     @staticmethod
-    def _distance(table: VersionStatistics, scan: np.ndarray | Tensor, windowed: bool = False) -> float:
+    def _distance(table: VersionStatistics, scan: np.ndarray | Tensor, windowed: bool = False,
+                  gain: GainCurve | None = None) -> float:
         """A scan's drift distance under the version's own statistics: the encoder's summary as the server
         computes it, on the measuring copy (``encoder_summary`` leaves it in eval mode; its BatchNorm layers go
         back to measuring after). ``windowed``: ``scan`` is already a windowed (1, C, H, W) tensor. Only the
         thread that owns the table runs it."""
         assert table.references is not None
-        x = scan if windowed else RigNormaliser._normalised(table, scan)
+        x = scan if windowed else RigNormaliser._normalised(table, scan, gain)
         try:
             summary = encoder_summary(table.twin, x, table.stride)
         finally:
@@ -511,12 +544,14 @@ class RigNormaliser:
         return torch.tensor(as_channels(scan), dtype=torch.float32)[None].to(table.device)
 
     @staticmethod
-    def _normalised(table: VersionStatistics, scan: np.ndarray) -> Tensor:
-        return window_intensities(RigNormaliser._raw(table, scan))
+    def _normalised(table: VersionStatistics, scan: np.ndarray, gain: GainCurve | None = None) -> Tensor:
+        """As the server normalises the scan (corrected by ``gain`` first, if given)."""
+        raw = RigNormaliser._raw(table, scan)
+        return window_intensities(raw if gain is None else undo(raw, gain))
 
     @staticmethod
-    def _measure(table: VersionStatistics, scan: np.ndarray) -> Moments:
-        return measure(table.twin, pad_to_multiple(RigNormaliser._normalised(table, scan), table.stride))
+    def _measure(table: VersionStatistics, scan: np.ndarray, gain: GainCurve | None = None) -> Moments:
+        return measure(table.twin, pad_to_multiple(RigNormaliser._normalised(table, scan, gain), table.stride))
 
     # ---- persistence
     def _maybe_save(self) -> None:

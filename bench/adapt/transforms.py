@@ -146,6 +146,16 @@ def depth_gain(source: str, db: float = 26.0) -> Transform:
     return apply
 
 
+def depth_gain_blurred(source: str, db: float = 26.0, sigma: float = 0.75) -> Transform:
+    """Another probe behind another TGC slope: the blur, then the depth-gain ramp (exported as ``depth_gain``)."""
+    scale = _full_scale(source)
+
+    def apply(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        ramp = 10.0 ** (db / 20.0)
+        return export(depth_ramp(blur(to_unit(image, scale), sigma), db) / ramp, "uint16"), mask
+    return apply
+
+
 def half_contrast(source: str) -> Transform:
     scale, dtype = _full_scale(source), get_domain(source).dtype
 
@@ -187,6 +197,8 @@ def rigs_of(source: str) -> list[Rig]:
                 depth_gain(source, 26.0)),
             Rig("half-contrast", source, "every flaw's contrast to its background halved", half_contrast(source)),
             Rig("8-bit", source, "the 12-bit amplitude exported as 8-bit", bit_depth(source, "uint8")),
+            Rig("depth-gain+blur", source, "the blur and the depth-gain ramp together (another probe and TGC slope)",
+                depth_gain_blurred(source, 26.0, 0.75)),
         ]
     return [Rig("dose-gradient", source, "dose falling from 1.5x to 0.5x across the detector",
                 dose_ramp(source, 1.5, 0.5))]
