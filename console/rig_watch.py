@@ -56,6 +56,8 @@ class RigReading:
 
     def normalisation(self) -> str | None:
         """What normalises the rig's scans now, in words (None: the server does not say)."""
+        if self.gain_db and self.own_scans:
+            return f"own statistics, {int(self.own_scans)} scans, after a gain curve of {self.gain_db:.1f} dB"
         if self.gain_db:
             return f"gain curve, {self.gain_db:.1f} dB"
         if self.own_scans:

@@ -91,8 +91,8 @@ class ServerMetrics:
         self.normalisation_scans = Counter(
             "inference_normalisation_scans_total",
             "Scans served by which BatchNorm statistics (rig: the rig's own; version: the version's trained "
-            "ones; gain: the version's, on scans corrected by the rig's gain curve) and the backend that ran "
-            "them (a rig's own statistics run on eager torch).",
+            "ones; gain: the version's, on scans corrected by the rig's gain curve; rig+gain: the rig's own, on "
+            "corrected scans) and the backend that ran them (a rig's own statistics run on eager torch).",
             ["source", "backend"], registry=r)
         self.rig_statistics_scans = Gauge(
             "inference_rig_statistics_scans",

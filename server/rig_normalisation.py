@@ -19,8 +19,9 @@ them. How a rig goes:
    slope, a dose falloff) brings its reservoir's median drift distance within ``keep_distance`` of the
    version's references, the rig **keeps** the version's statistics with its scans corrected by that curve,
    which BatchNorm statistics of its own could not undo. When the curve brings the rig closer but not that
-   close (within ``gain_adapt_distance``: a rig with another gain curve *and* another probe or exporter), the
-   rig is adapted on its corrected scans: the curve undoes the gain, its own statistics the rest. A rig
+   close (within ``gain_adapt_distance``: a rig with another gain curve *and* another probe or exporter), and
+   the curve spans at least ``gain_adapt_min_db``, the rig is adapted on its corrected scans: the curve undoes
+   the gain, its own statistics the rest (they absorb a milder curve better on their own). A rig
    still far from every learned domain after correction (another domain, whose brightness profile a curve
    only bends towards the learned one) is adapted on its scans as they are (``bench adapt``).
 3. It **starts over** (back to pending, reservoir emptied) when its drift detector fires, or when
@@ -90,6 +91,10 @@ class RigNormConfig:
     # correction and gained 20-31 points over its own statistics alone; the simulator's other domains sat at
     # 10.9-23.7, and on one of them (another TGC) the correction cost 12 points.
     gain_adapt_distance: float = 8.0
+    # ... and only for a curve spanning at least this (dB): a rig's own statistics absorb a milder one. A gamma-0.6
+    # flip/noise export fitted a 6.6-7.4 dB curve and lost 10 points corrected (59.2 -> 49.1); the ramps above
+    # fitted 24-33 dB.
+    gain_adapt_min_db: float = 12.0
     mismatch: float = 1.75  # a scan this far from its rig's (Moments.mismatch; about 0.9 for a like scan) is unlike
     patience: int = 8  # scans in a row that do not resemble their rig's statistics before it starts over
     reservoir_scans: int = 32
@@ -445,9 +450,10 @@ class RigNormaliser:
         ``gain_adapt_distance``, its own statistics are measured on corrected scans. Measured outside the lock
         (forward passes)."""
         curve, distance = self._match_gain(table, reservoir)
-        if curve is None or distance > max(self.cfg.keep_distance, self.cfg.gain_adapt_distance):
-            return None
         keep = distance <= self.cfg.keep_distance
+        if curve is None or not keep and (distance > self.cfg.gain_adapt_distance
+                                          or curve.span_db < self.cfg.gain_adapt_min_db):
+            return None
         corrected = None if keep else Moments.pooled([self._measure(table, scan, curve) for scan in reservoir])
         with self._lock:
             if self._rigs.get(rig) is not state or self._versions.get(self._live) is not table or \

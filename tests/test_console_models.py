@@ -232,19 +232,22 @@ async def test_the_rig_watcher_keeps_what_the_servers_metrics_say_per_rig(tmp_pa
 
 
 def test_the_rigs_page_says_what_normalises_each_rig_s_scans():
-    """From the server's per-rig gauges: its own statistics, a gain curve, or the version's."""
+    """From the server's per-rig gauges: its own statistics, a gain curve, both, or the version's."""
     metrics = ServerMetrics()
     metrics.rig_statistics_scans.labels("adapted").set(40)
     metrics.rig_gain_db.labels("adapted").set(0)
     metrics.rig_statistics_scans.labels("tgc").set(0)
     metrics.rig_gain_db.labels("tgc").set(25.74)
+    metrics.rig_statistics_scans.labels("both").set(12)
+    metrics.rig_gain_db.labels("both").set(24.46)
     metrics.rig_statistics_scans.labels("kept").set(0)
     metrics.rig_gain_db.labels("kept").set(0)
     metrics.drift_score.labels("new").set(1.0)
     reading = rig_watch.parse(generate_latest(metrics.registry).decode())
     said = {rig: r.normalisation() for rig, r in reading.rigs.items()}
     assert said == {"adapted": "own statistics, 40 scans", "tgc": "gain curve, 25.7 dB",
-                    "kept": "version's statistics", "new": None}
+                    "both": "own statistics, 12 scans, after a gain curve of 24.5 dB", "kept": "version's statistics",
+                    "new": None}
 
 
 async def test_a_server_that_does_not_answer_is_shown_down(tmp_path, monkeypatch):

@@ -416,3 +416,80 @@ def test_a_rig_adapted_before_versions_had_brightness_profiles_is_matched_by_the
         assert normaliser.statistics("tgc", 3).gain == served.gain
     finally:
         normaliser.close()
+
+
+def blurred_depth_gain_scan(seed: int, db: float = 26.0) -> np.ndarray:
+    """Another probe (a blur) behind another TGC slope: the depth-gain ramp on a blurred scan of the domain."""
+    image = learned_scan(seed).astype(np.float64)
+    kernel = np.array([0.25, 0.5, 0.25])
+    for axis in (0, 1):
+        image = np.apply_along_axis(lambda line: np.convolve(np.pad(line, 1, mode="edge"), kernel, "valid"), axis,
+                                    image)
+    gain = 10.0 ** (db * np.arange(SIZE[0]) / (SIZE[0] - 1) / 20.0)
+    return np.round(image * gain[:, None] / gain[-1] * 16).astype(np.uint16)
+
+
+def corrected_moments(loaded: LoadedModel, scans: list[np.ndarray], served: Served) -> dict[str, torch.Tensor]:
+    """The blend the rig should be served with: the version's statistics (one scan's weight) and those of its
+    scans corrected by its gain curve, each measured alone."""
+    twin = measuring_copy(loaded.module)
+    raw = [torch.tensor(scan, dtype=torch.float32)[None, None] for scan in scans]
+    parts = [measure(twin, pad_to_multiple(window_intensities(undo(x, served.gain)), 32)) for x in raw]
+    return Moments.pooled([Moments.of_version(loaded.module, 1.0), Moments.pooled(parts)]).buffers()
+
+
+def test_a_rig_with_another_gain_curve_and_another_probe_gets_its_own_statistics_on_corrected_scans(tmp_path):
+    """A gain curve that brings a rig closer to a learned domain but not within the keep distance (the blur of
+    another probe stays): its own statistics are measured on its corrected scans, kept across a restart and a
+    swap; a rig that changes starts over without the curve; with the option at 0 it is adapted as it is."""
+    store = store_with_version_1()
+    loaded = load_version(store, 1, CPU)
+    scans = [blurred_depth_gain_scan(i) for i in range(8)]
+    plain = running_normaliser(loaded, gain_adapt_distance=0.0)
+    try:
+        feed(plain, "probe", scans)
+        assert plain.decision("probe") == "adapt" and plain.statistics("probe", 1).gain is None
+    finally:
+        plain.close()
+    normaliser = running_normaliser(loaded, state_dir=tmp_path)
+    try:
+        feed(normaliser, "probe", scans)
+        served = normaliser.statistics("probe", 1)
+        assert normaliser.decision("probe") == "adapt" and served.kind == "rig+gain"
+        assert served.source == "rig" and served.scans == 8 and served.gain_scans == 4  # fitted when decided
+        rise = served.gain.db("rows", SIZE[0])
+        assert 18.0 < rise[-1] - rise[0] < 32.0, rise
+        for name, tensor in corrected_moments(loaded, scans, served).items():
+            assert torch.allclose(served.buffers[name], tensor, atol=1e-5), name
+        [answer] = predict_batch(loaded, [scans[0]], statistics=[served])
+        [uncorrected] = predict_batch(loaded, [scans[0]], statistics=[plain.statistics("probe", 1)])
+        assert answer.normalisation is served and answer.confidence.tobytes() != uncorrected.confidence.tobytes()
+        normaliser.save()
+    finally:
+        normaliser.close()
+
+    restored = RigNormaliser(RigNormConfig(min_scans=8, patience=4, state_dir=tmp_path))
+    restored.restore(loaded)
+    restored.start()
+    try:
+        back = restored.statistics("probe", 1)
+        assert back.kind == "rig+gain" and back.gain == served.gain
+        assert all(torch.equal(back.buffers[k], served.buffers[k]) for k in served.buffers)
+        publish_version(store, 2, parent=1)  # other weights: re-estimated from the reservoir, corrected
+        v2 = load_version(store, 2, CPU)
+        restored.prepare(v2)
+        restored.follow(2)
+        swapped = restored.statistics("probe", 2)
+        assert swapped.kind == "rig+gain" and swapped.gain == served.gain
+        for name, tensor in corrected_moments(v2, scans, swapped).items():
+            assert torch.allclose(swapped.buffers[name], tensor, atol=1e-5), name
+        # another rig behind the id: its first scans are measured as they come, not through the old curve
+        others = [shifted_scan(i) for i in range(4)]
+        feed(restored, "probe", others)
+        assert restored.statistics("probe", 2).gain is None and restored.decision("probe") == "pending"
+        twin = measuring_copy(v2.module)
+        expected = Moments.pooled(measure(twin, pad_to_multiple(normalised([x]), 32)) for x in others)
+        measured = restored._versions[2].rigs["probe"]
+        assert measured.scans == 4 and all(torch.allclose(measured.mean[k], expected.mean[k]) for k in expected.mean)
+    finally:
+        restored.close()

@@ -43,10 +43,12 @@ def raw(image: np.ndarray) -> Tensor:
 
 
 @torch.no_grad()
-def rig_moments(model: nn.Module, images: Sequence[np.ndarray], stride: int, batch: int = MEASURE_BATCH) -> Moments:
-    """BatchNorm statistics of ``images`` (raw scans of one rig): measured in batches of one size, pooled."""
+def rig_moments(model: nn.Module, images: Sequence[np.ndarray], stride: int, batch: int = MEASURE_BATCH,
+                gain: GainCurve | None = None) -> Moments:
+    """BatchNorm statistics of ``images`` (raw scans of one rig, corrected by ``gain`` first if given):
+    measured in batches of one size, pooled."""
     twin = measuring_copy(model)
-    xs = normalised(images)
+    xs = normalised(images, gain)
     parts = []
     for indices in by_size(images).values():
         for start in range(0, len(indices), batch):

@@ -13,7 +13,9 @@ held-out labeled scans of each domain it learned (the source's, and ``max(2, k /
 and a rig whose unlabeled scans lie within the server's keep distance of them goes back to the version's
 statistics; any other keeps its own. A rig the server matched to the source by a gain curve before any label
 (its first unlabeled scans, corrected, within the keep distance under the version) keeps the curve: every later
-version serves its corrected scans with the version's statistics (*corrected*, scored at every k).
+version serves its corrected scans with the version's statistics (*corrected*, scored at every k). A rig whose
+corrected scans came only within the server's gain-adapt distance is served with its own statistics measured on
+corrected scans (*corrected own*), until a version places its corrected scans within the keep distance.
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ from weldstream.learner.window import TrainingWindow
 from weldstream.preprocess import training_pair
 from weldstream.server.config import ServerConfig
 from weldstream.server.drift import References
+from weldstream.server.rig_normalisation import RigNormConfig
 
 LABEL_SEED = 5_000_000  # the rig's labeled scans: seeds no adaptation or test scan uses
 HELD_OUT_SEED = 6_000_000  # the rig's held-out labeled scans (its drift reference in the new version)
 KEEP_DISTANCE = ServerConfig().rig_keep_distance
 MIN_GAIN_DB = ServerConfig().rig_min_gain_db
+GAIN_ADAPT_DISTANCE = ServerConfig().rig_gain_adapt_distance
+GAIN_ADAPT_MIN_DB = RigNormConfig().gain_adapt_min_db
 MIN_SCANS = ServerConfig().rig_norm_min_scans  # the reservoir a server decides on
 ADAPTATION_SCANS = 32  # unlabeled scans the rig's statistics are measured from
 
@@ -78,10 +83,11 @@ def learn_labels(state: dict[str, Any], learner: ContinualLearner, run: RowRun, 
 def score(model: torch.nn.Module, run: RowRun, stride: int, classes: int,
           adaptation: list[np.ndarray] | None = None, gain: GainCurve | None = None) -> float:
     """mIoU of the row's test scans, normalised with the model's statistics, or with the rig's own measured
-    from its unlabeled ``adaptation`` scans; corrected by the rig's ``gain`` curve first if given."""
+    from its unlabeled ``adaptation`` scans; corrected by the rig's ``gain`` curve first if given (the
+    adaptation scans too)."""
     stem = run.row.stems[0]
     images = [image for image, _ in run.tests[stem]]
-    moments = inprocess.rig_moments(model, adaptation, stride) if adaptation is not None else None
+    moments = inprocess.rig_moments(model, adaptation, stride, gain=gain) if adaptation is not None else None
     tally = Tally(classes)
     predicted_masks = inprocess.predict(model, images, stride, moments, gain)
     for predicted, (_, mask) in zip(predicted_masks, run.tests[stem], strict=True):
@@ -114,8 +120,8 @@ def median_distance(model: torch.nn.Module, references: References, images: list
 def server_gain(model: torch.nn.Module, run: RowRun, source_held_out: torch.Tensor, adaptation: list[np.ndarray],
                 stride: int) -> tuple[GainCurve | None, float]:
     """The gain curve the server fits for the rig before any label (on its first ``MIN_SCANS`` scans against the
-    source's brightness profile, as the version's manifest carries it), if the corrected scans pass; with
-    their median drift distance."""
+    source's brightness profile, as the version's manifest carries it), if the corrected scans come within the
+    gain-adapt distance; with their median drift distance."""
     first = adaptation[:MIN_SCANS]
     references = References.from_stats({run.row.model: reference_of(encoder_summary(model, source_held_out, stride),
                                                                      stage_channels(model))}, stage_channels(model))
@@ -124,7 +130,8 @@ def server_gain(model: torch.nn.Module, run: RowRun, source_held_out: torch.Tens
     if curve.span_db < MIN_GAIN_DB:
         return None, float("nan")
     distance = median_distance(model, references, first, stride, curve)
-    return (curve if distance <= KEEP_DISTANCE else None), distance
+    partial = distance <= GAIN_ADAPT_DISTANCE and curve.span_db >= GAIN_ADAPT_MIN_DB
+    return (curve if distance <= KEEP_DISTANCE or partial else None), distance
 
 
 def label_rows(learner: ContinualLearner, model: torch.nn.Module, runs: list[RowRun], old: RowRun,
@@ -140,6 +147,7 @@ def label_rows(learner: ContinualLearner, model: torch.nn.Module, runs: list[Row
         adaptation = run.adaptation(0, ADAPTATION_SCANS, 0)
         by_k: dict[str, dict[str, float]] = {}
         curve: GainCurve | None = None
+        corrected_own = False  # the server adapted the rig on its corrected scans
         for k in (0, *labels):
             weights = model if k == 0 else learn_labels(state, learner, run, k, steps)
             scores = {"version_statistics": score(weights, run, stride, classes),
@@ -147,13 +155,17 @@ def label_rows(learner: ContinualLearner, model: torch.nn.Module, runs: list[Row
                       "old_rig": score(weights, old, stride, classes)}
             decision, distance = server_decision(weights, run, k, source_held_out, adaptation, stride)
             if k == 0 and decision == "adapt":
-                curve, _ = server_gain(weights, run, source_held_out, adaptation, stride)
+                curve, matched = server_gain(weights, run, source_held_out, adaptation, stride)
+                corrected_own = curve is not None and matched > KEEP_DISTANCE
             if curve is not None:  # kept by every later version: the distance its corrected scans sit at
                 scores["corrected"] = score(weights, run, stride, classes, gain=curve)
-                decision = "gain"
                 distance = server_decision(weights, run, k, source_held_out, adaptation, stride, curve)[1]
+                decision = "gain"
+                if corrected_own:
+                    scores["corrected_own"] = score(weights, run, stride, classes, adaptation, gain=curve)
+                    decision = "gain" if k and distance <= KEEP_DISTANCE else "rig+gain"
             scores["served"] = scores[{"keep": "version_statistics", "adapt": "rig_statistics",
-                                       "gain": "corrected"}[decision]]
+                                       "gain": "corrected", "rig+gain": "corrected_own"}[decision]]
             by_k[str(k)] = {**scores, "decision": decision, "distance": distance}
         rows.append({"name": run.row.name, "by_labels": by_k})
     return rows

@@ -221,7 +221,8 @@ def label_tables(result: dict[str, Any]) -> list[str]:
             "*Served*: what the server serves the rig once those weights go live (keep: the version's statistics, the "
             "rig's scans within the keep distance of the references the learner publishes, the rig's own held-out "
             "labeled scans among them; adapt: its own; gain: the version's, on the rig's scans corrected by the gain "
-            "curve the server fitted before any label, which every later version keeps), with that median distance.",
+            "curve the server fitted before any label, which every later version keeps; rig+gain: its own, measured "
+            "on its corrected scans), with that median distance.",
             "",
             "| rig | " + " | ".join(f"{k} labels: version / own" for k in counts) + " | own − version, points by k "
             "| served by k | old rig by k |",
