@@ -493,3 +493,33 @@ def test_a_rig_with_another_gain_curve_and_another_probe_gets_its_own_statistics
         assert measured.scans == 4 and all(torch.allclose(measured.mean[k], expected.mean[k]) for k in expected.mean)
     finally:
         restored.close()
+
+
+async def test_a_rig_adapted_on_corrected_scans_is_told_both_on_both_apis(tmp_path, started):
+    """Served through the server: the answer names the rig's own statistics and the curve its scans were
+    corrected by (native and KServe), and the scans are counted as ``rig+gain`` on eager torch."""
+    model_dir = tmp_path / "models"
+    publish_version(WeightStore(model_dir), seed=1, parent=0)
+    server = await started(server_config(model_dir, poll_interval_s=3600, rig_norm_min_scans=8))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = segmenter_pb2_grpc.SegmenterStub(channel)
+        for i in range(10):
+            await segment(stub, blurred_depth_gain_scan(100 + i), "probe")
+        await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
+        served = server.rig_norm.statistics("probe", 1)
+        assert server.rig_norm.decision("probe") == "adapt" and served.kind == "rig+gain"
+        answer = await segment(stub, blurred_depth_gain_scan(7), "probe")
+        assert answer.normalisation.source == "rig" and answer.normalisation.scans >= 8
+        assert answer.normalisation.gain_domain == DOMAIN and answer.normalisation.gain_db >= 12.0
+        [expected] = predict_batch(server.slot.current(), [blurred_depth_gain_scan(7)], statistics=[served])
+        assert answer.mask.data == expected.mask.tobytes()
+        kserve = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+        scan = blurred_depth_gain_scan(8)
+        infer = pb.ModelInferRequest(model_name="weld-seg", raw_input_contents=[scan.tobytes()])
+        infer.inputs.add(name="scan", datatype="UINT16", shape=[1, 1, *scan.shape])
+        infer.parameters["rig_id"].string_param = "probe"
+        reply = await kserve.ModelInfer(infer)
+        assert reply.parameters["normalisation"].string_param == "rig"
+        assert reply.parameters["normalisation_gain_domain"].string_param == DOMAIN
+        assert server.metrics.normalisation_scans.labels("rig+gain", "torch")._value.get() >= 2
+        assert server.metrics.rig_gain_db.labels("probe")._value.get() >= 12.0
