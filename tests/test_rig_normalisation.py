@@ -69,6 +69,14 @@ async def segment(stub, scan: np.ndarray, rig: str = "") -> segmenter_pb2.Segmen
     return await stub.Segment(request(scan, rig))
 
 
+async def kserve_infer(channel, scan: np.ndarray, rig: str) -> pb.ModelInferResponse:
+    """A KServe v2 call for one uint16 scan, the rig named by the request parameter ``rig_id``."""
+    infer = pb.ModelInferRequest(model_name="weld-seg", raw_input_contents=[scan.tobytes()])
+    infer.inputs.add(name="scan", datatype="UINT16", shape=[1, 1, *scan.shape])
+    infer.parameters["rig_id"].string_param = rig
+    return await grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer)
+
+
 async def test_a_shifted_rig_gets_its_own_statistics_and_no_other_rig_s_masks_move(tmp_path, started):
     model_dir = tmp_path / "models"
     store = WeightStore(model_dir)
@@ -104,14 +112,10 @@ async def test_a_shifted_rig_gets_its_own_statistics_and_no_other_rig_s_masks_mo
         newcomer = await segment(stub, shifted_scan(1), "newcomer")
         assert (newcomer.normalisation.source, newcomer.normalisation.scans) == ("version", 0)
         # KServe clients name the rig with the request parameter rig_id and read the answer from parameters
-        kserve = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
         scan = shifted_scan(0)
-        infer = pb.ModelInferRequest(model_name="weld-seg", raw_input_contents=[scan.tobytes()])
-        infer.inputs.add(name="scan", datatype="UINT16", shape=[1, 1, *scan.shape])
-        infer.parameters["rig_id"].string_param = "shifted"
         await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
         now = server.rig_norm.statistics("shifted", 1)
-        answer = await kserve.ModelInfer(infer)
+        answer = await kserve_infer(channel, scan, "shifted")
         assert answer.parameters["normalisation"].string_param == "rig"
         assert answer.parameters["normalisation_scans"].int64_param >= 8
         mask = next(i for i, o in enumerate(answer.outputs) if o.name == "mask")
@@ -348,12 +352,7 @@ async def test_a_rig_with_another_gain_curve_keeps_the_version_s_statistics_on_c
         after = [await segment(stub, scan, "steady") for scan in probes]
         for old, new in zip(before, after, strict=True):
             assert new.mask.data == old.mask.data and new.confidence.data == old.confidence.data  # bit-exact
-        kserve = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
-        scan = depth_gain_scan(7)
-        infer = pb.ModelInferRequest(model_name="weld-seg", raw_input_contents=[scan.tobytes()])
-        infer.inputs.add(name="scan", datatype="UINT16", shape=[1, 1, *scan.shape])
-        infer.parameters["rig_id"].string_param = "tgc"
-        answer = await kserve.ModelInfer(infer)
+        answer = await kserve_infer(channel, depth_gain_scan(7), "tgc")
         assert answer.parameters["normalisation"].string_param == "version"
         assert answer.parameters["normalisation_gain_domain"].string_param == DOMAIN
         assert answer.parameters["normalisation_gain_db"].double_param > 20.0
@@ -513,12 +512,7 @@ async def test_a_rig_adapted_on_corrected_scans_is_told_both_on_both_apis(tmp_pa
         assert answer.normalisation.gain_domain == DOMAIN and answer.normalisation.gain_db >= 12.0
         [expected] = predict_batch(server.slot.current(), [blurred_depth_gain_scan(7)], statistics=[served])
         assert answer.mask.data == expected.mask.tobytes()
-        kserve = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
-        scan = blurred_depth_gain_scan(8)
-        infer = pb.ModelInferRequest(model_name="weld-seg", raw_input_contents=[scan.tobytes()])
-        infer.inputs.add(name="scan", datatype="UINT16", shape=[1, 1, *scan.shape])
-        infer.parameters["rig_id"].string_param = "probe"
-        reply = await kserve.ModelInfer(infer)
+        reply = await kserve_infer(channel, blurred_depth_gain_scan(8), "probe")
         assert reply.parameters["normalisation"].string_param == "rig"
         assert reply.parameters["normalisation_gain_domain"].string_param == DOMAIN
         assert server.metrics.normalisation_scans.labels("rig+gain", "torch")._value.get() >= 2
