@@ -236,3 +236,15 @@ def test_a_labels_only_run_replaces_the_label_rows_of_the_kept_report_and_nothin
     assert "measured apart: `weldstream bench adapt --labels-only`" in format_table(merged)
     assert "| blur | 50.0 / 60.0 | 50.0 / 60.0 | +10.0, +10.0 | 50.0 (keep at 1.2), 50.0 (keep at 1.2) |" \
         in format_table(merged)
+
+
+def test_the_table_says_which_statistics_and_which_curve_served_a_row():
+    from weldstream.bench.adapt.report import _served
+
+    def summary(rig: int, scans: list[int] | None, gain: int, db: float | None) -> dict:
+        return {"scored": 32, "rig": rig, "rig_scans": scans, "gain": gain, "gain_db": db}
+
+    assert _served(summary(0, None, 0, None)) == "version"
+    assert _served(summary(30, [8, 8], 0, None)) == "rig 8 (30/32)"
+    assert _served(summary(0, None, 32, 25.7)) == "version, gain 25.7 dB"
+    assert _served(summary(32, [8, 11], 32, 24.9)) == "rig 8-11, gain 24.9 dB"  # own statistics on corrected scans

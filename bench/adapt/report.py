@@ -82,16 +82,18 @@ def _signed(value: float) -> str:
 
 def _served(summary: dict[str, Any]) -> str:
     """How the scored scans were normalised: 'rig 8-11' (all by the rig's statistics from 8 to 11 scans),
-    'version', 'version, gain 25.7 dB' (the version's, on scans corrected by the rig's gain curve), or a mix."""
+    'version', 'version, gain 25.7 dB' (the version's, on scans corrected by the rig's gain curve), 'rig 8-11,
+    gain 24.9 dB' (the rig's own, on corrected scans), with shares where not every scan was."""
+    def share(n: int) -> str:
+        return "" if n == summary["scored"] else f" ({n}/{summary['scored']})"
+
+    parts = ["version"]
+    if summary["rig"]:
+        low, high = summary["rig_scans"]
+        parts = [f"rig {low if low == high else f'{low}-{high}'}{share(summary['rig'])}"]
     if summary.get("gain"):
-        share = "" if summary["gain"] == summary["scored"] else f" ({summary['gain']}/{summary['scored']})"
-        return f"version, gain {summary['gain_db']:.1f} dB{share}"
-    if not summary["rig"]:
-        return "version"
-    low, high = summary["rig_scans"]
-    scans = f"{low}" if low == high else f"{low}-{high}"
-    share = "" if summary["rig"] == summary["scored"] else f" ({summary['rig']}/{summary['scored']})"
-    return f"rig {scans}{share}"
+        parts.append(f"gain {summary['gain_db']:.1f} dB{share(summary['gain'])}")
+    return ", ".join(parts)
 
 
 def _decisions(clones: list[list[Any]]) -> str:
@@ -140,12 +142,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"own statistics of a rig are used from {cfg['min_scans']} scans on; before that it is served with the "
             "version's). *Decision*: the server's, per rig id scored at that count (keep: the version's statistics, "
             "the rig looks like a learned domain; gain: the version's, on scans corrected by the rig's gain curve "
-            "against a learned domain's brightness profile; adapt: its own). *Served with*: the statistics that "
-            f"normalised the scored scans at {ref} scans (rig: the rig's own, from so many scans; gain: the curve's "
-            "span). *Oracle*: BatchNorm statistics measured "
-            "in-process from the test scans themselves; *own statistics in-process*: from the rig's first adaptation "
-            "scans, whatever the server decided. *Old rig*: the source domain's own scans on that row's "
-            "server, after the row.")
+            "against a learned domain's brightness profile; adapt: its own, on corrected scans if a gain is named). "
+            f"*Served with*: the statistics that normalised the scored scans at {ref} scans (rig: the rig's own, "
+            "from so many scans; gain: the span of the curve the scans were corrected by first). *Oracle*: "
+            "BatchNorm statistics measured in-process from the test scans themselves; *own statistics "
+            "in-process*: from the rig's first adaptation scans, whatever the server decided. *Old rig*: the source "
+            "domain's own scans on that row's server, after the row.")
     else:
         lines.append(f"One version per source domain, trained by the learner ({cfg['steps']} steps, crops of "
                      f"{cfg['crop_size']} px, {cfg['train_scans']} labeled {size} scans); only the rows after labels "
