@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from weldstream.bench.adapt.runner import run_benchmark
 
     cfg = config_from(args)
+    commit = _commit()  # the checkout measured: taken before the run, which can outlast edits to the tree
     load_before = round(os.getloadavg()[0], 2)
     started = time.monotonic()
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     result["environment"] = {
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"{cfg.threads} torch thread(s), cpu",
-        "command": command.strip(), "commit": _commit(), "load_before": load_before,
+        "command": command.strip(), "commit": commit, "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
         "wall_s": round(time.monotonic() - started, 1)}
     if not cfg.served_rows and (args.out / "results.json").exists():

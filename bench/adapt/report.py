@@ -129,7 +129,8 @@ def format_table(result: dict[str, Any]) -> str:
         "statistics (AdaBN)",
         "",
         f"`{env.get('command', 'weldstream bench adapt')}` on {env.get('machine', '?')}, "
-        f"{env.get('wall_s', '?')} s" + (f", checkout {env['commit']}." if env.get("commit") else "."),
+        f"{env.get('wall_s', '?')} s" + (f", checkout {env['commit']}." if env.get("commit") else ".")
+        + (f" Note: {env['note']}." if env.get("note") else ""),
         "",
     ]
     if any(source["rows"] for source in result["sources"]):
@@ -152,6 +153,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"One version per source domain, trained by the learner ({cfg['steps']} steps, crops of "
                      f"{cfg['crop_size']} px, {cfg['train_scans']} labeled {size} scans); only the rows after labels "
                      "were run (`--labels-only`), in-process with the server's preprocessing.")
+    apart = result.get("source_environments", {})  # sources measured again in a run of their own
     for source in result["sources"]:
         if not source["rows"]:
             continue
@@ -162,6 +164,13 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_pts(source['validation_miou'])}; served masks equal the in-process ones on "
             f"{source['served_matches_in_process']:.2%} of pixels)",
             "",
+        ]
+        if source["source"] in apart:
+            env_ = apart[source["source"]]
+            lines += [f"Measured apart: `{env_.get('command')}`, {env_.get('wall_s')} s"
+                      + (f", checkout {env_['commit']}" if env_.get("commit") else "")
+                      + (f" ({env_['note']})" if env_.get("note") else "") + ".", ""]
+        lines += [
             "| rig | kind | " + " | ".join(f"{n} scans" for n in counts) + f" | oracle | own statistics in-process, "
             f"{ref} scans | % of source (0 → {ref}) | gain at {ref}, points | decision | served with at {ref} | "
             "old rig |",
