@@ -73,9 +73,9 @@ class ServerConfig:
                                      "weldstream/gain_curve.py; 0 to always try, a large value to never)")
     rig_keep_distance: float = setting(2.0, help="a rig whose median drift distance is at most this is close "
                                                  "enough to a learned domain to keep the version's statistics")
-    rig_gain_adapt_distance: float = setting(6.0, help="a rig whose gain curve brings its median drift distance "
-                                             "within this (but not within --rig-keep-distance) gets its own "
-                                             "statistics on corrected scans (0: never)")
+    rig_gain_adapt_distance: float = setting(6.0, help="a rig whose gain curve (12 dB or more) brings its median "
+                                             "drift distance within this, but not within --rig-keep-distance, gets "
+                                             "its own statistics on corrected scans (0: never)")
     rig_state_dir: Path | None = setting(None, parse=optional_path,
                                          help="where rigs' statistics and scan reservoirs are kept across restarts "
                                               "(default: rig-statistics beside --model-dir)")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 import torch
 
 from weldstream.codec import array_to_tensor
@@ -517,3 +518,9 @@ async def test_a_rig_adapted_on_corrected_scans_is_told_both_on_both_apis(tmp_pa
         assert reply.parameters["normalisation_gain_domain"].string_param == DOMAIN
         assert server.metrics.normalisation_scans.labels("rig+gain", "torch")._value.get() >= 2
         assert server.metrics.rig_gain_db.labels("probe")._value.get() >= 12.0
+
+
+def test_negative_rig_distances_are_refused(tmp_path):
+    for field in ("rig_keep_distance", "rig_gain_adapt_distance"):
+        with pytest.raises(ValueError, match=field):
+            server_config(tmp_path, **{field: -1.0})
