@@ -109,6 +109,16 @@ class RigNormConfig:
         if self.reservoir_scans < 1 or self.reservoir_pixels < 1 or self.patience < 1 or self.queue_scans < 1:
             raise ValueError("rig normalisation's reservoir, patience and queue must be at least 1")
 
+    def corrected_decision(self, distance: float, span_db: float) -> str | None:
+        """For a rig whose gain curve spanning ``span_db`` puts its corrected scans at median drift ``distance``:
+        KEEP (the version's statistics on corrected scans), ADAPT (its own, measured on corrected scans), or None
+        (the curve is not used)."""
+        if distance <= self.keep_distance:
+            return KEEP
+        if distance <= self.gain_adapt_distance and span_db >= self.gain_adapt_min_db:
+            return ADAPT
+        return None
+
 
 @dataclass(frozen=True)
 class Served:
@@ -450,10 +460,10 @@ class RigNormaliser:
         ``gain_adapt_distance``, its own statistics are measured on corrected scans. Measured outside the lock
         (forward passes)."""
         curve, distance = self._match_gain(table, reservoir)
-        keep = distance <= self.cfg.keep_distance
-        if curve is None or not keep and (distance > self.cfg.gain_adapt_distance
-                                          or curve.span_db < self.cfg.gain_adapt_min_db):
+        decision = self.cfg.corrected_decision(distance, curve.span_db) if curve is not None else None
+        if curve is None or decision is None:
             return None
+        keep = decision == KEEP
         corrected = None if keep else Moments.pooled([self._measure(table, scan, curve) for scan in reservoir])
         with self._lock:
             if self._rigs.get(rig) is not state or self._versions.get(self._live) is not table or \

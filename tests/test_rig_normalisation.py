@@ -305,10 +305,16 @@ def test_a_swap_to_a_version_that_learned_the_rig_gives_it_back_the_version_s_st
         normaliser.close()
 
 
-def depth_gain_scan(seed: int, db: float = 26.0) -> np.ndarray:
+def depth_gain_scan(seed: int, db: float = 26.0, blurred: bool = False) -> np.ndarray:
     """The learned domain from a rig whose gain rises ``db`` dB from the top row to the bottom (another TGC
-    slope), exported with the headroom that keeps the ramp unclipped."""
+    slope), exported with the headroom that keeps the ramp unclipped; ``blurred``: behind another probe too
+    (a 3-tap blur first)."""
     image = learned_scan(seed).astype(np.float64)
+    if blurred:
+        kernel = np.array([0.25, 0.5, 0.25])
+        for axis in (0, 1):
+            image = np.apply_along_axis(lambda line: np.convolve(np.pad(line, 1, mode="edge"), kernel, "valid"),
+                                        axis, image)
     gain = 10.0 ** (db * np.arange(SIZE[0]) / (SIZE[0] - 1) / 20.0)
     return np.round(image * gain[:, None] / gain[-1] * 16).astype(np.uint16)
 
@@ -418,17 +424,6 @@ def test_a_rig_adapted_before_versions_had_brightness_profiles_is_matched_by_the
         normaliser.close()
 
 
-def blurred_depth_gain_scan(seed: int, db: float = 26.0) -> np.ndarray:
-    """Another probe (a blur) behind another TGC slope: the depth-gain ramp on a blurred scan of the domain."""
-    image = learned_scan(seed).astype(np.float64)
-    kernel = np.array([0.25, 0.5, 0.25])
-    for axis in (0, 1):
-        image = np.apply_along_axis(lambda line: np.convolve(np.pad(line, 1, mode="edge"), kernel, "valid"), axis,
-                                    image)
-    gain = 10.0 ** (db * np.arange(SIZE[0]) / (SIZE[0] - 1) / 20.0)
-    return np.round(image * gain[:, None] / gain[-1] * 16).astype(np.uint16)
-
-
 def corrected_moments(loaded: LoadedModel, scans: list[np.ndarray], served: Served) -> dict[str, torch.Tensor]:
     """The blend the rig should be served with: the version's statistics (one scan's weight) and those of its
     scans corrected by its gain curve, each measured alone."""
@@ -444,7 +439,7 @@ def test_a_rig_with_another_gain_curve_and_another_probe_gets_its_own_statistics
     swap; a rig that changes starts over without the curve; with the option at 0 it is adapted as it is."""
     store = store_with_version_1()
     loaded = load_version(store, 1, CPU)
-    scans = [blurred_depth_gain_scan(i) for i in range(8)]
+    scans = [depth_gain_scan(i, blurred=True) for i in range(8)]
     plain = running_normaliser(loaded, gain_adapt_distance=0.0)
     try:
         feed(plain, "probe", scans)
@@ -504,16 +499,16 @@ async def test_a_rig_adapted_on_corrected_scans_is_told_both_on_both_apis(tmp_pa
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = segmenter_pb2_grpc.SegmenterStub(channel)
         for i in range(10):
-            await segment(stub, blurred_depth_gain_scan(100 + i), "probe")
+            await segment(stub, depth_gain_scan(100 + i, blurred=True), "probe")
         await asyncio.to_thread(server.rig_norm.settle, HANG_GUARD_S)
         served = server.rig_norm.statistics("probe", 1)
         assert server.rig_norm.decision("probe") == "adapt" and served.kind == "rig+gain"
-        answer = await segment(stub, blurred_depth_gain_scan(7), "probe")
+        answer = await segment(stub, depth_gain_scan(7, blurred=True), "probe")
         assert answer.normalisation.source == "rig" and answer.normalisation.scans >= 8
         assert answer.normalisation.gain_domain == DOMAIN and answer.normalisation.gain_db >= 12.0
-        [expected] = predict_batch(server.slot.current(), [blurred_depth_gain_scan(7)], statistics=[served])
+        [expected] = predict_batch(server.slot.current(), [depth_gain_scan(7, blurred=True)], statistics=[served])
         assert answer.mask.data == expected.mask.tobytes()
-        reply = await kserve_infer(channel, blurred_depth_gain_scan(8), "probe")
+        reply = await kserve_infer(channel, depth_gain_scan(8, blurred=True), "probe")
         assert reply.parameters["normalisation"].string_param == "rig"
         assert reply.parameters["normalisation_gain_domain"].string_param == DOMAIN
         assert server.metrics.normalisation_scans.labels("rig+gain", "torch")._value.get() >= 2

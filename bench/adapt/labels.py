@@ -39,14 +39,12 @@ from weldstream.learner.window import TrainingWindow
 from weldstream.preprocess import training_pair
 from weldstream.server.config import ServerConfig
 from weldstream.server.drift import References
-from weldstream.server.rig_normalisation import RigNormConfig
 
 LABEL_SEED = 5_000_000  # the rig's labeled scans: seeds no adaptation or test scan uses
 HELD_OUT_SEED = 6_000_000  # the rig's held-out labeled scans (its drift reference in the new version)
 KEEP_DISTANCE = ServerConfig().rig_keep_distance
 MIN_GAIN_DB = ServerConfig().rig_min_gain_db
-GAIN_ADAPT_DISTANCE = ServerConfig().rig_gain_adapt_distance
-GAIN_ADAPT_MIN_DB = RigNormConfig().gain_adapt_min_db
+RIG_NORM = ServerConfig().rig_norm_settings  # what the server decides a gain curve by
 MIN_SCANS = ServerConfig().rig_norm_min_scans  # the reservoir a server decides on
 ADAPTATION_SCANS = 32  # unlabeled scans the rig's statistics are measured from
 
@@ -130,8 +128,7 @@ def server_gain(model: torch.nn.Module, run: RowRun, source_held_out: torch.Tens
     if curve.span_db < MIN_GAIN_DB:
         return None, float("nan")
     distance = median_distance(model, references, first, stride, curve)
-    partial = distance <= GAIN_ADAPT_DISTANCE and curve.span_db >= GAIN_ADAPT_MIN_DB
-    return (curve if distance <= KEEP_DISTANCE or partial else None), distance
+    return (curve if RIG_NORM.corrected_decision(distance, curve.span_db) is not None else None), distance
 
 
 def label_rows(learner: ContinualLearner, model: torch.nn.Module, runs: list[RowRun], old: RowRun,

@@ -96,6 +96,12 @@ def _served(summary: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _run_of(env: dict[str, Any]) -> str:
+    """A run measured apart from the report's: '`command`, wall s[, checkout X]'."""
+    checkout = f", checkout {env['commit']}" if env.get("commit") else ""
+    return f"`{env.get('command')}`, {env.get('wall_s')} s{checkout}"
+
+
 def _decisions(clones: list[list[Any]]) -> str:
     """The server's decisions for a count's clones: 'adapt', 'keep', or counts of each."""
     counted: dict[str, int] = {}
@@ -167,9 +173,7 @@ def format_table(result: dict[str, Any]) -> str:
         ]
         if source["source"] in apart:
             env_ = apart[source["source"]]
-            lines += [f"Measured apart: `{env_.get('command')}`, {env_.get('wall_s')} s"
-                      + (f", checkout {env_['commit']}" if env_.get("commit") else "")
-                      + (f" ({env_['note']})" if env_.get("note") else "") + ".", ""]
+            lines += [f"Measured apart: {_run_of(env_)}" + (f" ({env_['note']})" if env_.get("note") else "") + ".", ""]
         lines += [
             "| rig | kind | " + " | ".join(f"{n} scans" for n in counts) + f" | oracle | own statistics in-process, "
             f"{ref} scans | % of source (0 → {ref}) | gain at {ref}, points | decision | served with at {ref} | "
@@ -212,8 +216,7 @@ def label_tables(result: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     env = result.get("labels_environment")
     if env and any(source.get("labels") for source in result["sources"]):
-        lines += ["", f"The rows after labels were measured apart: `{env.get('command')}`, {env.get('wall_s')} s"
-                  + (f", checkout {env['commit']}." if env.get("commit") else ".")]
+        lines += ["", f"The rows after labels were measured apart: {_run_of(env)}."]
     for source in result["sources"]:
         rows = source.get("labels") or []
         if not rows:

@@ -136,23 +136,15 @@ def blurred(source: str, sigma: float = 0.75) -> Transform:
     return apply
 
 
-def depth_gain(source: str, db: float = 26.0) -> Transform:
+def depth_gain(source: str, db: float = 26.0, sigma: float = 0.0) -> Transform:
+    """The depth-gain ramp, after a blur of ``sigma`` pixels if given (another probe behind another TGC slope)."""
     scale = _full_scale(source)
 
     def apply(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        unit = to_unit(image, scale)
         # exported with headroom (16-bit of the source's full scale x the ramp), so the gain clips nothing
         ramp = 10.0 ** (db / 20.0)
-        return export(depth_ramp(to_unit(image, scale), db) / ramp, "uint16"), mask
-    return apply
-
-
-def depth_gain_blurred(source: str, db: float = 26.0, sigma: float = 0.75) -> Transform:
-    """Another probe behind another TGC slope: the blur, then the depth-gain ramp (exported as ``depth_gain``)."""
-    scale = _full_scale(source)
-
-    def apply(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        ramp = 10.0 ** (db / 20.0)
-        return export(depth_ramp(blur(to_unit(image, scale), sigma), db) / ramp, "uint16"), mask
+        return export(depth_ramp(blur(unit, sigma) if sigma > 0 else unit, db) / ramp, "uint16"), mask
     return apply
 
 
@@ -198,7 +190,7 @@ def rigs_of(source: str) -> list[Rig]:
             Rig("half-contrast", source, "every flaw's contrast to its background halved", half_contrast(source)),
             Rig("8-bit", source, "the 12-bit amplitude exported as 8-bit", bit_depth(source, "uint8")),
             Rig("depth-gain+blur", source, "the blur and the depth-gain ramp together (another probe and TGC slope)",
-                depth_gain_blurred(source, 26.0, 0.75)),
+                depth_gain(source, 26.0, 0.75)),
         ]
     return [Rig("dose-gradient", source, "dose falling from 1.5x to 0.5x across the detector",
                 dose_ramp(source, 1.5, 0.5))]
