@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from avalanche.models.base_model import BaseModel
 from torch import Tensor, nn
 
+from weldstream.polarity import Canonicalising, canonicalise
+
 
 class LFLSegmenter(nn.Module, BaseModel):
     """Encoder + decoder of an smp U-Net, with its 3x3 segmentation head as a per-pixel nn.Linear."""
@@ -31,6 +33,8 @@ class LFLSegmenter(nn.Module, BaseModel):
             raise ValueError("the segmentation head must be a bare convolution (no upsampling or activation)")
         self.encoder = unet.encoder
         self.decoder = unet.decoder
+        # A polarity head (weldstream.polarity) keeps deciding which scans to invert; LFL leaves it as it is.
+        self.polarity = unet.polarity if isinstance(unet, Canonicalising) else None
         self.kernel_size, self.padding = conv.kernel_size, conv.padding
         self.head = nn.Linear(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels)
         with torch.no_grad():
@@ -39,6 +43,8 @@ class LFLSegmenter(nn.Module, BaseModel):
 
     def get_features(self, x: Tensor) -> Tensor:
         """Decoder output (N, C, H, W): what the classifier sees at every pixel."""
+        if self.polarity is not None:
+            x = canonicalise(self.polarity, x)
         return self.decoder(self.encoder(x))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -56,4 +62,6 @@ class LFLSegmenter(nn.Module, BaseModel):
         state.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
         state["segmentation_head.0.weight"] = self.head.weight.detach().reshape(conv.weight.shape).clone()
         state["segmentation_head.0.bias"] = self.head.bias.detach().clone()
+        if self.polarity is not None:
+            state.update({f"polarity.{k}": v for k, v in self.polarity.state_dict().items()})
         return state

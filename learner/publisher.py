@@ -23,6 +23,7 @@ from weldstream.learner.holdout import ValidationSets
 from weldstream.learner.regression import Comparison, compare
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.model import build_model
+from weldstream.polarity import load_weights
 from weldstream.scoring import SegmentationScore, score_confusion
 from weldstream.stores import VersionStore
 from weldstream.weight_store import Manifest
@@ -86,7 +87,7 @@ class Publisher:
             log.error("cannot compare with served version %d (%s); keeping version %d", served, exc,
                       self.live_version)
             return False
-        self._live_model.load_state_dict(stored.state_dict)
+        load_weights(self._live_model, stored.state_dict)
         self.live_version = served
         self._live_scans = {}
         self._live_by_entry = {}

@@ -15,6 +15,7 @@ from collections import deque
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 from weldstream.learner.augment import augment
 from weldstream.learner.averaging import WeightAverage
@@ -23,12 +24,16 @@ from weldstream.learner.crops import cut_crop
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.window import TrainingWindow
 from weldstream.model import build_model
+from weldstream.polarity import DomainPolarity, load_weights
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepStats, gem_step
 
 # Crop side when --crop-size is 0 (auto): small enough for a 2-core CPU to take several steps a second,
 # large enough on a GPU to see a whole weld region at once.
 AUTO_CROP = {"cpu": 96, "cuda": 256}
 MIN_CROP = 32
+# The polarity head's own step (weldstream.polarity): memory crops a step, and its Adam rate.
+POLARITY_BATCH = 16
+POLARITY_LR = 3e-3
 
 
 def auto_crop_size(device: torch.device, height: int, width: int) -> int:
@@ -54,6 +59,9 @@ class ContinualLearner:
         self.optimizer = self._new_optimizer()
         self.average = WeightAverage(self.model, cfg.average_half_life)
         self.memory = ReplayMemory(cfg.memory_per_domain, device=device, seed=cfg.seed)
+        # Which domains' defects read dark, from their labels; the model's polarity head learns it.
+        self.polarity = DomainPolarity()
+        self.polarity_optimizer = self._new_polarity_optimizer()
         self.references = ReferenceGradients()
         self.window = TrainingWindow(cfg.window_scans, cfg.window_mb << 20, device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -72,16 +80,22 @@ class ContinualLearner:
         return self.average.model
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.learning_rate,
-                                 weight_decay=self.cfg.weight_decay)
+        """AdamW over the segmentation network; the polarity head has its own loss and optimiser."""
+        params = [p for name, p in self.model.named_parameters() if not name.startswith("polarity.")]
+        return torch.optim.AdamW(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+
+    def _new_polarity_optimizer(self) -> torch.optim.Optimizer | None:
+        head = getattr(self.model, "polarity", None)
+        return torch.optim.Adam(head.parameters(), lr=POLARITY_LR) if head is not None else None
 
     def adopt(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Continue from another trainer's weights (a consolidated version). The window, the memory and
         the step budget stay; the optimiser starts afresh (its moments belonged to the old weights), the
         average restarts from the new weights and GEM's reference gradients are recomputed on them."""
-        self.model.load_state_dict(state_dict)
+        load_weights(self.model, state_dict)
         self.average.reset(self.model)
         self.optimizer = self._new_optimizer()
+        self.polarity_optimizer = self._new_polarity_optimizer()
         self.references.clear()
 
     # -- the event loop's side
@@ -107,6 +121,7 @@ class ContinualLearner:
                             on_defect=bool(float(torch.rand(1, generator=self.generator)) < self.cfg.defect_share),
                             generator=self.generator)
             self.memory.add(x[None], y[None], sample.domain)
+            self.polarity.observe(sample.domain, kept.x, kept.y)
             if sample.labeled_at > 0:
                 self.label_times.append(sample.labeled_at)
             # The budget never runs further ahead than the window can be learned from.
@@ -140,10 +155,33 @@ class ContinualLearner:
         x, y = self.window.sample(cfg.batch_size, self.crop_size, cfg.defect_share, self.generator)
         stats = gem_step(self.model, self.optimizer, (x, y), self.memory, cfg.step, self.window.domains(),
                          self.references, transform=partial(augment, generator=self.generator))
+        self._train_polarity()
         self.average.update(self.model)
         self.steps += 1
         self.projected_steps += int(stats.projected)
         return stats
+
+    def _train_polarity(self) -> None:
+        """One step of the polarity head on memory crops of every domain whose labels have shown defects,
+        each labeled "invert" when its domain's defects read dark. Until some domain's do, the head is left
+        at its start ("keep" for every scan), so the model is exactly its network."""
+        head = getattr(self.model, "polarity", None)
+        dark = set(self.polarity.dark_domains())
+        if head is None or self.polarity_optimizer is None or not dark:
+            return
+        known = [d for d in self.memory.domains() if self.polarity.dark(d) is not None]
+        per_domain = max(2, POLARITY_BATCH // len(known))
+        xs, targets = [], []
+        for domain in known:
+            x, _ = self.memory.sample(per_domain, domain=domain)
+            xs.append(x)
+            targets.append(torch.full((len(x),), float(domain in dark), device=x.device))
+        x, target = torch.cat(xs).to(self.device), torch.cat(targets).to(self.device)
+        gain = 1 + (torch.rand(len(x), 1, 1, 1, generator=self.generator) * 2 - 1) * 0.2  # the step's jitter
+        loss = F.binary_cross_entropy_with_logits(head(x * gain.to(x.device)), target)
+        self.polarity_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.polarity_optimizer.step()
 
     def state_dict(self) -> dict:
         return {
@@ -162,12 +200,14 @@ class ContinualLearner:
             "scans_learned": self.scans_learned,
             "label_times": list(self.label_times),
             "forgetting_probe": self.references.probe_state(),
+            "polarity": self.polarity.state_dict(),
+            "polarity_optimizer": self.polarity_optimizer.state_dict() if self.polarity_optimizer else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"])
         # Checkpoints written before averaging existed start the average at the trained weights.
-        self.average.model.load_state_dict(state.get("average", state["model"]))
+        load_weights(self.average.model, state.get("average", state["model"]))
         self.average.updates = state.get("average_updates")
         self.optimizer.load_state_dict(state["optimizer"])
         self.memory.load_state_dict(state["memory"], device=self.device)
@@ -182,3 +222,7 @@ class ContinualLearner:
         self.projected_steps = state["projected_steps"]
         self.scans_learned = state["scans_learned"]
         self.label_times = list(state["label_times"])
+        # Checkpoints written before the polarity head start it over; the labels in memory re-teach it.
+        self.polarity.load_state_dict(state.get("polarity", {}))
+        if self.polarity_optimizer is not None and state.get("polarity_optimizer"):
+            self.polarity_optimizer.load_state_dict(state["polarity_optimizer"])

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from weldstream.polarity import canonical_input
 from weldstream.preprocess import pad_to_multiple
 
 REFERENCE_KEY = "feature_reference"
@@ -70,7 +71,7 @@ def encoder_summary(module: nn.Module, images: Tensor, stride: int, batch_size: 
     rows = []
     for start in range(0, len(images), batch_size):
         padded = pad_to_multiple(images[start:start + batch_size], stride)
-        rows.append(_pooled(module.encoder(padded)))
+        rows.append(_pooled(module.encoder(canonical_input(module, padded))))
     module.train(was_training)
     return torch.cat(rows)
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from weldstream.classes import DEFECT_CLASSES
+from weldstream.polarity import with_polarity
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unet": smp.Unet,
@@ -31,6 +32,9 @@ class ModelConfig:
     classes: tuple[str, ...] = DEFECT_CLASSES
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = field(default=(128, 64, 32, 16, 8))
+    # A polarity head in front of the network (weldstream.polarity): scans whose defects read dark are
+    # inverted first. Manifests written before it existed have none (``from_dict``).
+    polarity: bool = True
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -57,6 +61,7 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         data = dict(data)
         data["classes"] = tuple(data.get("classes", DEFECT_CLASSES))
+        data.setdefault("polarity", False)
         if "decoder_channels" in data:
             data["decoder_channels"] = tuple(data["decoder_channels"])
         return cls(**data)
@@ -82,4 +87,6 @@ def build_model(cfg: ModelConfig, seed: int | None = 0) -> nn.Module:
     )
     if cfg.architecture in ("unet", "unetplusplus"):
         kwargs["decoder_channels"] = cfg.decoder_channels[: cfg.encoder_depth]
-    return ARCHITECTURES[cfg.architecture](**kwargs)
+    model = ARCHITECTURES[cfg.architecture](**kwargs)
+    # The head is built after the network, so the network's initial weights do not depend on it.
+    return with_polarity(model, cfg.in_channels) if cfg.polarity else model

@@ -102,8 +102,10 @@ def scan_results(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tens
 
 
 def _class_count(model: torch.nn.Module) -> int:
-    """Output classes of a segmentation network: the channels of its last convolution (its head)."""
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    """Output classes of a segmentation network: the channels of its last convolution (its head), the
+    polarity head's aside (weldstream.polarity)."""
+    convs = [m for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and not name.startswith("polarity.")]
     if not convs:
         raise ValueError("cannot tell the class count of a model without convolutions; pass num_classes")
     return convs[-1].out_channels
