@@ -10,6 +10,7 @@ judged and published is ``published``, an exponential average of the trained wei
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from functools import partial
@@ -26,6 +27,8 @@ from weldstream.learner.window import TrainingWindow
 from weldstream.model import build_model
 from weldstream.polarity import DomainPolarity, load_weights
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepStats, gem_step
+
+log = logging.getLogger(__name__)
 
 # Crop side when --crop-size is 0 (auto): small enough for a 2-core CPU to take several steps a second,
 # large enough on a GPU to see a whole weld region at once.
@@ -121,7 +124,11 @@ class ContinualLearner:
                             on_defect=bool(float(torch.rand(1, generator=self.generator)) < self.cfg.defect_share),
                             generator=self.generator)
             self.memory.add(x[None], y[None], sample.domain)
+            was_dark = self.polarity.dark(sample.domain)
             self.polarity.observe(sample.domain, kept.x, kept.y)
+            if self.polarity.dark(sample.domain) and not was_dark:
+                log.info("%s: its labeled defects read darker than their surroundings; the model learns to "
+                         "invert its scans (weldstream.polarity)", sample.domain)
             if sample.labeled_at > 0:
                 self.label_times.append(sample.labeled_at)
             # The budget never runs further ahead than the window can be learned from.

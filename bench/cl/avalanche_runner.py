@@ -172,7 +172,8 @@ class _Tail(_Stamp):
 def run_avalanche(name: str, cfg: BenchConfig, stream: Stream, seed: int,
                   progress: Callable[[int], None] = lambda n: None) -> tuple[RunResult, StepLog]:
     """Train Avalanche strategy ``name`` over the stream; fill the accuracy matrices and the step log."""
-    model: nn.Module = build_model(ModelConfig(), seed=seed)
+    # The plain network: nothing in Avalanche's strategies teaches a polarity head (weldstream.polarity).
+    model: nn.Module = build_model(ModelConfig(polarity=False), seed=seed)
     if name == "lfl":
         model = LFLSegmenter(model)
     torch.manual_seed(seed)  # Avalanche's data loaders and memory sampling draw from the global generator

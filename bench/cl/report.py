@@ -194,7 +194,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         "",
         "## Shared budget",
         "",
-        f"Model `build_model(ModelConfig())` (smp U-Net, mobilenet_v2, random init, same seed per run) · AdamW "
+        "Model `build_model(ModelConfig())` (smp U-Net, mobilenet_v2, random init, same seed per run; the "
+        "learner's rows with its polarity head, taught by the labels, Avalanche's rows the plain network) · AdamW "
         f"lr {cfg['learning_rate']} · {cfg['steps_per_domain']} steps per domain for every strategy, each on "
         f"{cfg['batch_size'] + cfg['rehearsal']} scans ({cfg['batch_size']} current + {cfg['rehearsal']} from "
         f"memory for replay and replay-gem) · gradient clip {cfg['clip_norm']} (after any projection) · loss "
