@@ -13,6 +13,7 @@ from weldstream.cli.verbs import accept_after
 from weldstream.errors import CorruptVersion
 from weldstream.features import REFERENCE_KEY
 from weldstream.pinning import Operator, OperatorConfig
+from weldstream.polarity import POLARITY_KEY, describe
 from weldstream.registry import Registry, VersionRow, open_registry
 from weldstream.s3_client import StoreUnavailable
 from weldstream.settings import add_settings, config_from_args
@@ -106,7 +107,9 @@ def _show(args: argparse.Namespace, cfg: OperatorConfig, store: VersionStore, re
     offsets = ", ".join(f"{o['topic']}[{o['partition']}]@{o['offset']}" for o in m.offsets)
     print(f"  offsets    {offsets or '-'}")
     references = m.metrics.get(REFERENCE_KEY) or {}
-    print(f"  metrics    {({k: v for k, v in m.metrics.items() if k != REFERENCE_KEY})}")
+    print(f"  metrics    {({k: v for k, v in m.metrics.items() if k not in (REFERENCE_KEY, POLARITY_KEY)})}")
+    if POLARITY_KEY in m.metrics:
+        print(f"  inverts    {describe(m.metrics[POLARITY_KEY])}")
     print(f"  drift refs {', '.join(sorted(references)) or '-'}")
     print("  scores")
     for domain, s in sorted(m.scores.items()):

@@ -60,6 +60,8 @@ class DemoConfig:
     rate: float = setting(8.0, help="labeled scans per second from the rig")
     size: tuple[int, int] = setting((64, 64), parse=parse_size, help="scan size; small so 2 CPU cores learn live")
     max_steps_per_scan: int = setting(4, help="training steps each labeled scan earns the learner")
+    learner_threads: int = setting(1, help="torch threads of the learner (the server takes one); a machine with more "
+                                                        "cores learns faster with more")
     client_rate: float = setting(4.0, help="Segment calls per second")
     kafka: str | None = setting(None, parse=optional_text,
                                 help="use this Kafka cluster instead of the embedded broker")
@@ -200,7 +202,7 @@ async def run_demo(cfg: DemoConfig) -> dict:
                                 "--grpc-port", str(grpc_port), "--metrics-port", str(server_metrics),
                                 "--kafka", kafka, "--threads", "1", "--poll-interval", "5"], logs / "server.log")
     learner = Service("learner", ["learn", "--kafka", kafka, "--model-dir", str(model_dir),
-                                  "--metrics-port", str(learner_metrics), "--threads", "1",
+                                  "--metrics-port", str(learner_metrics), "--threads", str(cfg.learner_threads),
                                   "--strategy", cfg.strategy, "--publish-every-steps", str(cfg.publish_every_steps),
                                   "--max-steps-per-scan", str(cfg.max_steps_per_scan),
                                   "--publish-every-s", "15", "--session-timeout-ms", "6000"], logs / "learner.log")

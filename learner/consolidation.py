@@ -39,6 +39,7 @@ from weldstream.learner.publisher import CONSOLIDATED, Decision, Publisher
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import auto_crop_size
 from weldstream.model import ModelConfig, build_model, resolve_device
+from weldstream.polarity import CROPS_PER_STEP, LEARNING_RATE, POLARITY_KEY, DomainPolarity, teach_step
 from weldstream.registry import Round, best_effort, open_configured
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepConfig, gem_step
 from weldstream.stores import VersionStore, configured_store
@@ -46,6 +47,9 @@ from weldstream.stores import VersionStore, configured_store
 log = logging.getLogger(__name__)
 PROGRESS_FILE = "consolidation-progress.pt"
 DEFECT_SHARE = 0.7  # share of crops centred on a defect, as the learner cuts them
+# Teaching the polarity head before the network trains: steps, and labeled scans of each domain cut for it.
+POLARITY_STEPS = 150
+POLARITY_SCANS = 64
 
 
 class Stopped(Exception):
@@ -94,6 +98,7 @@ class Consolidation:
         if stored is not None:
             self.model.load_state_dict(stored.state_dict)
         self.steps = 0
+        self.polarity = DomainPolarity()  # filled when the job runs
 
     # -- batches
     def _crops(self, samples: list[LabeledSample], per_scan: int) -> tuple[Tensor, Tensor]:
@@ -130,6 +135,9 @@ class Consolidation:
         started = time.monotonic()
         done = self._resume()
         resumed = done
+        self._observe_polarity()
+        if not done:  # a resumed job's saved model carries the head it was taught
+            self._teach_polarity()
         trainer = self._avalanche_trainer() if self.cfg.strategy in ("ewc", "si", "lfl") else self._step_trainer()
         if done:
             trainer.load(self.saved["trainer"])
@@ -145,6 +153,33 @@ class Consolidation:
         model = trainer.unet()
         return Outcome(self._judge_and_publish(model), self.started_from, self.steps, len(self.units), resumed,
                        time.monotonic() - started)
+
+    def _observe_polarity(self) -> None:
+        """Which way each domain's defects read, from every labeled scan of the job (weldstream.polarity)."""
+        self.polarity = DomainPolarity()
+        for domain in self.domains:
+            for sample in self.corpus.train[domain]:
+                self.polarity.observe(domain, sample.x, sample.y)
+
+    def _teach_polarity(self) -> None:
+        """Teach the model's polarity head which domains to invert before the network trains: a job from
+        scratch starts with a head that keeps every scan, and one from a version re-learns what the whole
+        corpus shows."""
+        head = getattr(self.model, "polarity", None)
+        if head is None:
+            return
+        dark = set(self.polarity.dark_domains())
+        if not dark:
+            return
+        known = [d for d in self.domains if self.polarity.dark(d) is not None]
+        crops = {d: self._crops(self.corpus.train[d][:POLARITY_SCANS], 1)[0].to(self.device) for d in known}
+        optimizer = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
+        per_domain = max(2, CROPS_PER_STEP // len(known))
+        for _ in range(POLARITY_STEPS):
+            chosen = {d: c[torch.randint(len(c), (per_domain,), generator=self.generator)] for d, c in crops.items()}
+            loss = teach_step(head, optimizer, chosen, dark, self.generator)
+        log.info("polarity head taught to invert %s (%d steps, loss %.3f)", ", ".join(sorted(dark)), POLARITY_STEPS,
+                 loss)
 
     def _resume(self) -> int:
         self.saved: dict[str, Any] = {}
@@ -178,7 +213,8 @@ class Consolidation:
                 model, decision, self.corpus.validation, strategy=CONSOLIDATED + cfg.strategy,
                 offsets=self.corpus.offsets, newest_label_at=self.corpus.newest_label_at,
                 metrics={"steps": self.steps, "scans_learned": self.corpus.scans(), "crop_size": self.crop,
-                         "epochs": cfg.epochs, "domains": self.domains, "started_from": self.started_from})
+                         "epochs": cfg.epochs, "domains": self.domains, "started_from": self.started_from,
+                         POLARITY_KEY: self.polarity.summary()})
         self.path.unlink(missing_ok=True)
         return decision
 

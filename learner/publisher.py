@@ -23,7 +23,7 @@ from weldstream.learner.holdout import ValidationSets
 from weldstream.learner.regression import Comparison, compare
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.model import build_model
-from weldstream.polarity import load_weights
+from weldstream.polarity import POLARITY_KEY, load_weights
 from weldstream.scoring import SegmentationScore, score_confusion
 from weldstream.stores import VersionStore
 from weldstream.weight_store import Manifest
@@ -242,6 +242,7 @@ class Publisher:
                 "memory": learner.memory.per_domain(),
                 "labels_learned": len(label_times),
                 "label_time_median": statistics.median(label_times) if label_times else 0.0,
+                POLARITY_KEY: learner.polarity.summary(),
                 REFERENCE_KEY: self._feature_reference(learner, decision, validation),
             },
             newest_label_at=max(label_times, default=0.0),

@@ -16,7 +16,6 @@ from collections import deque
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from weldstream.learner.augment import augment
 from weldstream.learner.averaging import WeightAverage
@@ -25,7 +24,7 @@ from weldstream.learner.crops import cut_crop
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.window import TrainingWindow
 from weldstream.model import build_model
-from weldstream.polarity import DomainPolarity, load_weights
+from weldstream.polarity import CROPS_PER_STEP, LEARNING_RATE, DomainPolarity, load_weights, teach_step
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepStats, gem_step
 
 log = logging.getLogger(__name__)
@@ -34,9 +33,6 @@ log = logging.getLogger(__name__)
 # large enough on a GPU to see a whole weld region at once.
 AUTO_CROP = {"cpu": 96, "cuda": 256}
 MIN_CROP = 32
-# The polarity head's own step (weldstream.polarity): memory crops a step, and its Adam rate.
-POLARITY_BATCH = 16
-POLARITY_LR = 3e-3
 
 
 def auto_crop_size(device: torch.device, height: int, width: int) -> int:
@@ -89,7 +85,7 @@ class ContinualLearner:
 
     def _new_polarity_optimizer(self) -> torch.optim.Optimizer | None:
         head = getattr(self.model, "polarity", None)
-        return torch.optim.Adam(head.parameters(), lr=POLARITY_LR) if head is not None else None
+        return torch.optim.Adam(head.parameters(), lr=LEARNING_RATE) if head is not None else None
 
     def adopt(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Continue from another trainer's weights (a consolidated version). The window, the memory and
@@ -169,26 +165,17 @@ class ContinualLearner:
         return stats
 
     def _train_polarity(self) -> None:
-        """One step of the polarity head on memory crops of every domain whose labels have shown defects,
-        each labeled "invert" when its domain's defects read dark. Until some domain's do, the head is left
-        at its start ("keep" for every scan), so the model is exactly its network."""
+        """One step of the polarity head on memory crops of every domain whose labels have shown defects.
+        Until some domain's defects read dark, the head is left at its start ("keep" for every scan), so
+        the model is exactly its network."""
         head = getattr(self.model, "polarity", None)
         dark = set(self.polarity.dark_domains())
         if head is None or self.polarity_optimizer is None or not dark:
             return
         known = [d for d in self.memory.domains() if self.polarity.dark(d) is not None]
-        per_domain = max(2, POLARITY_BATCH // len(known))
-        xs, targets = [], []
-        for domain in known:
-            x, _ = self.memory.sample(per_domain, domain=domain)
-            xs.append(x)
-            targets.append(torch.full((len(x),), float(domain in dark), device=x.device))
-        x, target = torch.cat(xs).to(self.device), torch.cat(targets).to(self.device)
-        gain = 1 + (torch.rand(len(x), 1, 1, 1, generator=self.generator) * 2 - 1) * 0.2  # the step's jitter
-        loss = F.binary_cross_entropy_with_logits(head(x * gain.to(x.device)), target)
-        self.polarity_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.polarity_optimizer.step()
+        per_domain = max(2, CROPS_PER_STEP // len(known))
+        crops = {d: self.memory.sample(per_domain, domain=d)[0].to(self.device) for d in known}
+        teach_step(head, self.polarity_optimizer, crops, dark, self.generator)
 
     def state_dict(self) -> dict:
         return {

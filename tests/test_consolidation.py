@@ -16,7 +16,9 @@ from weldstream.learner.consolidation import PROGRESS_FILE, Consolidation, Stopp
 from weldstream.learner.corpus import read_folder
 from weldstream.learner.loop import run
 from weldstream.model import ModelConfig, build_model
+from weldstream.preprocess import training_pair
 from weldstream.registry import open_registry
+from weldstream.simulator import generate_scan
 from weldstream.simulator.dataset import write_dataset
 from weldstream.weight_store import WeightStore
 
@@ -106,3 +108,36 @@ def test_lfl_weights_convert_back_to_the_served_unet_exactly():
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(served(x), wrapped.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_lfl_keeps_the_polarity_head_and_its_decision():
+    from weldstream.learner.lfl_model import LFLSegmenter
+
+    unet = build_model(ModelConfig(), seed=4)
+    with torch.no_grad():
+        unet.polarity.decide.bias.fill_(5.0)  # a head that inverts every scan
+    wrapped = LFLSegmenter(unet).eval()
+    served = build_model(ModelConfig(), seed=None).eval()
+    served.load_state_dict(wrapped.unet_state_dict(build_model(ModelConfig(), seed=None)))
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(served(x), wrapped(x), rtol=1e-4, atol=1e-4)
+        assert bool(served.inverts(x).all())
+
+
+def test_a_consolidation_from_scratch_teaches_the_polarity_head_first(tmp_path):
+    for domain, seed in zip(DOMAINS, (0, 50), strict=True):
+        write_dataset(tmp_path / "scans" / domain, domain, 12, seed=seed, size=(64, 64))
+    cfg = _quick(tmp_path / "models", strategy="joint", kafka=None, data=str(tmp_path / "scans"), from_scratch=True)
+    store = WeightStore(cfg.model_dir)
+    outcome = Consolidation(cfg, read_folder(tmp_path / "scans", ModelConfig(), cfg.holdout_share), store, CPU,
+                            threading.Event()).run()
+    assert outcome.decision.promoted
+    recorded = store.manifest(outcome.decision.manifest.version).metrics["polarity"]
+    assert recorded["xray-film-steel-x52"]["dark"] and not recorded["ut-pe100-5mhz"]["dark"]
+    model = build_model(ModelConfig(), seed=None).eval()
+    model.load_state_dict(store.load(outcome.decision.manifest.version).state_dict)
+    unseen = {d: torch.stack([training_pair(s.image, s.mask)[0] for s in (generate_scan(d, 7000 + i, (64, 64))
+                                                                          for i in range(12))]) for d in DOMAINS}
+    assert int(model.inverts(unseen["xray-film-steel-x52"]).sum()) >= 11
+    assert int(model.inverts(unseen["ut-pe100-5mhz"]).sum()) <= 1

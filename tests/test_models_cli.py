@@ -14,7 +14,9 @@ def test_list_rollback_show_diff_and_unpin(tmp_path):
     for version in (1, 2, 3):
         store.publish(build_model(ModelConfig(), seed=version).state_dict(), ModelConfig(),
                       parent_version=version - 1, strategy="replay-gem",
-                      scores={"ut": {"miou": 0.3 + version / 10, "dice": 0.5, "samples": 8}})
+                      scores={"ut": {"miou": 0.3 + version / 10, "dice": 0.5, "samples": 8}},
+                      metrics={"polarity": {"ut": {"dark": False, "defect_scans": 9, "dark_scans": 0},
+                                            "x52": {"dark": True, "defect_scans": 10, "dark_scans": 9}}})
     where = ["--model-dir", str(store.root), "--kafka", ""]
 
     listed = weldstream("models", *where, "list")
@@ -31,6 +33,7 @@ def test_list_rollback_show_diff_and_unpin(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "[pinned, served]" in shown.stdout and "lineage    2 <- 1 <- 0" in shown.stdout
     assert "checksum   ok" in shown.stdout and "mIoU 0.5000" in shown.stdout
+    assert "inverts    x52 (9 of 10 labeled defect scans read dark)" in shown.stdout
 
     diff = weldstream("models", *where, "diff", "1", "3")
     assert diff.returncode == 0, diff.stderr

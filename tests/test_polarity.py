@@ -11,13 +11,18 @@ import torch
 
 from weldstream.features import encoder_summary
 from weldstream.learner.config import LearnerConfig
+from weldstream.learner.holdout import ValidationSets
+from weldstream.learner.publisher import Publisher
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import ContinualLearner
 from weldstream.model import ModelConfig, build_model
-from weldstream.polarity import DomainPolarity, PolarityHead, defect_contrast, load_weights
+from weldstream.polarity import POLARITY_KEY, DomainPolarity, PolarityHead, defect_contrast, describe, load_weights
 from weldstream.preprocess import training_pair
 from weldstream.replay import StepConfig
 from weldstream.simulator import generate_scan
+from weldstream.weight_store import WeightStore
+
+from .conftest import learner_config
 
 SIZE = (64, 64)
 BRIGHT, DARK = "ut-pe100-5mhz", "xray-film-steel-x52"  # the simulator's voids: bright echoes, dark on a print
@@ -135,3 +140,18 @@ def test_the_head_answers_any_scan_size_and_channel_count() -> None:
     for shape in ((1, 3, 32, 32), (2, 3, 96, 200), (1, 3, 257, 31)):
         assert head(torch.from_numpy(np.random.default_rng(0).normal(size=shape).astype(np.float32))).shape == (
             shape[0],)
+
+
+def test_a_published_version_records_which_domains_it_inverts(tmp_path: Path) -> None:
+    cfg = learner_config("unused:9092", tmp_path / "models", regression_tolerance=1.0)
+    learner = ContinualLearner(cfg, torch.device("cpu"))
+    validation = ValidationSets(cap=8)
+    for domain in (BRIGHT, DARK):
+        for i, (x, y) in enumerate(pairs(domain, 6)):
+            learner.polarity.observe(domain, x, y)
+            validation.add(f"{domain}-{i}", domain, x, y)
+    decision = Publisher(cfg, WeightStore(cfg.model_dir), torch.device("cpu")).consider(learner, validation, offsets=[])
+    assert decision.manifest is not None
+    recorded = decision.manifest.metrics[POLARITY_KEY]
+    assert recorded == learner.polarity.summary() and recorded[DARK]["dark"] and not recorded[BRIGHT]["dark"]
+    assert describe(recorded).startswith(f"{DARK} (")

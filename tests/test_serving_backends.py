@@ -333,3 +333,31 @@ def test_auto_times_each_candidate_without_the_first_call_of_its_turn() -> None:
 
     timings = time_ms({"a": slow_after_another("a", 2.0), "b": slow_after_another("b", 6.0)}, torch.zeros(1))
     assert timings["a"] < 20 and timings["b"] < 30 and timings["a"] < timings["b"]
+
+
+def test_every_cpu_backend_carries_the_polarity_heads_decision() -> None:
+    """A head that inverts some scans and keeps others (by their mean brightness): ONNX Runtime and
+    TorchScript give eager's masks, and those masks are not the network's on the scans as sent."""
+    loaded = fresh_model(ModelConfig(), CPU)
+    head = loaded.module.polarity
+    with torch.no_grad():  # the first feature's mean and max decide: scans differ, so decisions differ
+        head.decide.weight.zero_()
+        head.decide.weight[0, 0] = 1.0
+        mean_feature = head.features(window_intensities(torch.from_numpy(
+            np.stack(simulated(6)).astype(np.float32))[:, None]))[:, 0].mean(dim=(1, 2))
+        ranked = mean_feature.sort().values  # the threshold in the widest gap: no scan near it
+        gap = int((ranked[1:] - ranked[:-1]).argmax())
+        head.decide.bias.fill_(-float(ranked[gap] + ranked[gap + 1]) / 2)
+    scans = simulated(6)
+    decisions = loaded.module.inverts(window_intensities(torch.from_numpy(np.stack(scans).astype(np.float32))[:, None]))
+    assert 0 < int(decisions.sum()) < len(scans)
+    plain = fresh_model(ModelConfig(polarity=False), CPU)
+    plain.module.load_state_dict({k: v for k, v in loaded.module.state_dict().items() if not k.startswith("polarity.")})
+    eager_masks = [p.mask for p in predict_batch(loaded, scans)]
+    plain_masks = [p.mask for p in predict_batch(plain, scans)]
+    assert any(not np.array_equal(a, b) for a, b in zip(eager_masks, plain_masks, strict=True))
+    for name in ("onnxruntime", "torchscript"):
+        exported = with_backend(loaded, BackendSettings(name, threads=2))
+        assert exported.runner.name == name and exported.backend_refused == ""
+        for ours, reference in zip(predict_batch(exported, scans), eager_masks, strict=True):
+            assert np.mean(ours.mask == reference) >= MIN_AGREEMENT

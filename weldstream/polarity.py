@@ -24,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+LEARNING_RATE = 3e-3  # Adam, for the head alone
+CROPS_PER_STEP = 16  # spread over the domains with labeled defects, at least 2 each
 KEEP_BIAS = -2.0  # the untrained head's logit for every scan: "keep" (sigmoid 0.12), never flip
 RING_PX = 3  # the surroundings a defect is compared with: pixels within 3 px of it, outside it
+POLARITY_KEY = "polarity"  # where a version's manifest (its metrics) records each domain's polarity
 
 
 class PolarityHead(nn.Module):
@@ -123,6 +126,27 @@ def defect_contrast(x: Tensor, y: Tensor) -> float | None:
         return None
     image = x[0].float()
     return float(image[inside].mean() - image[ring].mean())
+
+
+def teach_step(head: PolarityHead, optimizer: torch.optim.Optimizer, crops: dict[str, Tensor], dark: set[str],
+               generator: torch.Generator, jitter: float = 0.2) -> float:
+    """One step of the head on normalised crops of each domain (domain -> (n, C, h, w)), "invert" for the
+    ``dark`` domains, with the training steps' contrast jitter; returns the loss."""
+    x = torch.cat(list(crops.values()))
+    target = torch.cat([torch.full((len(v),), float(d in dark), device=x.device) for d, v in crops.items()])
+    gain = 1 + (torch.rand(len(x), 1, 1, 1, generator=generator) * 2 - 1) * jitter
+    loss = F.binary_cross_entropy_with_logits(head(x * gain.to(x.device)), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def describe(summary: dict[str, dict[str, int | bool]]) -> str:
+    """A manifest's polarity record in a line: the domains the model inverts, with their evidence."""
+    dark = [f"{d} ({v['dark_scans']} of {v['defect_scans']} labeled defect scans read dark)"
+            for d, v in sorted(summary.items()) if v.get("dark")]
+    return ", ".join(dark) or "none"
 
 
 class DomainPolarity:
