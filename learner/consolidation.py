@@ -39,7 +39,7 @@ from weldstream.learner.publisher import CONSOLIDATED, Decision, Publisher
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.trainer import auto_crop_size
 from weldstream.model import ModelConfig, build_model, resolve_device
-from weldstream.polarity import CROPS_PER_STEP, LEARNING_RATE, POLARITY_KEY, DomainPolarity, teach_step
+from weldstream.polarity import LEARNING_RATE, POLARITY_KEY, DomainPolarity, crops_per_domain, teach_step
 from weldstream.registry import Round, best_effort, open_configured
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepConfig, gem_step
 from weldstream.stores import VersionStore, configured_store
@@ -174,7 +174,7 @@ class Consolidation:
         known = [d for d in self.domains if self.polarity.dark(d) is not None]
         crops = {d: self._crops(self.corpus.train[d][:POLARITY_SCANS], 1)[0].to(self.device) for d in known}
         optimizer = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
-        per_domain = max(2, CROPS_PER_STEP // len(known))
+        per_domain = crops_per_domain(len(known))
         for _ in range(POLARITY_STEPS):
             chosen = {d: c[torch.randint(len(c), (per_domain,), generator=self.generator)] for d, c in crops.items()}
             loss = teach_step(head, optimizer, chosen, dark, self.generator)

@@ -24,7 +24,7 @@ from weldstream.learner.crops import cut_crop
 from weldstream.learner.records import LabeledSample
 from weldstream.learner.window import TrainingWindow
 from weldstream.model import build_model
-from weldstream.polarity import CROPS_PER_STEP, LEARNING_RATE, DomainPolarity, load_weights, teach_step
+from weldstream.polarity import LEARNING_RATE, DomainPolarity, crops_per_domain, load_weights, teach_step
 from weldstream.replay import ReferenceGradients, ReplayMemory, StepStats, gem_step
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class ContinualLearner:
         if head is None or self.polarity_optimizer is None or not dark:
             return
         known = [d for d in self.memory.domains() if self.polarity.dark(d) is not None]
-        per_domain = max(2, CROPS_PER_STEP // len(known))
+        per_domain = crops_per_domain(len(known))
         crops = {d: self.memory.sample(per_domain, domain=d)[0].to(self.device) for d in known}
         teach_step(head, self.polarity_optimizer, crops, dark, self.generator)
 

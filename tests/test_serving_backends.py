@@ -340,16 +340,16 @@ def test_every_cpu_backend_carries_the_polarity_heads_decision() -> None:
     TorchScript give eager's masks, and those masks are not the network's on the scans as sent."""
     loaded = fresh_model(ModelConfig(), CPU)
     head = loaded.module.polarity
+    scans = simulated(6)
+    windowed = window_intensities(torch.from_numpy(np.stack(scans).astype(np.float32))[:, None])
     with torch.no_grad():  # the first feature's mean and max decide: scans differ, so decisions differ
         head.decide.weight.zero_()
         head.decide.weight[0, 0] = 1.0
-        mean_feature = head.features(window_intensities(torch.from_numpy(
-            np.stack(simulated(6)).astype(np.float32))[:, None]))[:, 0].mean(dim=(1, 2))
+        mean_feature = head.features(windowed)[:, 0].mean(dim=(1, 2))
         ranked = mean_feature.sort().values  # the threshold in the widest gap: no scan near it
         gap = int((ranked[1:] - ranked[:-1]).argmax())
         head.decide.bias.fill_(-float(ranked[gap] + ranked[gap + 1]) / 2)
-    scans = simulated(6)
-    decisions = loaded.module.inverts(window_intensities(torch.from_numpy(np.stack(scans).astype(np.float32))[:, None]))
+    decisions = loaded.module.inverts(windowed)
     assert 0 < int(decisions.sum()) < len(scans)
     plain = fresh_model(ModelConfig(polarity=False), CPU)
     plain.module.load_state_dict({k: v for k, v in loaded.module.state_dict().items() if not k.startswith("polarity.")})

@@ -63,8 +63,7 @@ class Canonicalising:
 
     def inverts(self, x: Tensor) -> Tensor:
         """(N,) bool: the scans this model inverts."""
-        with torch.no_grad():
-            return self.polarity(x) > 0
+        return inverted(self.polarity, x)
 
     def canonical(self, x: Tensor) -> Tensor:
         """The scans as the network sees them: defects bright."""
@@ -74,11 +73,21 @@ class Canonicalising:
         return super().forward(self.canonical(x))  # type: ignore[misc]
 
 
+def inverted(head: PolarityHead, x: Tensor) -> Tensor:
+    """(N,) bool: the scans ``head`` decides to invert (no gradient: the head has its own loss)."""
+    with torch.no_grad():
+        return head(x) > 0
+
+
 def canonicalise(head: PolarityHead, x: Tensor) -> Tensor:
     """x with the scans ``head`` picks inverted (normalised scans are centred, so inverting is a sign)."""
-    with torch.no_grad():
-        sign = torch.where(head(x) > 0, -1.0, 1.0).to(x.dtype)
+    sign = torch.where(inverted(head, x), -1.0, 1.0).to(x.dtype)
     return x * sign.view(-1, *([1] * (x.dim() - 1)))
+
+
+def crops_per_domain(domains: int) -> int:
+    """Crops of each domain in one step of the head: ``CROPS_PER_STEP`` spread over them, at least 2 each."""
+    return max(2, CROPS_PER_STEP // domains)
 
 
 _CLASSES: dict[type, type] = {}
