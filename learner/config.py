@@ -49,6 +49,11 @@ class LearnerConfig:
     # well-settled model; new scans raise the budget and the rate again.
     decay_steps: int = setting(400, help="the learning rate anneals over the budget's last N steps ...")
     final_lr_share: float = setting(0.05, help="... down to this share of the peak")
+    # Labels come in bursts (a shift's inspections, an imported folder) that earn up to a window's worth of
+    # steps ahead. Once none has arrived for this long, the budget left shrinks to the anneal's steps, so a
+    # paused stream is served a settled model within minutes even on a CPU, not after the whole budget.
+    settle_after_s: float = setting(10.0, help="a stream quiet this many seconds settles: the budget left "
+                                               "shrinks to --decay-steps (0: never)")
     # What is judged and published is an exponential average of the trained weights (learner/averaging.py):
     # it holds old domains steady while the trained weights wander at the peak learning rate.
     average_half_life: float = setting(20.0, help="published weights average the trained ones over "

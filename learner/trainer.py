@@ -4,7 +4,8 @@ Training is driven by compute, not by arrivals: every labeled scan that joins th
 ``max_steps_per_scan`` steps, and the learner spends that budget whenever it has compute, drawing fresh
 augmented crops from the window (plus memory scans of past domains) for every step. When the stream
 pauses, it keeps learning from what it has until the budget is spent, with the learning rate annealed
-over the budget's last ``decay_steps`` steps; new scans raise the budget and the rate again. What gets
+over the budget's last ``decay_steps`` steps; once it has been quiet for ``settle_after_s`` the budget
+left shrinks to those steps, so the anneal starts then. New scans raise the budget and the rate again. What gets
 judged and published is ``published``, an exponential average of the trained weights (``averaging.py``).
 """
 
@@ -70,6 +71,8 @@ class ContinualLearner:
         self.budget = 0  # steps earned so far; the learner trains while steps < budget
         self.projected_steps = 0
         self.scans_learned = 0
+        self.last_arrival: float | None = None  # monotonic time the last scan joined the window
+        self.settled = False  # the budget was shrunk for the pause since that scan
         # Label times of scans trained since the last publish, for freshness accounting.
         self.label_times: list[float] = []
 
@@ -132,7 +135,26 @@ class ContinualLearner:
             self.budget = min(self.budget + self.cfg.max_steps_per_scan, cap)
             self.scans_learned += 1
             absorbed += 1
+        if absorbed:
+            self.last_arrival, self.settled = time.monotonic(), False
         return absorbed
+
+    def settle_if_paused(self, now: float | None = None) -> bool:
+        """Once no scan has arrived for ``settle_after_s``, shrink the budget left to the anneal's
+        ``decay_steps`` (once per pause): without this a burst's budget, up to a window's worth of steps,
+        is spent at the peak rate before the anneal even starts. Returns whether it shrank the budget."""
+        after = self.cfg.settle_after_s
+        if not after or self.settled or self.last_arrival is None:
+            return False
+        if (time.monotonic() if now is None else now) - self.last_arrival < after:
+            return False
+        self.settled = True
+        if self.remaining() <= self.cfg.decay_steps:
+            return False
+        log.info("no labeled scan for %.0f s: settling, the learning rate anneals over the last %d steps "
+                 "(%d earned steps dropped)", after, self.cfg.decay_steps, self.remaining() - self.cfg.decay_steps)
+        self.budget = self.steps + self.cfg.decay_steps
+        return True
 
     def learning_rate(self) -> float:
         """Linear warm-up over the first steps, then annealed as the budget runs out."""
@@ -144,6 +166,7 @@ class ContinualLearner:
     def train_for(self, max_steps: int, max_seconds: float) -> list[StepStats]:
         """Absorb arrivals, then step until the budget, ``max_steps`` or ``max_seconds`` runs out."""
         self.absorb()
+        self.settle_if_paused()
         stats: list[StepStats] = []
         deadline = time.monotonic() + max_seconds
         while self.remaining() > 0 and len(self.window) and len(stats) < max_steps and time.monotonic() < deadline:
@@ -216,6 +239,8 @@ class ContinualLearner:
         self.projected_steps = state["projected_steps"]
         self.scans_learned = state["scans_learned"]
         self.label_times = list(state["label_times"])
+        # A restart counts as an arrival: a pause that goes on after it settles a while later.
+        self.last_arrival, self.settled = time.monotonic(), False
         # Checkpoints written before the polarity head start it over; the labels in memory re-teach it.
         self.polarity.load_state_dict(state.get("polarity", {}))
         if self.polarity_optimizer is not None and state.get("polarity_optimizer"):

@@ -133,6 +133,38 @@ def test_the_learning_rate_warms_up_and_anneals_as_the_budget_runs_out(tmp_path)
     assert abs(learner.learning_rate() - 1e-4) < 1e-12
 
 
+def test_a_paused_stream_settles_once_and_new_scans_raise_the_budget_again(tmp_path):
+    cfg = learner_config("unused:9092", tmp_path, crop_size=32, max_steps_per_scan=100, decay_steps=50,
+                         settle_after_s=10.0)
+    learner = ContinualLearner(cfg, CPU)
+    for i in range(3):
+        learner.add(scan_with_a_defect(i))
+    learner.absorb()
+    arrived = learner.last_arrival
+    assert learner.remaining() == 300 and learner.learning_rate() == cfg.learning_rate / cfg.warmup_steps
+    assert not learner.settle_if_paused(now=arrived + 9.9)  # quiet, but not for long enough
+    assert learner.remaining() == 300
+    assert learner.settle_if_paused(now=arrived + 10.0)
+    assert learner.remaining() == 50  # the anneal starts now: the rate is already below its peak
+    learner.steps = 30  # past the warm-up
+    assert abs(learner.learning_rate() - cfg.learning_rate * 20 / 50) < 1e-12
+    assert not learner.settle_if_paused(now=arrived + 60)  # once per pause
+    assert learner.remaining() == 20
+    learner.add(scan_with_a_defect(7))
+    learner.absorb()
+    assert learner.remaining() == 120 and learner.learning_rate() == cfg.learning_rate
+    assert learner.settle_if_paused(now=learner.last_arrival + 10) and learner.remaining() == 50
+
+
+def test_a_learner_told_never_to_settle_keeps_its_budget(tmp_path):
+    cfg = learner_config("unused:9092", tmp_path, crop_size=32, max_steps_per_scan=100, decay_steps=50,
+                         settle_after_s=0)
+    learner = ContinualLearner(cfg, CPU)
+    learner.add(scan_with_a_defect(0))
+    learner.absorb()
+    assert not learner.settle_if_paused(now=learner.last_arrival + 1e6) and learner.remaining() == 100
+
+
 def test_a_checkpoint_restores_window_memory_and_the_next_step(tmp_path):
     cfg = learner_config("unused:9092", tmp_path, crop_size=32, batch_size=2, max_steps_per_scan=3)
     learner = ContinualLearner(cfg, CPU)

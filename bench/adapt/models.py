@@ -48,6 +48,7 @@ def learner_config(steps: int, train_scans: int, crop_size: int, seed: int) -> L
     return LearnerConfig(model_dir=Path("unused"), device="cpu", seed=seed, window_scans=train_scans,
                          crop_size=crop_size,
                          memory_per_domain=32, decay_steps=max(1, min(400, steps)),
+                         settle_after_s=0,  # the benchmark sets the budget itself
                          warmup_steps=max(1, min(30, steps // 10)), step=StepConfig())
 
 

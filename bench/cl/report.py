@@ -199,10 +199,10 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"lr {cfg['learning_rate']} · {cfg['steps_per_domain']} steps per domain for every strategy, each on "
         f"{cfg['batch_size'] + cfg['rehearsal']} scans ({cfg['batch_size']} current + {cfg['rehearsal']} from "
         f"memory for replay and replay-gem) · gradient clip {cfg['clip_norm']} (after any projection) · loss "
-        f"`segmentation_loss` (CE + soft Dice) · memory {cfg['memory_per_domain']} scans per domain for every "
-        f"memory-based method · {cfg['memory_batch']} scans per reference gradient · {cfg['threads']} torch "
-        f"threads · device {cfg.get('device', 'cpu')} · seeds vary the initialisation, batch order, crops and "
-        "memory sampling; the data are fixed.",
+        f"`segmentation_loss` (class-balanced CE + soft Dice) · memory {cfg['memory_per_domain']} scans per "
+        f"domain for every memory-based method · {cfg['memory_batch']} scans per reference gradient · "
+        f"{cfg['threads']} torch threads · device {cfg.get('device', 'cpu')} · seeds vary the initialisation, "
+        "batch order, crops and memory sampling; the data are fixed.",
         "",
         "## Results",
         "",

@@ -70,6 +70,7 @@ def learner_config(cfg: ReviewBenchConfig, seed: int) -> LearnerConfig:
         learning_rate=cfg.learning_rate, crop_size=cfg.crop_size, memory_per_domain=64,
         window_scans=max(cfg.base_scans, cfg.labels_per_domain), warmup_steps=10,
         decay_steps=max(1, cfg.steps_per_round),
+        settle_after_s=0,  # the benchmark sets every budget itself; wall time must not shrink it
         # Every round anneals to a settled model within its few dozen steps, so the served weights are
         # the trained ones (an average over 20 steps would still carry the previous round's).
         average_half_life=0,
