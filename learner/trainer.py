@@ -72,7 +72,6 @@ class ContinualLearner:
         self.projected_steps = 0
         self.scans_learned = 0
         self.last_arrival: float | None = None  # monotonic time the last scan joined the window
-        self.settled = False  # the budget was shrunk for the pause since that scan
         # Label times of scans trained since the last publish, for freshness accounting.
         self.label_times: list[float] = []
 
@@ -136,20 +135,18 @@ class ContinualLearner:
             self.scans_learned += 1
             absorbed += 1
         if absorbed:
-            self.last_arrival, self.settled = time.monotonic(), False
+            self.last_arrival = time.monotonic()
         return absorbed
 
     def settle_if_paused(self, now: float | None = None) -> bool:
         """Once no scan has arrived for ``settle_after_s``, shrink the budget left to the anneal's
-        ``decay_steps`` (once per pause): without this a burst's budget, up to a window's worth of steps,
-        is spent at the peak rate before the anneal even starts. Returns whether it shrank the budget."""
+        ``decay_steps``: without this a burst's budget, up to a window's worth of steps, is spent at the
+        peak rate before the anneal even starts. Once shrunk, only a new scan raises the budget above the
+        anneal's steps again, so a pause shrinks it once. Returns whether it shrank the budget."""
         after = self.cfg.settle_after_s
-        if not after or self.settled or self.last_arrival is None:
+        if not after or self.last_arrival is None or self.remaining() <= self.cfg.decay_steps:
             return False
         if (time.monotonic() if now is None else now) - self.last_arrival < after:
-            return False
-        self.settled = True
-        if self.remaining() <= self.cfg.decay_steps:
             return False
         log.info("no labeled scan for %.0f s: settling, the learning rate anneals over the last %d steps "
                  "(%d earned steps dropped)", after, self.cfg.decay_steps, self.remaining() - self.cfg.decay_steps)
@@ -240,7 +237,7 @@ class ContinualLearner:
         self.scans_learned = state["scans_learned"]
         self.label_times = list(state["label_times"])
         # A restart counts as an arrival: a pause that goes on after it settles a while later.
-        self.last_arrival, self.settled = time.monotonic(), False
+        self.last_arrival = time.monotonic()
         # Checkpoints written before the polarity head start it over; the labels in memory re-teach it.
         self.polarity.load_state_dict(state.get("polarity", {}))
         if self.polarity_optimizer is not None and state.get("polarity_optimizer"):
