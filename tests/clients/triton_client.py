@@ -41,3 +41,4 @@ try:
 except triton.InferenceServerException as exc:
     result["bad_model"] = exc.status()
 print(json.dumps(result))
+client.close()

@@ -24,3 +24,4 @@ try:
 except InferenceServerException as exc:
     result["error"] = exc.status()
 print(json.dumps(result))
+client.close()
